@@ -1,0 +1,89 @@
+"""Shared config pieces: arg parsing, model presets, mesh, optimizer, train-loop defaults.
+
+Configs are code (big_vision style): `get_config("tiny,runlocal")` or
+`get_config("variant=smollm2,steps=200")`. The returned ConfigDict is locked by the CLI so a
+mistyped `--config.key=value` override fails instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import ml_collections as mlc
+
+VARIANTS = ("tiny", "smollm2", "llama3-8b")
+
+# What each size variant means: model spec for rmjax.checkpoints, tokenizer, lengths, batch, mesh.
+MODEL_PRESETS = {
+    "tiny": dict(spec="tiny", tokenizer="tiny", max_length=128, batch_size=16, dtype="float32",
+                 remat="none", mesh=(-1, 1, 1), lr=1e-3, steps=300),
+    "smollm2": dict(spec="smollm2-135m", tokenizer="smollm2-135m", max_length=512, batch_size=8,
+                    dtype="float32", remat="none", mesh=(-1, 1, 1), lr=1e-5, steps=1000),
+    "llama3-8b": dict(spec="hf:/checkpoints/Meta-Llama-3.1-8B-Instruct",
+                      tokenizer="hf:/checkpoints/Meta-Llama-3.1-8B-Instruct", max_length=2048,
+                      batch_size=64, dtype="bfloat16", remat="full", mesh=(1, -1, 1), lr=2e-6,
+                      steps=2000),
+}
+
+
+def parse_arg(arg: str | None, **defaults) -> mlc.ConfigDict:
+  """'tiny,runlocal,steps=50' -> ConfigDict(variant='tiny', runlocal=True, steps=50).
+
+  A bare word that names a variant sets `variant`; other bare words set a bool to True;
+  `k=v` values take the type of the default (bool, int, float, str).
+  """
+  out = dict(variant="tiny", runlocal=False)
+  out.update(defaults)
+  for token in filter(None, (arg or "").split(",")):
+    if "=" not in token:
+      if token in VARIANTS:
+        out["variant"] = token
+      else:
+        out[token] = True
+      continue
+    key, value = token.split("=", 1)
+    default = out.get(key)
+    if isinstance(default, bool):
+      value = value.lower() in ("1", "true", "yes")
+    elif isinstance(default, int):
+      value = int(value)
+    elif isinstance(default, float):
+      value = float(value)
+    out[key] = value
+  if out["variant"] not in VARIANTS:
+    raise ValueError(f"unknown variant {out['variant']!r}; choose from {', '.join(VARIANTS)}")
+  return mlc.ConfigDict(out)
+
+
+def base_config(arg: mlc.ConfigDict, task: str) -> mlc.ConfigDict:
+  """Everything the loop needs, filled from the variant's preset; families add their parts."""
+  p = MODEL_PRESETS[arg.variant]
+  c = mlc.ConfigDict()
+  c.task = task
+  c.seed = 0
+
+  c.model = mlc.ConfigDict(dict(
+      spec=p["spec"], tokenizer=p["tokenizer"], dtype=p["dtype"], param_dtype="float32",
+      remat=p["remat"], head="scalar", head_hidden=1024, head_dropout=0.0))
+
+  c.mesh = mlc.ConfigDict(dict(shape=p["mesh"]))
+
+  c.optim = mlc.ConfigDict(dict(
+      lr=p["lr"], warmup_steps=10, schedule="cosine", final_lr_frac=0.1, weight_decay=0.0,
+      b1=0.9, b2=0.999, eps=1e-8, clip_norm=1.0, accum_steps=1))
+
+  c.train = mlc.ConfigDict(dict(
+      steps=p["steps"], batch_size=p["batch_size"], log_every=10, eval_every=100,
+      checkpoint_every=100, keep_checkpoints=3, best_metric="", best_mode="max",
+      async_checkpoint=True, tensorboard=True, progress=True, freeze_backbone=False))
+
+  c.data = mlc.ConfigDict(dict(
+      source="synthetic:2000", eval_source="", eval_fraction=0.1, max_length=p["max_length"],
+      max_eval_examples=512, on_overlong="truncate", on_identical="drop",
+      buckets=(64, 128, 256, 512, 1024, 2048), limit=0))
+
+  if arg.get("runlocal", False):  # a quick local smoke run of any variant
+    c.train.steps = 20
+    c.train.log_every = 5
+    c.train.eval_every = 10
+    c.train.checkpoint_every = 10
+    c.data.max_eval_examples = 64
+  return c

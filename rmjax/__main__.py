@@ -1,0 +1,3 @@
+from rmjax.main import run
+
+run()

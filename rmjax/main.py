@@ -1,0 +1,202 @@
+"""rmjax command line: train | score | eval | convert | sweep (see DESIGN.md section 4).
+
+  rmjax train [--config configs/<family>.py[:variant]] [--workdir DIR] [--config.key=value ...]
+  rmjax score --workdir DIR --data IN.jsonl --out OUT.jsonl
+  rmjax eval  --workdir DIR --data IN.jsonl|shared:NAME
+  rmjax convert --from hf:DIR|gguf:FILE --workdir DIR   |   rmjax convert --workdir DIR --to hf:OUT
+  rmjax sweep --config configs/<family>.py[:variant] --workdir DIR [--dry_run]
+
+Bad input exits with status 2 and one line naming what is wrong.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+import time
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from rmjax.errors import ConfigError, RmjaxError
+
+COMMANDS = ("train", "score", "eval", "convert", "sweep")
+TASKS = {"bt": "rmjax.train.bt"}
+
+FLAGS = flags.FLAGS
+_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file[:arg]",
+                                          lock_config=True)
+flags.DEFINE_string("workdir", None, "run directory (config, checkpoints, metrics, eval)")
+flags.DEFINE_string("data", None, "input data: a JSONL path or a source spec (shared:NAME, hub:NAME)")
+flags.DEFINE_string("out", None, "output JSONL (score)")
+flags.DEFINE_string("from", None, "convert source: hf:DIR | gguf:FILE | preset name")
+flags.DEFINE_string("to", None, "convert target: hf:OUT")
+flags.DEFINE_integer("batch_size", 16, "score/eval batch size")
+flags.DEFINE_integer("step", None, "checkpoint step for score/eval (default: latest)")
+flags.DEFINE_bool("dry_run", False, "sweep: print one command per run instead of running")
+
+
+def default_config_path(family: str = "bt", arg: str = "tiny") -> str:
+  import configs
+  return os.path.join(os.path.dirname(configs.__file__), f"{family}.py") + f":{arg}"
+
+
+def _config():
+  config = _CONFIG.value
+  if config is None:
+    FLAGS["config"].parse(default_config_path())
+    config = _CONFIG.value
+  return config
+
+
+def _require(name):
+  value = FLAGS[name].value
+  if not value:
+    raise ConfigError(f"--{name} is required for `rmjax {sys.argv[1]}`")
+  return value
+
+
+def cmd_train():
+  from rmjax import sharding
+  from rmjax.train.loop import train
+  sharding.maybe_initialize_distributed()
+  config = _config()
+  if config.task not in TASKS:
+    raise ConfigError(f"unknown task {config.task!r}; known: {', '.join(TASKS)}")
+  workdir = FLAGS.workdir or os.path.join(
+      "workdirs", f"{config.task}-{time.strftime('%Y%m%d-%H%M%S')}")
+  task = importlib.import_module(TASKS[config.task]).build(config)
+  final = train(config, workdir, task)
+  print(json.dumps({"workdir": os.path.abspath(workdir), "final": final}, default=float))
+  print(f"results: {os.path.abspath(workdir)} (metrics.jsonl, checkpoints/, tensorboard/)")
+
+
+def _read_score_inputs(path):
+  from rmjax.data.jsonl import iter_jsonl
+  from rmjax.errors import DataError
+  rows = []
+  for line, obj in iter_jsonl(path):
+    for field in ("prompt", "response"):
+      if field not in obj:
+        raise DataError(path, line, field, "missing")
+    if not isinstance(obj["response"], str) or not obj["response"].strip():
+      raise DataError(path, line, "response", "must be a non-empty string")
+    rows.append(obj)
+  return rows
+
+
+def cmd_score():
+  from rmjax.eval.scorer import Scorer
+  workdir, data, out = _require("workdir"), _require("data"), _require("out")
+  rows = _read_score_inputs(data)
+  scorer = Scorer(workdir, step=FLAGS.step, batch_size=FLAGS.batch_size)
+  res = scorer.score([r["prompt"] for r in rows], [r["response"] for r in rows])
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  with open(out, "w") as f:
+    for i, r in enumerate(rows):
+      rec = {"id": r["id"]} if "id" in r else {}
+      rec["reward"] = float(res["reward"][i])
+      if "members" in res:
+        m = res["members"][i]
+        rec.update(mean=float(m.mean()), std=float(m.std()), members=[float(x) for x in m])
+      f.write(json.dumps(rec) + "\n")
+  print(f"wrote {len(rows)} scores to {out}")
+
+
+def cmd_eval():
+  from rmjax.eval.metrics import pair_report
+  from rmjax.eval.scorer import Scorer
+  from rmjax.train.builders import load_pairs
+  workdir, data = _require("workdir"), _require("data")
+  spec = data if ":" in data.split("/")[0] else f"json:{data}"
+  pairs, _ = load_pairs(spec)
+  if not pairs:
+    raise ConfigError(f"{data}: no pairs to evaluate")
+  scorer = Scorer(workdir, step=FLAGS.step, batch_size=FLAGS.batch_size)
+  prompts = [list(map(dict, p.prompt)) for p in pairs]
+  rc = scorer.score(prompts, [p.chosen for p in pairs])["reward"]
+  rr = scorer.score(prompts, [p.rejected for p in pairs])["reward"]
+  report = pair_report(rc, rr, [p.subset for p in pairs], [len(p.chosen) for p in pairs],
+                       [len(p.rejected) for p in pairs])
+  report.update(data=data, step=scorer.step)
+  os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
+  name = os.path.basename(data.rstrip("/")).split(".")[0].replace(":", "_") or "eval"
+  with open(os.path.join(workdir, "eval", f"{name}.json"), "w") as f:
+    json.dump(report, f, indent=2)
+  print(json.dumps(report))
+
+
+def cmd_convert():
+  from rmjax import checkpoints
+  workdir = _require("workdir")
+  src, dst = FLAGS["from"].value, FLAGS.to
+  if bool(src) == bool(dst):
+    raise ConfigError("convert needs exactly one of --from hf:DIR|gguf:FILE (import into --workdir) "
+                      "or --to hf:OUT (export from --workdir)")
+  if src:
+    cfg, params = checkpoints.load_pretrained(src)
+    checkpoints.save_pretrained(params, cfg, f"hf:{os.path.join(workdir, 'hf')}")
+    print(f"converted {src} -> {os.path.join(workdir, 'hf')}")
+    return
+  if not dst.startswith("hf:"):
+    raise ConfigError(f"--to must be hf:OUT, got {dst!r}")
+  from rmjax.eval.scorer import Scorer
+  scorer = Scorer(workdir, step=FLAGS.step)
+  checkpoints.save_pretrained(scorer.params["backbone"], scorer.cfg, dst)
+  print(f"exported backbone of {workdir} -> {dst[3:]}")
+
+
+def cmd_sweep():
+  import subprocess
+  if FLAGS["config"].value is None:
+    raise ConfigError("--config is required for `rmjax sweep`")
+  config_arg = config_flags.get_config_filename(FLAGS["config"])
+  workdir = _require("workdir")
+  path, _, arg = config_arg.partition(":")
+  spec = importlib.util.spec_from_file_location("_sweep_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "get_sweep"):
+    raise ConfigError(f"{path} declares no sweep (get_sweep)")
+  runs = module.get_sweep(arg or None)
+  for i, overrides in enumerate(runs):
+    cmd = [sys.executable, "-m", "rmjax", "train", f"--config={config_arg}",
+           f"--workdir={os.path.join(workdir, f'run{i:03d}')}"]
+    cmd += [f"--config.{k}={v}" for k, v in overrides.items()]
+    if FLAGS.dry_run:
+      print(" ".join(cmd))
+    else:
+      print(f"[sweep {i + 1}/{len(runs)}] {' '.join(cmd[3:])}", flush=True)
+      subprocess.run(cmd, check=True)
+
+
+def main(argv):
+  if len(argv) < 2 or argv[1] not in COMMANDS:
+    if len(argv) > 1:
+      raise ConfigError(f"unknown command {argv[1]!r}; use one of: {', '.join(COMMANDS)}")
+    argv = argv + ["train"]  # bare `rmjax` runs the built-in default
+  {"train": cmd_train, "score": cmd_score, "eval": cmd_eval, "convert": cmd_convert,
+   "sweep": cmd_sweep}[argv[1]]()
+
+
+def _parse_flags(argv):
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    print(f"rmjax: error: {e}".splitlines()[0], file=sys.stderr)
+    sys.exit(2)
+
+
+def run():
+  """Console-script entry point: user errors become one line and exit status 2."""
+  try:
+    app.run(main, flags_parser=_parse_flags)
+  except RmjaxError as e:
+    print(f"rmjax: error: {e}".splitlines()[0], file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,57 @@
+"""Backbone + heads -> a dict of named outputs; the one reward-model module of rmjax.
+
+Param tree: {'backbone': <Llama params>, 'head': <head params>}. The backbone's LM head stays
+available (GRM) when `keep_lm_logits` is set; chosen and rejected go through one forward by
+concatenating them on the batch axis (see `rmjax.train.bt`).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from rmjax.models.heads import EnsembleHead, ScalarHead, pool_last
+from rmjax.models.llama import Llama, LlamaConfig
+
+
+class RewardModel(nn.Module):
+  """Outputs: 'reward' [B]; 'pooled' [B, D]; 'members' [B, K] for ensembles; 'logits' [B, T, V]
+  when `keep_lm_logits`. `stop_backbone_grad` makes head-only training skip backbone gradients."""
+  cfg: LlamaConfig
+  head: str = "scalar"          # 'scalar' | 'mlp' | 'ensemble'
+  head_hidden: int = 1024
+  head_dropout: float = 0.0
+  members: int = 1
+  keep_lm_logits: bool = False
+  stop_backbone_grad: bool = False
+
+  def setup(self):
+    self.backbone = Llama(self.cfg)
+    if self.head == "scalar":
+      self.reward_head = ScalarHead()
+    elif self.head == "mlp":
+      self.reward_head = ScalarHead(hidden=self.head_hidden, dropout=self.head_dropout)
+    elif self.head == "ensemble":
+      self.reward_head = EnsembleHead(self.members)
+    else:
+      raise ValueError(f"unknown head {self.head!r} (scalar, mlp, ensemble)")
+
+  def __call__(self, input_ids, attention_mask, deterministic: bool = True) -> dict:
+    out = {}
+    if self.keep_lm_logits:
+      logits, hidden = self.backbone(input_ids, attention_mask, output="both")
+      out["logits"] = logits
+    else:
+      hidden = self.backbone(input_ids, attention_mask, output="hidden")
+    pooled = pool_last(hidden, attention_mask)
+    if self.stop_backbone_grad:
+      pooled = jax.lax.stop_gradient(pooled)
+    out["pooled"] = pooled
+    scores = self.reward_head(pooled, deterministic=deterministic)
+    if self.head == "ensemble":
+      out["members"] = scores
+      out["reward"] = jnp.mean(scores, axis=-1)
+    else:
+      out["reward"] = scores
+    return out

@@ -1,0 +1,69 @@
+"""Orbax checkpoints of the train state plus the data iterator's position.
+
+Each step directory holds two items: 'state' (the TrainState pytree, restored straight onto its
+shardings) and 'data' (JSON: the batcher position and run metadata). The manager keeps the last
+`keep` checkpoints and, when a metric is named, also the best `keep_best` by that metric.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
+
+
+class Checkpointer:
+  """Thin wrapper over `ocp.CheckpointManager` with the rmjax item layout."""
+
+  def __init__(self, directory: str, *, keep: int = 3, best_metric: Optional[str] = None,
+               best_mode: str = "max", keep_best: int = 1, async_save: bool = True):
+    policies = [pp.LatestN(n=keep)]
+    if best_metric:
+      policies.append(pp.BestN(get_metric_fn=lambda m: m[best_metric], reverse=(best_mode == "min"),
+                               n=keep_best, keep_checkpoints_without_metrics=False))
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=pp.AnyPreservationPolicy(policies),
+        enable_async_checkpointing=async_save, create=True)
+    self.directory = os.path.abspath(directory)
+    self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                         item_names=("state", "data"))
+
+  def latest_step(self) -> Optional[int]:
+    return self.manager.latest_step()
+
+  def all_steps(self):
+    return list(self.manager.all_steps())
+
+  def save(self, step: int, state: Any, data: dict, metrics: Optional[dict] = None) -> None:
+    self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                    data=ocp.args.JsonSave(data)),
+                      metrics=metrics)
+
+  def restore(self, abstract_state: Any, step: Optional[int] = None):
+    """(state, data) at `step` (latest by default); arrays land on `abstract_state`'s shardings."""
+    step = self.latest_step() if step is None else step
+    out = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+    return out["state"], out["data"]
+
+  def restore_params(self, abstract_params: Any, step: Optional[int] = None):
+    """Params alone (for scoring/eval), without building an optimizer state."""
+    step = self.latest_step() if step is None else step
+    out = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(
+            item={"params": abstract_params},
+            restore_args=jax.tree_util.tree_map(
+                lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, global_shape=x.shape,
+                                               dtype=x.dtype), {"params": abstract_params}),
+            partial_restore=True)))
+    return out["state"]["params"]
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()

@@ -1,0 +1,52 @@
+"""Metrics to `metrics.jsonl` and TensorBoard event files; process 0 alone writes."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import jax
+import numpy as np
+
+
+def _scalar(v):
+  v = np.asarray(v)
+  return float(v) if v.size == 1 else v.tolist()
+
+
+class MetricWriter:
+  def __init__(self, workdir: str, tensorboard: bool = True):
+    self.enabled = jax.process_index() == 0
+    self._file = None
+    self._tb = None
+    if not self.enabled:
+      return
+    os.makedirs(workdir, exist_ok=True)
+    self._file = open(os.path.join(workdir, "metrics.jsonl"), "a")
+    if tensorboard:
+      try:
+        from tensorboardX import SummaryWriter
+        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      except ImportError:  # TensorBoard is optional; jsonl is the contract
+        self._tb = None
+
+  def write(self, step: int, metrics: dict, prefix: str = "") -> dict:
+    row = {"step": int(step)}
+    row.update({prefix + k: _scalar(v) for k, v in metrics.items()})
+    if not self.enabled:
+      return row
+    self._file.write(json.dumps(row, allow_nan=True) + "\n")
+    self._file.flush()
+    if self._tb is not None:
+      for k, v in row.items():
+        if k != "step" and isinstance(v, float) and math.isfinite(v):
+          self._tb.add_scalar(k, v, int(step))
+      self._tb.flush()
+    return row
+
+  def close(self):
+    if self._file:
+      self._file.close()
+    if self._tb is not None:
+      self._tb.close()

@@ -1,0 +1,114 @@
+"""Train state, optimizer, and the jitted train step with gradient accumulation.
+
+The state is one pytree (`TrainState`: step, params, opt_state, rng); the data position travels
+beside it in the checkpoint. The optimizer is built from the config: AdamW with warmup + cosine,
+global-norm clipping, weight decay on matrices only, and frozen parameter groups that get no
+updates and no optimizer state.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from rmjax.errors import ConfigError
+
+
+class TrainState(flax.struct.PyTreeNode):
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  rng: jax.Array
+
+
+def make_schedule(optim, total_steps: int) -> optax.Schedule:
+  """Learning-rate schedule: 'cosine' (linear warmup then cosine to lr * final_lr_frac),
+  'linear' (warmup then linear decay) or 'constant' (warmup then flat)."""
+  lr, warmup = optim.lr, int(optim.warmup_steps)
+  end = lr * optim.final_lr_frac
+  if optim.schedule == "cosine":
+    return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(total_steps, warmup + 1), end)
+  if optim.schedule == "linear":
+    return optax.join_schedules([optax.linear_schedule(0.0, lr, max(warmup, 1)),
+                                 optax.linear_schedule(lr, end, max(total_steps - warmup, 1))],
+                                [warmup])
+  if optim.schedule == "constant":
+    return optax.join_schedules([optax.linear_schedule(0.0, lr, max(warmup, 1)),
+                                 optax.constant_schedule(lr)], [warmup])
+  raise ConfigError(f"optim.schedule must be cosine, linear or constant, got {optim.schedule!r}")
+
+
+def _decay_mask(params):
+  return jax.tree_util.tree_map(lambda x: getattr(x, "ndim", 0) >= 2, params)
+
+
+def make_optimizer(optim, total_steps: int, trainable: Callable[[str], bool] | None = None):
+  """(optax transform, schedule). `trainable(top_level_key)` freezes whole subtrees (e.g. the
+  backbone for head-only training): frozen leaves get zero updates and no Adam moments."""
+  schedule = make_schedule(optim, total_steps)
+  tx = optax.chain(
+      optax.clip_by_global_norm(optim.clip_norm) if optim.clip_norm else optax.identity(),
+      optax.adamw(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps,
+                  weight_decay=optim.weight_decay, mask=_decay_mask))
+  if trainable is not None:
+    def labels(params):
+      return {k: ("train" if trainable(k) else "freeze") for k in params}
+    tx = optax.multi_transform({"train": tx, "freeze": optax.set_to_zero()}, labels)
+  return tx, schedule
+
+
+def make_train_step(loss_fn, tx, schedule, accum_steps: int = 1):
+  """Pure step `(state, batch) -> (state, metrics)`.
+
+  `loss_fn(params, batch, rng) -> (loss, metrics)`. With `accum_steps` > 1 the batch's leading
+  axis is split into that many micro-batches whose gradients are averaged (same result as one
+  big batch when the loss is a mean over equal-sized micro-batches).
+  """
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def step(state: TrainState, batch):
+    rng, sub = jax.random.split(state.rng)
+    if accum_steps == 1:
+      (loss, metrics), grads = grad_fn(state.params, batch, sub)
+    else:
+      def split(x):
+        if x.shape[0] % accum_steps:
+          raise ConfigError(f"batch of {x.shape[0]} does not split into {accum_steps} micro-batches")
+        return x.reshape(accum_steps, x.shape[0] // accum_steps, *x.shape[1:])
+      micro = jax.tree_util.tree_map(split, batch)
+      rngs = jax.random.split(sub, accum_steps)
+
+      def body(acc, xs):
+        mb, r = xs
+        (l, m), g = grad_fn(state.params, mb, r)
+        return jax.tree_util.tree_map(jnp.add, acc, (l, m, g)), None
+
+      zeros = jax.tree_util.tree_map(
+          jnp.zeros_like, jax.eval_shape(lambda: grad_fn(state.params, jax.tree_util.tree_map(
+              lambda x: x[0], micro), rngs[0])))
+      zeros = (zeros[0][0], zeros[0][1], zeros[1])
+      (loss, metrics, grads), _ = jax.lax.scan(body, zeros, (micro, rngs))
+      loss, metrics, grads = jax.tree_util.tree_map(lambda x: x / accum_steps, (loss, metrics, grads))
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads), lr=schedule(state.step))
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state, rng=rng), metrics
+
+  return step
+
+
+def abstract_state(init_params, tx, rng):
+  """Boxed abstract TrainState (shapes + logical names), no allocation: for shardings."""
+  def init():
+    params = init_params(rng)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=rng)
+  return jax.eval_shape(init)
+
+
+def unbox(tree):
+  return nn.unbox(tree)

@@ -1,0 +1,34 @@
+"""rmjax: a JAX research framework for training and using reward models."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="rmjax",
+    version="0.1.0",
+    description="Reward models for LLM alignment in JAX/Flax: BT, ArmoRM, ensembles, GRM, SALMON, PPO",
+    packages=find_packages(include=["rmjax", "rmjax.*", "configs"]),
+    python_requires=">=3.11",
+    # Co-tested ranges: jax 0.10.x (CPU, Python 3.11) and 0.11.x (GPU machines, Python 3.12).
+    install_requires=[
+        "jax>=0.10.0,<0.12",
+        "flax>=0.12.0,<0.13",
+        "optax>=0.2.5,<0.3",
+        "orbax-checkpoint>=0.12.0,<0.13",
+        "transformers>=5.0,<6",
+        "accelerate>=1.0",          # transformers needs it to load GGUF files
+        "datasets>=4.0,<6",
+        "ml-collections>=1.0,<2",
+        "absl-py>=2.0",
+        "gguf>=0.17,<1",
+        "safetensors>=0.5",
+        "numpy>=2.0",
+        "tqdm>=4.60",
+        "matplotlib>=3.8",
+        "tensorboardX>=2.6",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "torch==2.13.0", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6"],
+        "notebooks": ["jupyter", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6"],
+    },
+    entry_points={"console_scripts": ["rmjax=rmjax.main:run"]},
+)
