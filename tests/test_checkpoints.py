@@ -178,6 +178,9 @@ def test_presets_and_dtype():
   assert cfg.tie_word_embeddings and cfg.param_dtype == "bfloat16"
   assert "lm_head" not in params
   assert all(x.dtype == jnp.bfloat16 for x in jax.tree_util.tree_leaves(params))
+  from rmjax.checkpoints import load_tokenizer
+  tok = load_tokenizer("tiny")
+  assert load_tokenizer("tiny") is tok and tok.vocab_size <= preset_config("tiny").vocab_size
 
 
 # ---------------------------------------------------------------- (d) bad input
