@@ -76,7 +76,7 @@ def base_config(arg: mlc.ConfigDict, task: str) -> mlc.ConfigDict:
       async_checkpoint=True, tensorboard=True, progress=True, freeze_backbone=False))
 
   c.data = mlc.ConfigDict(dict(
-      source="synthetic:2000", eval_source="", eval_fraction=0.1, max_length=p["max_length"],
+      source="synthetic:2000", eval_source="synthetic:256", eval_fraction=0.1, max_length=p["max_length"],
       max_eval_examples=512, on_overlong="truncate", on_identical="drop",
       buckets=(64, 128, 256, 512, 1024, 2048), limit=0))
 

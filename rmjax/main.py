@@ -74,10 +74,12 @@ def cmd_train():
 
 
 def _read_score_inputs(path):
-  from rmjax.data.jsonl import iter_jsonl
+  from rmjax.data.pairs import iter_records
   from rmjax.errors import DataError
   rows = []
-  for line, obj in iter_jsonl(path):
+  for line, obj in iter_records(path):
+    if not isinstance(obj, dict):
+      raise DataError(path, line, None, 'each line must be a JSON object')
     for field in ("prompt", "response"):
       if field not in obj:
         raise DataError(path, line, field, "missing")
@@ -115,7 +117,7 @@ def cmd_eval():
   if not pairs:
     raise ConfigError(f"{data}: no pairs to evaluate")
   scorer = Scorer(workdir, step=FLAGS.step, batch_size=FLAGS.batch_size)
-  prompts = [list(map(dict, p.prompt)) for p in pairs]
+  prompts = [p.messages for p in pairs]
   rc = scorer.score(prompts, [p.chosen for p in pairs])["reward"]
   rr = scorer.score(prompts, [p.rejected for p in pairs])["reward"]
   report = pair_report(rc, rr, [p.subset for p in pairs], [len(p.chosen) for p in pairs],

@@ -39,9 +39,10 @@ class RewardModel(nn.Module):
 
   def __call__(self, input_ids, attention_mask, deterministic: bool = True) -> dict:
     out = {}
-    if self.keep_lm_logits:
+    if self.keep_lm_logits or self.is_initializing():  # params always hold the full backbone
       logits, hidden = self.backbone(input_ids, attention_mask, output="both")
-      out["logits"] = logits
+      if self.keep_lm_logits:
+        out["logits"] = logits
     else:
       hidden = self.backbone(input_ids, attention_mask, output="hidden")
     pooled = pool_last(hidden, attention_mask)

@@ -8,6 +8,7 @@ import jax
 import numpy as np
 
 from rmjax import checkpoints
+from rmjax.errors import ConfigError
 from rmjax.models.llama import LlamaConfig
 
 
@@ -48,6 +49,9 @@ def train_eval_pairs(config):
     evals, _ = load_pairs(d.eval_source, config.seed + 1)
   else:
     train, evals = sources.split_by_prompt_hash(train, eval_fraction=d.eval_fraction, seed=config.seed)
+    if d.eval_fraction and not (train and evals):
+      raise ConfigError(f"splitting {d.source} by prompt hash left {len(train)} train and "
+                        f"{len(evals)} eval pairs (too few distinct prompts): set data.eval_source")
   if d.max_eval_examples:
     evals = evals[:d.max_eval_examples]
   stats = dict(stats, train_pairs=len(train), eval_pairs=len(evals))

@@ -162,7 +162,7 @@ def train(config, workdir: str, task: Task, mesh=None) -> dict:
         final.update(writer.write(done, eval_metrics, prefix="eval_"))
       if done % tc.checkpoint_every == 0 or is_last:
         save_metrics = ({f"eval_{k}": float(v) for k, v in eval_metrics.items()
-                         if np.ndim(v) == 0} if eval_metrics else None)
+                         if isinstance(v, (int, float, np.number))} if eval_metrics else None)
         ckpt.save(done, state, {"batcher": data_state, "step": done}, metrics=save_metrics)
       if delay:
         time.sleep(delay)

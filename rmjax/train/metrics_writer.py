@@ -11,6 +11,10 @@ import numpy as np
 
 
 def _scalar(v):
+  if isinstance(v, dict):
+    return {k: _scalar(x) for k, x in v.items()}
+  if isinstance(v, (str, int)) or v is None:
+    return v
   v = np.asarray(v)
   return float(v) if v.size == 1 else v.tolist()
 
@@ -40,8 +44,9 @@ class MetricWriter:
     self._file.flush()
     if self._tb is not None:
       for k, v in row.items():
-        if k != "step" and isinstance(v, float) and math.isfinite(v):
-          self._tb.add_scalar(k, v, int(step))
+        for name, x in (v.items() if isinstance(v, dict) else [("", v)]):
+          if k != "step" and isinstance(x, float) and math.isfinite(x):
+            self._tb.add_scalar(f"{k}/{name}" if name else k, x, int(step))
       self._tb.flush()
     return row
 
