@@ -22,8 +22,17 @@ from ml_collections import config_flags
 
 from rmjax.errors import ConfigError, RmjaxError
 
-COMMANDS = ("train", "score", "eval", "convert", "sweep")
-TASKS = {"bt": "rmjax.train.bt"}
+COMMANDS = ("train", "score", "eval", "convert", "collect", "sweep")
+
+
+def task_module(name: str):
+  """The module `rmjax.train.<name>` that builds the task (`build(config) -> Task`)."""
+  try:
+    return importlib.import_module(f"rmjax.train.{name}")
+  except ModuleNotFoundError as e:
+    if e.name == f"rmjax.train.{name}":
+      raise ConfigError(f"unknown task {name!r}: no module rmjax/train/{name}.py") from None
+    raise
 
 FLAGS = flags.FLAGS
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file[:arg]",
@@ -63,12 +72,13 @@ def cmd_train():
   from rmjax.train.loop import train
   sharding.maybe_initialize_distributed()
   config = _config()
-  if config.task not in TASKS:
-    raise ConfigError(f"unknown task {config.task!r}; known: {', '.join(TASKS)}")
   workdir = FLAGS.workdir or os.path.join(
       "workdirs", f"{config.task}-{time.strftime('%Y%m%d-%H%M%S')}")
-  task = importlib.import_module(TASKS[config.task]).build(config)
-  final = train(config, workdir, task)
+  module = task_module(config.task)
+  if hasattr(module, "run"):  # tasks with their own driver (multi-stage, RL) still use train()
+    final = module.run(config, workdir)
+  else:
+    final = train(config, workdir, module.build(config))
   print(json.dumps({"workdir": os.path.abspath(workdir), "final": final}, default=float))
   print(f"results: {os.path.abspath(workdir)} (metrics.jsonl, checkpoints/, tensorboard/)")
 
@@ -99,10 +109,7 @@ def cmd_score():
   with open(out, "w") as f:
     for i, r in enumerate(rows):
       rec = {"id": r["id"]} if "id" in r else {}
-      rec["reward"] = float(res["reward"][i])
-      if "members" in res:
-        m = res["members"][i]
-        rec.update(mean=float(m.mean()), std=float(m.std()), members=[float(x) for x in m])
+      rec.update(scorer.record(res, i))
       f.write(json.dumps(rec) + "\n")
   print(f"wrote {len(rows)} scores to {out}")
 
@@ -150,6 +157,15 @@ def cmd_convert():
   print(f"exported backbone of {workdir} -> {dst[3:]}")
 
 
+def cmd_collect():
+  """Synthetic preference collection (SALMON): the config's task module provides `collect`."""
+  config = _config()
+  module = task_module(config.task)
+  if not hasattr(module, "collect"):
+    raise ConfigError(f"task {config.task!r} has no collect step")
+  print(json.dumps(module.collect(config, _require("workdir")), default=float))
+
+
 def cmd_sweep():
   import subprocess
   if FLAGS["config"].value is None:
@@ -180,7 +196,7 @@ def main(argv):
       raise ConfigError(f"unknown command {argv[1]!r}; use one of: {', '.join(COMMANDS)}")
     argv = argv + ["train"]  # bare `rmjax` runs the built-in default
   {"train": cmd_train, "score": cmd_score, "eval": cmd_eval, "convert": cmd_convert,
-   "sweep": cmd_sweep}[argv[1]]()
+   "collect": cmd_collect, "sweep": cmd_sweep}[argv[1]]()
 
 
 def _parse_flags(argv):
