@@ -1,0 +1,35 @@
+"""Reward-model ensembles: `rmjax train --config configs/ensemble.py:tiny`.
+
+Variants: tiny (built-in synthetic pairs, random tiny model, offline), smollm2 (SmolLM2-135M on
+hh-rlhf from ../shared/data, K heads on a shared backbone), llama3-8b (cluster). Arg switches:
+`members=K`, `mode=heads|independent`, `bootstrap=none|poisson|multinomial`, `cached` (frozen
+backbone, heads trained on cached pooled embeddings: seconds once the embeddings exist).
+"""
+
+import ml_collections as mlc
+
+from configs import common
+
+
+def get_config(arg=None):
+  arg = common.parse_arg(arg, members=5, mode="heads", bootstrap="poisson", cached=False)
+  c = common.base_config(arg, task="ensemble")
+  c.model.head = "ensemble"
+  c.loss = mlc.ConfigDict(dict(label_smoothing=0.0, centering_coef=0.0, use_margin=False))
+  c.ensemble = mlc.ConfigDict(dict(
+      members=arg.members, mode=arg.mode, bootstrap=arg.bootstrap, seed=0,
+      cached_embeddings=bool(arg.cached),
+      # fast path (cached embeddings): optax AdamW on [N, D] arrays
+      head_steps=300, head_lr=1e-2, head_batch_size=256, head_weight_decay=1e-4,
+      cache_dir="",                 # default: <workdir>/embeddings
+      # aggregation used when scores are read as one number (rmjax.rl.rewards.aggregate)
+      aggregation="mean", lam=0.5, beta=1.0, std="population", standardize=True))
+  if arg.variant == "smollm2":
+    c.data.source = "shared:hh_rlhf_helpful_test+hh_rlhf_harmless_test"
+    c.data.eval_source = ""  # 10% held out by prompt hash
+    c.data.max_length = 512
+  return c
+
+
+def get_sweep(arg=None):
+  return [{"ensemble.bootstrap": b, "ensemble.seed": s} for b in ("none", "poisson") for s in (0, 1)]
