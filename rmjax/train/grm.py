@@ -1,0 +1,145 @@
+"""GRM task: a reward model that keeps its LM head, trained with BT plus a text-generation
+regulariser (Yang et al., 2024; ALGORITHMS.md section 4).
+
+  L = (1 - alpha) * L_BT + alpha * L_reg,   L_reg in rmjax.lm_losses.REGULARISERS
+
+One forward of `RewardModel(keep_lm_logits=True)` over [chosen; rejected] gives the rewards
+(reward head on the last real token) and the LM logits for the summed response log-probs
+(prompt and padding masked with the batch's `prompt_len` and masks).
+
+The 'dpo_ref' regulariser needs a frozen copy of the base LM. It lives in the params under the
+top-level key 'reference': the loop then shards it exactly like the trained backbone (same
+logical names), checkpoints it (so a resumed run has it), and `Task.trainable` freezes it (no
+update, no Adam moments); the loss also reads it through `stop_gradient`. Scoring never needs
+it: `make_model` builds the reward model alone and `rmjax score/eval` restore only its params.
+With alpha = 0 the loss and gradients are the BT task's (tested: same trajectory).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from rmjax import lm_losses, losses
+from rmjax.errors import ConfigError
+from rmjax.models.llama import Llama
+from rmjax.models.reward_model import RewardModel
+from rmjax.train import bt, builders
+from rmjax.train.loop import Task
+
+REFERENCE = "reference"
+
+
+def make_model(config, cfg, keep_lm_logits: bool = False) -> RewardModel:
+  """The GRM reward model. Scoring (`rmjax score/eval`) uses the default, which skips the LM
+  logits; the params tree is the same either way (the backbone always holds its LM head)."""
+  m = config.model
+  return RewardModel(cfg, head=m.head, head_hidden=m.head_hidden, head_dropout=m.head_dropout,
+                     keep_lm_logits=keep_lm_logits, stop_backbone_grad=config.train.freeze_backbone)
+
+
+def check_loss_config(loss_cfg) -> None:
+  if loss_cfg.reg not in lm_losses.REGULARISERS:
+    raise ConfigError(f"loss.reg must be one of {', '.join(lm_losses.REGULARISERS)}, "
+                      f"got {loss_cfg.reg!r}")
+  if not 0.0 <= float(loss_cfg.alpha) <= 1.0:
+    raise ConfigError(f"loss.alpha must be in [0, 1], got {loss_cfg.alpha}")
+  if float(loss_cfg.beta) <= 0.0:
+    raise ConfigError(f"loss.beta must be > 0, got {loss_cfg.beta}")
+
+
+def _policy(params):
+  return {k: v for k, v in params.items() if k != REFERENCE}
+
+
+def _pair_logprobs(logits_c, logits_r, batch):
+  """Summed response log-probs of chosen and rejected rows, each [B]."""
+  lp_c = lm_losses.response_logprobs(logits_c, batch["chosen_ids"], batch["chosen_mask"],
+                                     batch["prompt_len"])
+  lp_r = lm_losses.response_logprobs(logits_r, batch["rejected_ids"], batch["rejected_mask"],
+                                     batch["prompt_len"])
+  return lp_c, lp_r
+
+
+def reference_logprobs(ref_lm: Llama, ref_params, batch):
+  """Summed response log-probs under the frozen reference (no gradient), chosen and rejected."""
+  ids = jnp.concatenate([batch["chosen_ids"], batch["rejected_ids"]], axis=0)
+  mask = jnp.concatenate([batch["chosen_mask"], batch["rejected_mask"]], axis=0)
+  logits = ref_lm.apply({"params": jax.lax.stop_gradient(ref_params)}, ids, mask)
+  b = batch["chosen_ids"].shape[0]
+  lp_c, lp_r = _pair_logprobs(logits[:b], logits[b:], batch)
+  return jax.lax.stop_gradient(lp_c), jax.lax.stop_gradient(lp_r)
+
+
+def grm_loss_fn(model: RewardModel, loss_cfg, ref_lm: Llama | None = None):
+  """loss_fn(params, batch, rng) -> (loss, metrics): (1 - alpha) * BT + alpha * L_reg."""
+  alpha, beta, reg = float(loss_cfg.alpha), float(loss_cfg.beta), loss_cfg.reg
+
+  def loss_fn(params, batch, rng):
+    c, r = bt.forward_pairs(model, _policy(params), batch, rng=rng)
+    w = batch["weight"]
+    margin = batch["margin"] if loss_cfg.use_margin else None
+    bt_loss = losses.bradley_terry(c["reward"], r["reward"], margin=margin,
+                                   label_smoothing=loss_cfg.label_smoothing, weight=w)
+    if loss_cfg.centering_coef:
+      bt_loss = bt_loss + loss_cfg.centering_coef * losses.reward_centering(
+          c["reward"], r["reward"], weight=w)
+    lp_c, lp_r = _pair_logprobs(c["logits"], r["logits"], batch)
+    ref_c = ref_r = None
+    if reg == "dpo_ref":
+      ref_c, ref_r = reference_logprobs(ref_lm, params[REFERENCE], batch)
+    reg_loss = lm_losses.regulariser(reg, lp_c, lp_r, ref_c, ref_r, beta=beta, weight=w)
+    loss = (1.0 - alpha) * bt_loss + alpha * reg_loss
+    mean = lambda x: losses._wmean(x, w)
+    n_tok = lm_losses.response_mask(batch["chosen_mask"], batch["prompt_len"]).sum(-1)
+    metrics = dict(losses.pair_metrics(c["reward"], r["reward"], w), bt_loss=bt_loss,
+                   reg_loss=reg_loss, chosen_logps=mean(lp_c), rejected_logps=mean(lp_r),
+                   chosen_logps_per_token=mean(lp_c / jnp.maximum(n_tok, 1.0)))
+    if ref_c is not None:
+      metrics.update(ref_chosen_logps=mean(ref_c), ref_rejected_logps=mean(ref_r))
+    return loss, metrics
+  return loss_fn
+
+
+def build(config) -> Task:
+  check_loss_config(config.loss)
+  cfg, backbone_params = builders.backbone(config)
+  tok = builders.tokenizer(config)
+  model = make_model(config, cfg, keep_lm_logits=True)
+  score_model = make_model(config, cfg)
+  with_ref = config.loss.reg == "dpo_ref"
+  ref_lm = Llama(cfg) if with_ref else None
+  batcher, eval_batches, evals, stats = bt.pair_data(config, tok)
+
+  def init_params(rng):
+    ids = jnp.zeros((2, 8), jnp.int32)
+    params = model.init(rng, ids, jnp.ones_like(ids))["params"]
+    if with_ref:  # same logical names as the backbone -> same shardings
+      params = dict(params, **{REFERENCE: ref_lm.init(rng, ids, jnp.ones_like(ids))["params"]})
+    return params
+
+  def load_pretrained(params, shardings):
+    out = builders.params_with_backbone(params, backbone_params, shardings)
+    if with_ref:
+      ref = builders.params_with_backbone({"backbone": params[REFERENCE]}, backbone_params,
+                                          {"backbone": shardings[REFERENCE]})["backbone"]
+      out = dict(out, **{REFERENCE: ref})
+    return out
+
+  freeze = {REFERENCE} if with_ref else set()
+  if config.train.freeze_backbone:
+    freeze.add("backbone")
+  eval_fn = bt.pair_eval_fn(score_model)
+
+  return Task(
+      init_params=init_params,
+      loss_fn=grm_loss_fn(model, config.loss, ref_lm),
+      train_batches=batcher,
+      eval_fn=(lambda params, batch: eval_fn(_policy(params), batch)) if evals else None,
+      eval_batches=eval_batches if evals else None,
+      summarize_eval=bt.summarize_pairs(evals),
+      load_pretrained=load_pretrained,
+      trainable=(lambda k: k not in freeze) if freeze else None,
+      info=dict(stats, grm=dict(alpha=float(config.loss.alpha), reg=config.loss.reg,
+                                beta=float(config.loss.beta))),
+      model_config=cfg)
