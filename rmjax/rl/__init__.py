@@ -1,0 +1,1 @@
+"""Reinforcement learning against reward models: generation with a KV cache, PPO, best-of-n."""
