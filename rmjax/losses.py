@@ -45,3 +45,72 @@ def pair_metrics(r_c, r_r, weight=None) -> dict:
       "rejected_mean": _wmean(r_r, w),
       "rejected_std": std(r_r),
   }
+
+
+# ---------------------------------------------------------------------------------------------
+# ArmoRM (multi-objective regression and verbosity de-correlation)
+
+def masked_mse(pred, target, mask, *, weight=None):
+  """Mean over observed entries of (pred - target)^2; pred, target, mask: [B, O], mask 1 where
+  a rating exists (targets may hold NaN there: they are zeroed before use). `weight` [B] drops
+  padding rows. Per-objective means are averaged over objectives that have any label."""
+  mask = mask.astype(jnp.float32)
+  if weight is not None:
+    mask = mask * weight[:, None]
+  err = jnp.where(mask > 0, pred - jnp.nan_to_num(target), 0.0) ** 2
+  count = jnp.sum(mask, axis=0)                                        # [O]
+  per = jnp.sum(err, axis=0) / jnp.maximum(count, 1.0)
+  has = (count > 0).astype(jnp.float32)
+  return jnp.sum(per * has) / jnp.maximum(jnp.sum(has), 1.0)
+
+
+def objective_bradley_terry(r_c, r_r, objective, *, weight=None):
+  """BT on each pair's own objective head: r_c, r_r [B, O], objective [B] int."""
+  pick = lambda r: jnp.take_along_axis(r, objective[:, None].astype(jnp.int32), axis=1)[:, 0]
+  return bradley_terry(pick(r_c), pick(r_r), weight=weight)
+
+
+VERBOSITY_PENALTIES = (0.0, 0.01, 0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4,
+                       0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
+
+
+def spearman(a, b) -> float:
+  """Spearman rank correlation (average ranks for ties), host numpy; 0 for a constant input."""
+  import numpy as np
+  from scipy.stats import rankdata
+  ra, rb = rankdata(np.asarray(a, np.float64)), rankdata(np.asarray(b, np.float64))
+  ra, rb = ra - ra.mean(), rb - rb.mean()
+  den = np.sqrt((ra ** 2).sum() * (rb ** 2).sum())
+  return float((ra * rb).sum() / den) if den > 0 else 0.0
+
+
+def verbosity_penalties(rewards, verbosity_index: int, penalties=VERBOSITY_PENALTIES,
+                        threshold: float = 0.03):
+  """ArmoRM's `find_proper_verbosity_penalties`: rewards [N, O] on reference responses (chosen
+  and rejected flattened). For each penalty p in ascending order, every objective j != v still
+  open with Spearman(R_j - p R_v, R_v) <= threshold gets lambda_j = p and is closed; objectives
+  never reaching it keep lambda_j = 1 (and lambda_v = 1). Returns (lambda [O], converged [O])."""
+  import numpy as np
+  r = np.asarray(rewards, np.float64)
+  o = r.shape[1]
+  lam = np.ones(o)
+  converged = np.zeros(o, bool)
+  todo = [j for j in range(o) if j != verbosity_index]
+  rv = r[:, verbosity_index]
+  for p in penalties:
+    for j in list(todo):
+      if spearman(r[:, j] - p * rv, rv) <= threshold:
+        lam[j], converged[j] = p, True
+        todo.remove(j)
+    if not todo:
+      break
+  return lam, converged
+
+
+def verbosity_transform(lam, verbosity_index: int):
+  """T = I; T[v, :] -= lambda. Then (R T)_j = R_j - lambda_j R_v and (R T)_v = 0 (lambda_v = 1)."""
+  import numpy as np
+  lam = np.asarray(lam, np.float64)
+  t = np.eye(len(lam))
+  t[verbosity_index, :] -= lam
+  return t.astype(np.float32)

@@ -1,0 +1,418 @@
+"""ArmoRM task: embeddings -> stage 1 (per-objective regression) -> verbosity de-correlation ->
+stage 2 (gating MLP), as in ALGORITHMS.md section 1. `rmjax train --config configs/armorm.py:tiny`.
+
+The backbone is frozen; its embeddings are computed once (`rmjax.train.embeddings`, cached).
+Stage 1 is closed-form ridge per objective (no intercept, alpha from a grid by validation MSE)
+for objectives with ratings, and an L2 logistic (BT) probe for objectives known only from
+tagged pairs; `armorm.stage1 = 'e2e'` instead trains backbone + heads with masked MSE and
+per-objective BT through the generic loop first. Stage 2 trains only the gate and beta through
+the generic loop, on cached embeddings, batches drawn with replacement. The final model (backbone
++ heads) is saved to workdir/checkpoints in the layout `make_model` builds, for score/eval.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from rmjax import losses
+from rmjax.data import objectives as objs
+from rmjax.models.armorm import ArmoHeads, ArmoRM
+from rmjax.train import builders
+from rmjax.train import embeddings as emb
+from rmjax.train.loop import Task, train
+
+RIDGE_ALPHAS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 1e2, 1e3, 1e4)
+
+
+def make_model(config, cfg) -> ArmoRM:
+  a = config.armorm
+  return ArmoRM(cfg, len(config.objectives.names), tuple(int(t) for t in a.prompt_pattern),
+                gate_hidden=a.gate_hidden, gate_layers=a.gate_layers, gate_dropout=a.gate_dropout,
+                temperature=a.temperature)
+
+
+def make_heads(config) -> ArmoHeads:
+  a = config.armorm
+  return ArmoHeads(len(config.objectives.names), a.gate_hidden, a.gate_layers, a.gate_dropout,
+                   a.temperature)
+
+
+# ----------------------------------------------------------------------------- stage 1: ridge
+
+def ridge(x, y, alpha):
+  """Closed-form ridge without intercept: (X^T X + alpha I)^{-1} X^T y. x [N, D], y [N] -> [D]."""
+  x, y = jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)
+  return jnp.linalg.solve(x.T @ x + alpha * jnp.eye(x.shape[1], dtype=x.dtype), x.T @ y)
+
+
+def ridge_grid(x, y, alphas):
+  """Ridge weights for every alpha at once (vmap over the grid): [A, D]."""
+  return jax.vmap(lambda a: ridge(x, y, a))(jnp.asarray(alphas, jnp.float32))
+
+
+def split_80_20(n: int, seed: int = 42):
+  """(train idx, val idx): a shuffled 80/20 split (stage-1_train.py's train_test_split)."""
+  perm = np.random.default_rng(seed).permutation(n)
+  cut = int(round(n * 0.8))
+  return perm[:cut], perm[cut:]
+
+
+def fit_ridge(x, ratings, alphas=RIDGE_ALPHAS, seed: int = 42):
+  """Per objective: drop rows without a label, split 80/20, pick alpha by val MSE, keep the fit
+  on the train part. x [N, D], ratings [N, O] (NaN = missing) -> (W [D, O], info per objective).
+  Objectives without labels get a zero column and info None."""
+  x = np.asarray(x, np.float32)
+  w = np.zeros((x.shape[1], ratings.shape[1]), np.float32)
+  info = []
+  for j in range(ratings.shape[1]):
+    keep = ~np.isnan(ratings[:, j])
+    if keep.sum() < 5:
+      info.append(None)
+      continue
+    xj, yj = x[keep], ratings[keep, j]
+    tr, va = split_80_20(len(yj), seed)
+    ws = np.asarray(ridge_grid(xj[tr], yj[tr], alphas))                # [A, D]
+    mse = ((xj[va] @ ws.T - yj[va, None]) ** 2).mean(axis=0)          # [A]
+    best = int(np.argmin(mse))
+    w[:, j] = ws[best]
+    info.append({"alpha": float(alphas[best]), "val_mse": float(mse[best]),
+                 "val_mse_mean_baseline": float(((yj[va] - yj[tr].mean()) ** 2).mean()),
+                 "n": int(keep.sum())})
+  return w, info
+
+
+def fit_bt_probe(hc, hr, l2: float = 1e-3, steps: int = 300, lr: float = 0.05, seed: int = 0):
+  """Linear BT head on tagged pairs: argmin_w mean softplus(-(h_c - h_r) w) + l2 |w|^2 (Adam,
+  full batch). Returns (w [D], info with val accuracy on a 20% split)."""
+  diff = np.asarray(hc, np.float32) - np.asarray(hr, np.float32)
+  tr, va = split_80_20(len(diff), seed)
+  d = jnp.asarray(diff[tr])
+  loss = lambda w: jnp.mean(jax.nn.softplus(-(d @ w))) + l2 * jnp.sum(w * w)
+  tx = optax.adam(lr)
+  w = jnp.zeros(diff.shape[1])
+  state = tx.init(w)
+
+  @jax.jit
+  def step(w, state):
+    g = jax.grad(loss)(w)
+    u, state = tx.update(g, state)
+    return optax.apply_updates(w, u), state
+  for _ in range(steps):
+    w, state = step(w, state)
+  w = np.asarray(w, np.float32)
+  acc = float(((diff[va] @ w) > 0).mean()) if len(va) else float("nan")
+  return w, {"bt_val_accuracy": acc, "n": int(len(diff))}
+
+
+# ------------------------------------------------------------------- verbosity de-correlation
+
+def decorrelate(rewards, config):
+  """(T [O, O], report) from stage-1 rewards [N, O] on the reference responses."""
+  names = list(config.objectives.names)
+  v = objs.verbosity_index(names, config.objectives.verbosity)
+  lam, conv = losses.verbosity_penalties(rewards, v, threshold=config.armorm.corr_threshold)
+  t = losses.verbosity_transform(lam, v)
+  after = rewards @ t
+  corr = lambda r: {n: losses.spearman(r[:, j], rewards[:, v]) for j, n in enumerate(names)}
+  return t, {"verbosity": names[v], "penalties": dict(zip(names, map(float, lam))),
+             "converged": dict(zip(names, map(bool, conv))), "spearman_before": corr(rewards),
+             "spearman_after": corr(after)}
+
+
+# ----------------------------------------------------------------------------- stage 2: gate
+
+class SampleBatcher:
+  """Batches of `batch_size` rows drawn WITH replacement (stage-2_train.py's randint); the
+  position is the step count, so resuming replays the same draws."""
+
+  def __init__(self, arrays: dict, batch_size: int, seed: int = 0):
+    self.arrays, self.batch_size, self.seed, self.step = arrays, batch_size, seed, 0
+    self.n = len(next(iter(arrays.values())))
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    idx = np.random.default_rng([self.seed, self.step]).integers(0, self.n, self.batch_size)
+    self.step += 1
+    return dict({k: v[idx] for k, v in self.arrays.items()},
+                weight=np.ones(self.batch_size, np.float32))
+
+  def state(self):
+    return {"step": self.step}
+
+  def restore(self, state):
+    self.step = int(state["step"])
+
+
+def fixed_batches(arrays: dict, batch_size: int):
+  """In-order batches padded to `batch_size` (weight 0 on padding rows), for eval."""
+  n = len(next(iter(arrays.values())))
+  def gen():
+    for s in range(0, n, batch_size):
+      part = {k: v[s:s + batch_size] for k, v in arrays.items()}
+      m = len(next(iter(part.values())))
+      pad = lambda v: np.concatenate([v, np.zeros((batch_size - m,) + v.shape[1:], v.dtype)])
+      yield dict({k: pad(v) for k, v in part.items()},
+                 weight=pad(np.ones(m, np.float32)))
+  return gen
+
+
+def stage2_task(config, heads: ArmoHeads, w, t, train_arrays, eval_arrays) -> Task:
+  """Loop task: params = ArmoHeads params; regression (W) and transform (T) are loaded and
+  frozen, only 'gate' and 'beta' train. Arrays: hc, hr, hx [N, D]."""
+  flag = bool(config.armorm.apply_transform_in_training)
+  d = train_arrays["hc"].shape[1]
+
+  def init_params(rng):
+    z = jnp.zeros((2, d), jnp.float32)
+    return heads.init(rng, z, z)["params"]
+
+  def load(params, shardings):
+    params = dict(params)
+    params["regression"] = {"kernel": jax.device_put(jnp.asarray(w), shardings["regression"]["kernel"])}
+    params["transform"] = jax.device_put(jnp.asarray(t), shardings["transform"])
+    return params
+
+  def loss_fn(params, batch, rng):
+    sc, sr = heads.apply({"params": params}, batch["hc"], batch["hr"], batch["hx"],
+                         deterministic=False, apply_transform=flag, rngs={"dropout": rng},
+                         method=ArmoHeads.pair_scores)
+    loss = losses.bradley_terry(sc, sr, weight=batch["weight"])
+    return loss, losses.pair_metrics(sc, sr, batch["weight"])
+
+  def eval_fn(params, batch):
+    sc, sr = heads.apply({"params": params}, batch["hc"], batch["hr"], batch["hx"],
+                         method=ArmoHeads.pair_scores)
+    return {"chosen": sc, "rejected": sr, "weight": batch["weight"]}
+
+  def summarize(out):
+    keep = out["weight"] > 0
+    rc, rr = out["chosen"][keep], out["rejected"][keep]
+    return {"accuracy": float(np.mean(rc > rr)), "loss": float(np.mean(np.logaddexp(0, rr - rc)))}
+
+  bs = config.stage2.batch_size
+  has_eval = eval_arrays is not None and len(eval_arrays["hc"])
+  return Task(init_params=init_params, loss_fn=loss_fn,
+              train_batches=SampleBatcher(train_arrays, bs, config.seed),
+              eval_fn=eval_fn if has_eval else None,
+              eval_batches=fixed_batches(eval_arrays, bs) if has_eval else None,
+              summarize_eval=summarize, load_pretrained=load,
+              trainable=lambda k: k in ("gate", "beta"))
+
+
+def stage2_config(config):
+  """The loop config of stage 2: AdamW lr 1e-3, wd 0, cosine to 0 without warmup."""
+  c = copy.deepcopy(config)
+  s = config.stage2
+  with c.unlocked():
+    c.optim.update(lr=s.lr, warmup_steps=0, schedule="cosine", final_lr_frac=0.0,
+                   weight_decay=0.0, clip_norm=0.0, accum_steps=1)
+    c.train.update(steps=s.steps, batch_size=s.batch_size, log_every=max(1, s.steps // 10),
+                   eval_every=s.steps, checkpoint_every=s.steps, async_checkpoint=False,
+                   tensorboard=False, best_metric="")
+  return c
+
+
+# --------------------------------------------------------------------- end-to-end stage 1 (opt)
+
+def e2e_task(config, cfg, backbone_params, ratings_rows, ratings, pair_rows, pair_obj,
+             pad_id: int) -> Task:
+  """Backbone + regression heads trained together: masked MSE on ratings + per-objective BT on
+  tagged pairs (each pair on its own objective's head), through the generic loop."""
+  from rmjax.models.armorm import RegressionRM
+  o = len(config.objectives.names)
+  model = RegressionRM(cfg, o)
+  t = config.data.max_length
+  bs = config.train.batch_size
+
+  def pad(rows):
+    ids = np.full((len(rows), t), pad_id, np.int32)
+    mask = np.zeros((len(rows), t), np.int32)
+    for i, r in enumerate(rows):
+      r = r[-t:]
+      ids[i, :len(r)], mask[i, :len(r)] = r, 1
+    return ids, mask
+  arrays = {}
+  ids, mask = pad(ratings_rows)
+  arrays_r = {"ids": ids, "mask": mask, "ratings": np.nan_to_num(ratings),
+              "rating_mask": (~np.isnan(ratings)).astype(np.float32)}
+  arrays_p = None
+  if pair_rows:
+    ci, cm = pad([c for c, _ in pair_rows])
+    ri, rm = pad([r for _, r in pair_rows])
+    arrays_p = {"chosen_ids": ci, "chosen_mask": cm, "rejected_ids": ri, "rejected_mask": rm,
+                "objective": np.asarray(pair_obj, np.int32)}
+
+  class Mixed(SampleBatcher):
+    """Ratings rows and (when present) tagged pairs, both drawn with replacement."""
+    def __next__(self):
+      rng = np.random.default_rng([self.seed, self.step])
+      self.step += 1
+      out = {k: v[rng.integers(0, len(ids), bs)] for k, v in arrays_r.items()}
+      if arrays_p is not None:
+        j = rng.integers(0, len(arrays_p["objective"]), bs)
+        out.update({k: v[j] for k, v in arrays_p.items()})
+      return out
+  arrays.update(arrays_r)
+
+  def loss_fn(params, batch, rng):
+    pred = model.apply({"params": params}, batch["ids"], batch["mask"])
+    mse = losses.masked_mse(pred, batch["ratings"], batch["rating_mask"])
+    metrics = {"mse": mse}
+    loss = mse
+    if "objective" in batch:
+      both = model.apply({"params": params},
+                         jnp.concatenate([batch["chosen_ids"], batch["rejected_ids"]]),
+                         jnp.concatenate([batch["chosen_mask"], batch["rejected_mask"]]))
+      bt = losses.objective_bradley_terry(both[:bs], both[bs:], batch["objective"])
+      loss = loss + config.armorm.e2e_bt_coef * bt
+      metrics["bt"] = bt
+    return loss, metrics
+
+  def init_params(rng):
+    z = jnp.zeros((2, 8), jnp.int32)
+    return model.init(rng, z, jnp.ones_like(z))["params"]
+
+  return Task(init_params=init_params, loss_fn=loss_fn, train_batches=Mixed(arrays, bs, config.seed),
+              load_pretrained=lambda p, s: builders.params_with_backbone(p, backbone_params, s),
+              model_config=cfg)
+
+
+# ----------------------------------------------------------------------------------- driver
+
+def _log(msg):
+  if jax.process_index() == 0:
+    print(f"[armorm] {msg}", flush=True)
+
+
+def save_model(workdir, config, cfg, params) -> None:
+  """config.json, model_config.json and the orbax checkpoint score/eval restore."""
+  from rmjax.train.checkpoint import Checkpointer
+  from rmjax.train.state import TrainState
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json_best_effort(indent=2))
+  with open(os.path.join(workdir, "model_config.json"), "w") as f:
+    json.dump(cfg.to_dict(), f, indent=2)
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
+  step = (ckpt.latest_step() or 0) + 1
+  ckpt.save(step, TrainState(step=jnp.asarray(step, jnp.int32), params=params, opt_state={},
+                             rng=jax.random.PRNGKey(0)), data={}, metrics=None)
+  ckpt.close()
+
+
+def run(config, workdir: str) -> dict:
+  """The whole pipeline; returns the final metrics (also in workdir/armorm.json)."""
+  from rmjax.data import ratings as rdata
+  from rmjax.data.tokenize import ChatEncoder
+  from rmjax.eval import armorm_report
+  os.makedirs(workdir, exist_ok=True)
+  d, a = config.data, config.armorm
+  names = list(config.objectives.names)
+  objectives = objs.resolve(names)
+  cfg, backbone_params = builders.backbone(config)
+  tok = builders.tokenizer(config)
+  encoder = ChatEncoder(tok, d.max_length)
+  with config.unlocked():
+    config.armorm.prompt_pattern = tuple(emb.prompt_end_pattern(tok))
+  _log(f"objectives {names}; prompt pattern {list(config.armorm.prompt_pattern)}")
+
+  rated = rdata.load_ratings_spec(d.ratings, objectives, config.seed, unrated=tuple(d.unrated))
+  tagged = rdata.load_objective_pairs(d.objective_pairs, names, config.seed) if d.objective_pairs else []
+  train_pairs = rdata.load_pairs_spec(d.source, config.seed)
+  eval_pairs = rdata.load_pairs_spec(d.eval_source, config.seed + 1) if d.eval_source else []
+  ref_pairs = rdata.load_pairs_spec(a.reference, config.seed + 2) if a.reference else train_pairs
+  _log(f"{len(rated)} rated responses, {len(tagged)} tagged pairs, {len(train_pairs)} train / "
+       f"{len(eval_pairs)} eval pairs")
+  ratings = np.stack([e.ratings for e in rated]) if rated else np.zeros((0, len(names)), np.float32)
+  rows = {"ratings": emb.encode_rows(encoder, [(e.messages, e.response) for e in rated])}
+  for key, pairs in (("tagged", [t.pair for t in tagged]), ("train", train_pairs),
+                     ("eval", eval_pairs), ("reference", ref_pairs if a.reference else [])):
+    rows[f"{key}_c"] = emb.encode_rows(encoder, [(p.messages, p.chosen) for p in pairs])
+    rows[f"{key}_r"] = emb.encode_rows(encoder, [(p.messages, p.rejected) for p in pairs])
+
+  stage1 = {}
+  w = None
+  if a.stage1 == "e2e":
+    task = e2e_task(config, cfg, backbone_params, rows["ratings"], ratings,
+                    list(zip(rows["tagged_c"], rows["tagged_r"])), [t.objective for t in tagged],
+                    encoder.pad_id)
+    e2e_conf = copy.deepcopy(config)
+    with e2e_conf.unlocked():
+      e2e_conf.train.steps = a.e2e_steps
+    stage1["e2e"], state = train(e2e_conf, os.path.join(workdir, "stage1_e2e"), task, return_state=True)
+    p = jax.device_get(state.params)
+    backbone_params, w = p["backbone"], np.asarray(p["regression"]["kernel"])
+  elif a.stage1 != "ridge":
+    from rmjax.errors import ConfigError
+    raise ConfigError(f"armorm.stage1 must be 'ridge' or 'e2e', got {a.stage1!r}")
+
+  import hashlib
+  first = np.asarray(jax.tree_util.tree_leaves(backbone_params)[0])
+  settings = {"spec": config.model.spec, "seed": config.seed, "max_length": d.max_length,
+              "pattern": list(config.armorm.prompt_pattern),
+              "backbone_sha": hashlib.sha256(first.tobytes()).hexdigest()[:16]}
+  cache_dir = os.path.join(workdir, "embeddings")
+  h = {}
+  for key, rs in rows.items():
+    if not rs:
+      h[key] = (np.zeros((0, cfg.hidden_size), np.float32),) * 2
+      continue
+    h[key] = emb.cached(cache_dir, key, [str(i) for i in range(len(rs))], rs, settings,
+                        lambda rs=rs, key=key: emb.embed_rows(
+                            cfg, backbone_params, rs, config.armorm.prompt_pattern,
+                            batch_size=a.embed_batch_size, pad_id=encoder.pad_id,
+                            progress=config.train.progress, desc=f"embed {key}"))
+
+  if w is None:  # ridge on ratings; BT probe for objectives known only from tagged pairs
+    w, info = fit_ridge(h["ratings"][0], ratings, tuple(a.ridge_alphas)) if len(ratings) else (
+        np.zeros((cfg.hidden_size, len(names)), np.float32), [None] * len(names))
+    obj_of = np.array([t.objective for t in tagged], int)
+    for j, n in enumerate(names):
+      if info[j] is None and (obj_of == j).any():
+        sel = obj_of == j
+        w[:, j], info[j] = fit_bt_probe(h["tagged_c"][0][sel], h["tagged_r"][0][sel],
+                                        l2=a.bt_probe_l2, steps=a.bt_probe_steps)
+    stage1["objectives"] = dict(zip(names, info))
+  _log(f"stage 1: {json.dumps(stage1.get('objectives', {}), default=str)[:400]}")
+
+  ref = "reference" if a.reference else "train"
+  r_ref = np.concatenate([h[f"{ref}_c"][0], h[f"{ref}_r"][0]]) @ w           # [2N, O]
+  t, decor = decorrelate(r_ref, config)
+  _log(f"verbosity penalties {decor['penalties']}")
+
+  heads = make_heads(config)
+  arrays = lambda k: {"hc": h[f"{k}_c"][0], "hr": h[f"{k}_r"][0], "hx": h[f"{k}_c"][1]}
+  task = stage2_task(config, heads, w, t, arrays("train"), arrays("eval") if eval_pairs else None)
+  s2_final, s2_state = train(stage2_config(config), os.path.join(workdir, "stage2"), task,
+                             return_state=True)
+  head_params = jax.device_get(s2_state.params)
+
+  # the full model: backbone + heads, in make_model's layout
+  model = make_model(config, cfg)
+  z = jnp.zeros((2, 8), jnp.int32)
+  shapes = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.PRNGKey(0), z, jnp.ones_like(z))))
+  params = {"backbone": jax.tree_util.tree_map(lambda x, s: np.asarray(x, s.dtype), backbone_params,
+                                               shapes["params"]["backbone"]),
+            "heads": jax.tree_util.tree_map(np.asarray, head_params)}
+  save_model(workdir, config, cfg, params)
+
+  report = {"stage1": stage1, "decorrelation": decor, "stage2": s2_final}
+  if eval_pairs:
+    report["eval"] = armorm_report.pair_eval(heads, head_params, arrays("eval"), eval_pairs, names)
+    armorm_report.plots(os.path.join(workdir, "eval"), report["eval"], decor)
+  with open(os.path.join(workdir, "armorm.json"), "w") as f:
+    json.dump(report, f, indent=2, default=float)
+  summary = {"stage2_" + k: v for k, v in s2_final.items() if isinstance(v, (int, float))}
+  if "eval" in report:
+    summary.update({k: v for k, v in report["eval"].items() if isinstance(v, (int, float))})
+  return summary
