@@ -80,13 +80,16 @@ def score_ids(encoder, config, messages, response, principles=None) -> list:
 # ------------------------------------------------------------------------------------------------
 
 def load_records(spec: str, seed: int = 0) -> list:
-  """Judged pair records: 'synthetic:N' (known rule) or JSONL paths joined with '+'."""
+  """Judged pair records: 'synthetic:N' (known-rule judge over the synthetic pairs),
+  'length:N' (pairs that differ only in length, same judge) or JSONL paths joined with '+'."""
   from rmjax.data.pairs import iter_records
   if not spec:
     raise ConfigError("salmon.preferences is empty: point it at `rmjax collect` output "
                       "(WORKDIR/preferences.jsonl) or use synthetic:N")
   if spec.startswith("synthetic:"):
     return agg.synthetic_records(int(spec.split(":", 1)[1] or 2000), seed=seed)
+  if spec.startswith("length:"):
+    return agg.length_records(int(spec.split(":", 1)[1] or 1000), seed=seed)
   out = []
   for path in spec.split("+"):
     for _, obj in iter_records(path):
@@ -184,7 +187,9 @@ def build(config) -> Task:
 
 
 def reward_fn(model, params, tok, config, batch_size: int = 16):
-  """(messages, response, principle texts) lists -> rewards [N] (numpy), for tests/notebooks."""
+  """(messages, response, principle texts) lists -> rewards [N] (numpy), for tests/notebooks.
+  Params are copied to the host first (a small model; mesh-placed params need the mesh)."""
+  params = jax.device_get(params)
   apply = jax.jit(lambda p, i, m: model.apply({"params": p}, i, m)["reward"])
 
   def score(prompts, responses, principle_lists):
