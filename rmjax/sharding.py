@@ -94,6 +94,20 @@ def tree_shardings(boxed_tree: Any, mesh: Mesh, rules=DEFAULT_RULES) -> Any:
   return jax.tree_util.tree_map(one, boxed_tree, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
 
 
+def strip_boxes(tree: Any) -> Any:
+  """Drop `nn.LogicallyPartitioned` wrappers without applying constraints (safe on abstract
+  values and inside a mesh context, unlike `nn.unbox`)."""
+  return jax.tree_util.tree_map(
+      lambda x: x.value if isinstance(x, nn.LogicallyPartitioned) else x, tree,
+      is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+
+
+def with_shardings(abstract: Any, shardings: Any) -> Any:
+  """ShapeDtypeStructs carrying their target shardings (for orbax restore / jit lowering)."""
+  return jax.tree_util.tree_map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+
+
 def llama_param_shardings(cfg, mesh: Mesh, rules=DEFAULT_RULES) -> Any:
   """Shardings of the Llama parameter tree for `cfg`, computed without allocating weights."""
   import jax.numpy as jnp

@@ -69,8 +69,11 @@ class ByteTokenizer:
     """Ids -> text; bytes that do not form valid UTF-8 decode as U+FFFD."""
     out, buf = [], bytearray()
     for i in (int(i) for i in ids):
-      if i >= BYTE_OFFSET:
+      if BYTE_OFFSET <= i < BYTE_OFFSET + 256:
         buf.append(i - BYTE_OFFSET)
+        continue
+      if i >= BYTE_OFFSET + 256:  # ids past the byte range (a bigger model vocab): unknown
+        buf.extend('\ufffd'.encode())
         continue
       out.append(buf.decode('utf-8', errors='replace'))
       buf = bytearray()

@@ -55,8 +55,7 @@ class Scorer:
       ids = jnp.zeros((2, 8), jnp.int32)
       boxed = jax.eval_shape(lambda: self.model.init(jax.random.PRNGKey(0), ids, jnp.ones_like(ids)))
       shardings = shd.tree_shardings(boxed["params"], self.mesh)
-      abstract = jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                                        nn.unbox(boxed["params"]), shardings)
+      abstract = shd.with_shardings(shd.strip_boxes(boxed["params"]), shardings)
       self.params = ckpt.restore_params(abstract, step)
       self._apply = jax.jit(lambda p, i, m: self.model.apply({"params": p}, i, m))
     self.step = step if step is not None else ckpt.latest_step()

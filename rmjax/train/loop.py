@@ -50,11 +50,6 @@ class Task:
   model_config: Any = None  # LlamaConfig, written to workdir/model_config.json for score/eval
 
 
-def _with_shardings(abstract, shardings):
-  return jax.tree_util.tree_map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-
-
 def _is_main():
   return jax.process_index() == 0
 
@@ -68,10 +63,11 @@ def run_eval(params, task: Task, mesh, eval_jit) -> dict:
   return task.summarize_eval(cat)
 
 
-def train(config, workdir: str, task: Task, mesh=None) -> dict:
+def train(config, workdir: str, task: Task, mesh=None, return_state: bool = False):
   """Train `task` under `config` in `workdir`, resuming from its latest checkpoint if any.
 
-  Returns the final metrics (last train metrics and, if the task has an eval, eval metrics).
+  Returns the final metrics (last train metrics and, if the task has an eval, eval metrics),
+  and the final TrainState too when `return_state`.
   Raises TrainingDiverged on a non-finite loss; checkpoints already written stay intact.
   """
   tc = config.train
@@ -92,7 +88,7 @@ def train(config, workdir: str, task: Task, mesh=None) -> dict:
   init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
   boxed = abstract_state(task.init_params, tx, init_rng)
   state_shardings = shd.tree_shardings(boxed, mesh, rules)
-  abstract = _with_shardings(nn.unbox(boxed), state_shardings)
+  abstract = shd.with_shardings(shd.strip_boxes(boxed), state_shardings)
   replicated = NamedSharding(mesh, P())
   batch_spec = NamedSharding(mesh, P(shd.BATCH))
 
@@ -169,4 +165,4 @@ def train(config, workdir: str, task: Task, mesh=None) -> dict:
     pbar.close()
   ckpt.close()
   writer.close()
-  return final
+  return (final, state) if return_state else final

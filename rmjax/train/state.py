@@ -96,7 +96,7 @@ def make_train_step(loss_fn, tx, schedule, accum_steps: int = 1):
       loss, metrics, grads = jax.tree_util.tree_map(lambda x: x / accum_steps, (loss, metrics, grads))
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads), lr=schedule(state.step))
+    metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads), lr=schedule(state.step))
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state, rng=rng), metrics
 
   return step

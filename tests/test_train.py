@@ -1,0 +1,164 @@
+"""The generic loop on the BT task: sharded == single device, exact resume after SIGKILL, NaN guard."""
+
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from configs import bt as bt_config
+from rmjax import sharding
+from rmjax.errors import TrainingDiverged
+from rmjax.train import bt
+from rmjax.train.checkpoint import Checkpointer
+from rmjax.train.loop import train
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def tiny_config(steps=5, **train_overrides):
+  c = bt_config.get_config("tiny")
+  c.data.source = "synthetic:200"
+  c.data.eval_source = "synthetic:16"
+  c.train.steps = steps
+  c.train.batch_size = 8
+  c.train.log_every = 1
+  c.train.eval_every = 0
+  c.train.checkpoint_every = steps
+  c.train.progress = False
+  c.train.tensorboard = False
+  c.train.async_checkpoint = False
+  c.optim.warmup_steps = 1
+  for k, v in train_overrides.items():
+    setattr(c.train, k, v)
+  return c
+
+
+def assert_tree_close(a, b, rtol=1e-5):
+  """Per leaf: ||a - b|| <= rtol * ||b|| (relative error of the whole tensor)."""
+  def one(x, y):
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    assert np.linalg.norm(x - y) <= rtol * max(np.linalg.norm(y), 1e-12), (
+        np.linalg.norm(x - y) / np.linalg.norm(y))
+  jax.tree_util.tree_map(one, a, b)
+
+
+def _losses(workdir):
+  import json
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return np.array([json.loads(line)["loss"] for line in f])
+
+
+@pytest.fixture(scope="module")
+def single_device_run(tmp_path_factory):
+  wd = str(tmp_path_factory.mktemp("single"))
+  config = tiny_config()
+  mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+  _, state = train(config, wd, bt.build(config), mesh=mesh, return_state=True)
+  return _losses(wd), jax.device_get(state.params)
+
+
+@pytest.mark.parametrize("shape", [(8, 1, 1), (2, 4, 1), (2, 2, 2)])
+def test_sharded_training_equals_single_device(shape, single_device_run, tmp_path):
+  ref_losses, ref_params = single_device_run
+  config = tiny_config()
+  config.mesh.shape = shape
+  _, state = train(config, str(tmp_path), bt.build(config), return_state=True)
+  np.testing.assert_allclose(_losses(str(tmp_path)), ref_losses, rtol=1e-5)
+  q = state.params["backbone"]["layers"]["self_attn"]["q_proj"]["kernel"]
+  assert q.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
+  assert_tree_close(jax.device_get(state.params), ref_params)
+
+
+def test_gradient_accumulation_matches_full_batch(tmp_path):
+  a = tiny_config(steps=2)
+  b = tiny_config(steps=2)
+  b.optim.accum_steps = 2
+  _, sa = train(a, str(tmp_path / "a"), bt.build(a), return_state=True)
+  _, sb = train(b, str(tmp_path / "b"), bt.build(b), return_state=True)
+  assert_tree_close(jax.device_get(sa.params), jax.device_get(sb.params), rtol=1e-4)
+
+
+def test_freeze_backbone_trains_head_only(tmp_path):
+  config = tiny_config(steps=3, freeze_backbone=True)
+  task = bt.build(config)
+  _, state = train(config, str(tmp_path), task, return_state=True)
+  from rmjax import checkpoints
+  _, pre = checkpoints.load_pretrained("tiny", seed=config.seed)
+  jax.tree_util.tree_map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), y),
+                         jax.device_get(state.params["backbone"]), pre)
+  assert not np.allclose(state.params["reward_head"]["Dense_0"]["kernel"], 0.0)
+
+
+class _PoisonAt:
+  """Wraps a batcher: the margin of batch number `at` (1-based) becomes NaN."""
+
+  def __init__(self, inner, at):
+    self.inner, self.at, self.n = inner, at, 0
+
+  def __next__(self):
+    batch = next(self.inner)
+    self.n += 1
+    if self.n == self.at:
+      batch = dict(batch, margin=np.full_like(batch["margin"], np.nan))
+    return batch
+
+  def state(self):
+    return self.inner.state()
+
+  def restore(self, s):
+    self.inner.restore(s)
+
+
+def test_nan_loss_stops_run_and_keeps_last_checkpoint(tmp_path):
+  config = tiny_config(steps=6, checkpoint_every=2)
+  config.loss.use_margin = True
+  task = bt.build(config)
+  task.train_batches = _PoisonAt(task.train_batches, at=5)
+  with pytest.raises(TrainingDiverged, match=r"at step 5.*last good checkpoint is step 4"):
+    train(config, str(tmp_path), task)
+  ckpt = Checkpointer(str(tmp_path / "checkpoints"), async_save=False)
+  assert ckpt.latest_step() == 4
+  # the checkpoint restores and training resumes from it
+  config.loss.use_margin = False
+  final = train(config, str(tmp_path), bt.build(config))
+  assert final["step"] == 6 and np.isfinite(final["loss"])
+
+
+def _cli(workdir, steps, extra_env=None):
+  cmd = [sys.executable, "-m", "rmjax", "train", f"--config={REPO}/configs/bt.py:tiny",
+         f"--workdir={workdir}", f"--config.train.steps={steps}", "--config.train.checkpoint_every=3",
+         "--config.data.source=synthetic:200", "--config.data.eval_source=synthetic:16",
+         "--config.train.eval_every=0", "--config.train.batch_size=8", "--config.train.progress=False"]
+  env = dict(os.environ, **(extra_env or {}))
+  return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True)
+
+
+def test_resume_after_sigkill_is_bit_identical(tmp_path):
+  steps = 9
+  ref = _cli(tmp_path / "ref", steps)
+  slow = _cli(tmp_path / "killed", steps, {"RMJAX_DEBUG_STEP_DELAY": "1.0"})
+  first = tmp_path / "killed" / "checkpoints" / "3"
+  deadline = time.time() + 240
+  while not first.is_dir() and time.time() < deadline and slow.poll() is None:
+    time.sleep(0.2)
+  assert first.is_dir(), "no checkpoint appeared"
+  slow.send_signal(signal.SIGKILL)
+  slow.wait()
+  assert ref.wait(timeout=300) == 0, ref.stdout.read()
+  resumed = _cli(tmp_path / "killed", steps)
+  out = resumed.communicate(timeout=300)[0]
+  assert resumed.returncode == 0, out
+  assert "resumed from step" in out and "resumed from step 9" not in out
+
+  def params(wd):
+    from rmjax.eval.scorer import Scorer
+    return jax.device_get(Scorer(str(wd)).params)
+  a, b = params(tmp_path / "ref"), params(tmp_path / "killed")
+  jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
