@@ -11,6 +11,7 @@ import pytest
 
 from configs import ensemble as ensemble_config
 from rmjax import sharding
+from rmjax.checkpoints.presets import PRESET_CONFIGS
 from rmjax.errors import ConfigError
 from rmjax.eval.uncertainty import auroc, uncertainty_report
 from rmjax.models.heads import EnsembleHead
@@ -101,8 +102,7 @@ def test_k_head_training_sharded_equals_single_device(shape, single_device_run, 
 
 def test_member_init_independent_of_k():
   cfg = tiny_config()
-  from rmjax.train import builders
-  mcfg, _ = builders.backbone(cfg)
+  mcfg = PRESET_CONFIGS["tiny"]
   p3 = nn.unbox(ensemble.make_model(cfg, mcfg).init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32),
                                                     jnp.ones((1, 4), jnp.int32))["params"])
   a = ensemble.member_head_init(p3, seed=3)["reward_head"]["kernel"]
@@ -111,8 +111,7 @@ def test_member_init_independent_of_k():
 
 def test_independent_members_forward():
   cfg = tiny_config(mode="independent", members=2)
-  from rmjax.train import builders
-  mcfg, _ = builders.backbone(cfg)
+  mcfg = PRESET_CONFIGS["tiny"]
   model = ensemble.make_model(cfg, mcfg)
   ids = jnp.ones((3, 8), jnp.int32)
   boxed = model.init(jax.random.PRNGKey(0), ids, jnp.ones_like(ids))["params"]
@@ -164,3 +163,24 @@ def test_bad_input(call, err, msg):
   with pytest.raises(err, match=msg) as e:
     call()
   assert "\n" not in str(e.value)
+
+
+def test_notebook_executes():
+  import pathlib
+  import nbformat
+  from nbclient import NotebookClient
+  repo = pathlib.Path(__file__).resolve().parents[1]
+  nb = nbformat.read(repo / "notebooks" / "uncertainty.ipynb", as_version=4)
+  env_path = os.environ.get("PYTHONPATH", "")
+  os.environ["PYTHONPATH"] = f"{repo}{os.pathsep}{env_path}" if env_path else str(repo)
+  try:
+    NotebookClient(nb, timeout=300, kernel_name="python3",
+                   resources={"metadata": {"path": str(repo)}}).execute()
+  finally:
+    if env_path:
+      os.environ["PYTHONPATH"] = env_path
+    else:
+      os.environ.pop("PYTHONPATH", None)
+  outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+  assert not [o for o in outputs if o.output_type == "error"]
+  assert any(o.output_type == "display_data" for o in outputs)

@@ -147,15 +147,14 @@ def bon_curves(proxies: dict, gold, ns: Sequence[int] | None = None, nested_seed
 
 def save_curves(curves: dict, out_dir: str, name: str = "best_of_n", title: str = "") -> dict:
   """Write `<name>.json` and `<name>.png` (gold and proxy vs sqrt(KL), one line per proxy)."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend alone
   os.makedirs(out_dir, exist_ok=True)
   paths = {"json": os.path.join(out_dir, f"{name}.json"), "png": os.path.join(out_dir, f"{name}.png")}
   with open(paths["json"], "w") as f:
     json.dump(curves, f, indent=2)
   x = curves["sqrt_kl"]
-  fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+  fig = Figure(figsize=(10, 4))
+  axes = fig.subplots(1, 2)
   for key, c in curves["curves"].items():
     axes[0].plot(x, c["gold"], marker="o", label=key)
     axes[1].plot(x, c["proxy"], marker="o", label=key)
@@ -166,5 +165,4 @@ def save_curves(curves: dict, out_dir: str, name: str = "best_of_n", title: str 
     fig.suptitle(title)
   fig.tight_layout()
   fig.savefig(paths["png"], dpi=100)
-  plt.close(fig)
   return paths

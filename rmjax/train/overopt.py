@@ -195,6 +195,7 @@ def run(config, workdir: str) -> dict:
   members = score_fn(flat_p, flat_r).reshape(len(bon_prompts), o.pool, -1)   # [M, N, K]
   gold = np.array([gold_score(p, r) for p, r in zip(flat_p, flat_r)]).reshape(len(bon_prompts), o.pool)
   times["pool_score_s"] = time.perf_counter() - t0
+  np.savez(os.path.join(workdir, "eval", "overopt_pool.npz"), members=members, gold=gold)
   # 4. curves per aggregator
   ref = members.reshape(-1, members.shape[-1]) if o.standardize else None
   proxies = rewards.aggregate_all(members, methods=tuple(o.aggregators), reference=ref, lam=o.lam,
