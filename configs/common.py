@@ -13,7 +13,7 @@ VARIANTS = ("tiny", "smollm2", "llama3-8b")
 
 # What each size variant means: model spec for rmjax.checkpoints, tokenizer, lengths, batch, mesh.
 MODEL_PRESETS = {
-    "tiny": dict(spec="tiny", tokenizer="tiny", max_length=128, batch_size=16, dtype="float32",
+    "tiny": dict(spec="tiny", tokenizer="tiny", max_length=128, batch_size=32, dtype="float32",
                  remat="none", mesh=(-1, 1, 1), lr=1e-3, steps=300),
     "smollm2": dict(spec="smollm2-135m", tokenizer="smollm2-135m", max_length=512, batch_size=8,
                     dtype="float32", remat="none", mesh=(-1, 1, 1), lr=1e-5, steps=1000),
@@ -67,7 +67,7 @@ def base_config(arg: mlc.ConfigDict, task: str) -> mlc.ConfigDict:
   c.mesh = mlc.ConfigDict(dict(shape=p["mesh"]))
 
   c.optim = mlc.ConfigDict(dict(
-      lr=p["lr"], warmup_steps=10, schedule="cosine", final_lr_frac=0.1, weight_decay=0.0,
+      lr=p["lr"], warmup_steps=20, schedule="cosine", final_lr_frac=0.1, weight_decay=0.0,
       b1=0.9, b2=0.999, eps=1e-8, clip_norm=1.0, accum_steps=1))
 
   c.train = mlc.ConfigDict(dict(

@@ -17,7 +17,7 @@ import os
 import sys
 import time
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from rmjax.errors import ConfigError, RmjaxError
@@ -191,6 +191,7 @@ def cmd_sweep():
 
 
 def main(argv):
+  logging.set_verbosity(logging.WARNING)  # orbax/jax INFO chatter hides the results
   if len(argv) < 2 or argv[1] not in COMMANDS:
     if len(argv) > 1:
       raise ConfigError(f"unknown command {argv[1]!r}; use one of: {', '.join(COMMANDS)}")
@@ -202,8 +203,10 @@ def main(argv):
 def _parse_flags(argv):
   try:
     return FLAGS(argv)
-  except flags.Error as e:
-    print(f"rmjax: error: {e}".splitlines()[0], file=sys.stderr)
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+    msg = str(e).replace("\\n", " ").replace("\n", " ").replace("\\'", "").strip("'\" ")
+    kind = "bad flag or config override" if not isinstance(e, flags.Error) else "bad flag"
+    print(f"rmjax: error: {kind}: {msg}", file=sys.stderr)
     sys.exit(2)
 
 

@@ -147,15 +147,17 @@ def train(config, workdir: str, task: Task, mesh=None, return_state: bool = Fals
             f"non-finite loss ({float(metrics['loss'])}) at step {done}: training stopped; "
             f"no checkpoint was written yet")
       is_last = done == tc.steps
+      row = {}
       if done % tc.log_every == 0 or is_last:
         elapsed = time.perf_counter() - t0
-        metrics = dict(metrics, steps_per_s=(done - start) / elapsed, tokens_per_s=tokens / elapsed)
-        final.update(writer.write(done, metrics))
+        row.update(metrics, steps_per_s=(done - start) / elapsed, tokens_per_s=tokens / elapsed)
         pbar.set_postfix(loss=f"{float(metrics['loss']):.4f}")
       eval_metrics = None
       if eval_jit is not None and tc.eval_every and (done % tc.eval_every == 0 or is_last):
         eval_metrics = run_eval(state.params, task, mesh, eval_jit)
-        final.update(writer.write(done, eval_metrics, prefix="eval_"))
+        row.update({f"eval_{k}": v for k, v in eval_metrics.items()})
+      if row:  # one JSON object per logged step: train and eval metrics together
+        final.update(writer.write(done, row))
       if done % tc.checkpoint_every == 0 or is_last:
         save_metrics = ({f"eval_{k}": float(v) for k, v in eval_metrics.items()
                          if isinstance(v, (int, float, np.number))} if eval_metrics else None)
