@@ -314,3 +314,19 @@ def test_cli_train_smoke_then_score_fields(tmp_path):
   res = run("eval", "--workdir", str(wd), "--data", str(pin))
   assert res.returncode == 0, res.stderr[-3000:]
   assert "accuracy" in json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def test_notebook_executes():
+  import nbformat
+  from nbclient import NotebookClient
+  nb = nbformat.read(os.path.join(REPO, "notebooks", "armorm.ipynb"), as_version=4)
+  env_before = os.environ.get("RMJAX_NOTEBOOK_SMOKE")
+  os.environ["RMJAX_NOTEBOOK_SMOKE"] = "1"
+  try:
+    NotebookClient(nb, timeout=300, kernel_name="python3",
+                   resources={"metadata": {"path": REPO}}).execute()
+  finally:
+    if env_before is None:
+      os.environ.pop("RMJAX_NOTEBOOK_SMOKE", None)
+  outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+  assert "gated (T in training)" in outputs
