@@ -125,10 +125,17 @@ def cmd_eval():
     raise ConfigError(f"{data}: no pairs to evaluate")
   scorer = Scorer(workdir, step=FLAGS.step, batch_size=FLAGS.batch_size)
   prompts = [p.messages for p in pairs]
-  rc = scorer.score(prompts, [p.chosen for p in pairs])["reward"]
-  rr = scorer.score(prompts, [p.rejected for p in pairs])["reward"]
-  report = pair_report(rc, rr, [p.subset for p in pairs], [len(p.chosen) for p in pairs],
-                       [len(p.rejected) for p in pairs])
+  res_c = scorer.score(prompts, [p.chosen for p in pairs])
+  res_r = scorer.score(prompts, [p.rejected for p in pairs])
+  report = pair_report(res_c["reward"], res_r["reward"], [p.subset for p in pairs],
+                       [len(p.chosen) for p in pairs], [len(p.rejected) for p in pairs])
+  if "objectives" in res_c:  # ArmoRM: how each objective alone orders the pairs
+    from rmjax.eval.armorm_report import objective_accuracies
+    report["objective_accuracy"] = objective_accuracies(
+        res_c["objectives"], res_r["objectives"], list(scorer.config.objectives.names))
+  if "members" in res_c:  # ensembles: is the spread informative about errors?
+    from rmjax.eval.uncertainty import uncertainty_report
+    report["uncertainty"] = uncertainty_report(res_c["members"], res_r["members"])
   report.update(data=data, step=scorer.step)
   os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
   name = os.path.basename(data.rstrip("/")).split(".")[0].replace(":", "_") or "eval"

@@ -28,7 +28,14 @@ def load_pairs(spec: str, seed: int = 0, limit: int = 0):
   """Pair examples and read stats for a data spec; 'synthetic:N' is the built-in gold-reward set,
   several specs may be joined with '+'."""
   from rmjax.data import sources, synthetic
-  if spec.startswith("synthetic:"):
+  if "+" in spec:  # several sources joined
+    examples, stats = [], {}
+    for part in spec.split("+"):
+      part = part if ":" in part else f"{spec.split(':', 1)[0]}:{part}"
+      got, s = load_pairs(part, seed, 0)
+      examples += got
+      stats[part] = {k: v for k, v in s.items() if k != "invalid_examples"}
+  elif spec.startswith("synthetic:"):
     n = int(spec.split(":", 1)[1] or 2000)
     examples = synthetic.make_pairs(n, seed=seed)
     stats = {"read": n, "kept": n}
