@@ -133,6 +133,28 @@ class RMSNorm(nn.Module):
     return (scale.astype(jnp.float32) * y).astype(x.dtype)
 
 
+class Embedder(nn.Module):
+  """Token embedding [vocab, embed] shared by the lookup and (when tied) the LM head.
+
+  The lookup gathers the table's embed dim first: with the table split over ('tensor', 'fsdp')
+  and activations split over batch, a direct gather would rematerialise the whole output.
+  """
+  cfg: LlamaConfig
+
+  def setup(self):
+    cfg = self.cfg
+    self.embedding = self.param(
+        "embedding", nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed")),
+        (cfg.vocab_size, cfg.hidden_size), jnp.dtype(cfg.param_dtype))
+
+  def __call__(self, ids):
+    table = nn.with_logical_constraint(self.embedding, ("vocab", None))
+    return jnp.take(table, ids, axis=0).astype(jnp.dtype(self.cfg.dtype))
+
+  def attend(self, x):
+    return jnp.einsum("btd,vd->btv", x, self.embedding.astype(x.dtype))
+
+
 def _dense(features, names, cfg, name):
   return nn.Dense(
       features, use_bias=False, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
@@ -223,10 +245,7 @@ class Llama(nn.Module):
 
   def setup(self):
     cfg = self.cfg
-    self.embed_tokens = nn.Embed(
-        cfg.vocab_size, cfg.hidden_size, dtype=jnp.dtype(cfg.dtype),
-        param_dtype=jnp.dtype(cfg.param_dtype),
-        embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed")))
+    self.embed_tokens = Embedder(cfg)
     layer = DecoderLayer
     if cfg.remat != "none":
       layer = nn.remat(layer, prevent_cse=False, policy=_REMAT_POLICIES[cfg.remat])
