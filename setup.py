@@ -7,6 +7,7 @@ setup(
     version="0.1.0",
     description="Reward models for LLM alignment in JAX/Flax: BT, ArmoRM, ensembles, GRM, SALMON, PPO",
     packages=find_packages(include=["rmjax", "rmjax.*", "configs"]),
+    package_data={"rmjax.data": ["*.json"]},
     python_requires=">=3.11",
     # Co-tested ranges: jax 0.10.x (CPU, Python 3.11) and 0.11.x (GPU machines, Python 3.12).
     install_requires=[
