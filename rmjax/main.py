@@ -45,6 +45,8 @@ flags.DEFINE_string("to", None, "convert target: hf:OUT")
 flags.DEFINE_integer("batch_size", 16, "score/eval batch size")
 flags.DEFINE_integer("step", None, "checkpoint step for score/eval (default: latest)")
 flags.DEFINE_bool("dry_run", False, "sweep: print one command per run instead of running")
+flags.DEFINE_string("principles", None, "score (SALMON): principle file (JSON list of "
+                    "{dimension, definition}) to condition the reward model on")
 
 
 def default_config_path(family: str = "bt", arg: str = "tiny") -> str:
@@ -104,7 +106,11 @@ def cmd_score():
   workdir, data, out = _require("workdir"), _require("data"), _require("out")
   rows = _read_score_inputs(data)
   scorer = Scorer(workdir, step=FLAGS.step, batch_size=FLAGS.batch_size)
-  res = scorer.score([r["prompt"] for r in rows], [r["response"] for r in rows])
+  extra = {"principles": FLAGS.principles} if FLAGS.principles else {}
+  if extra and not hasattr(scorer.module, "score_ids"):
+    raise ConfigError(f"--principles needs a principle-conditioned model; task "
+                      f"{scorer.config.task!r} takes none")
+  res = scorer.score([r["prompt"] for r in rows], [r["response"] for r in rows], **extra)
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   with open(out, "w") as f:
     for i, r in enumerate(rows):
