@@ -51,25 +51,6 @@ def make_config(variant: str, run: str, args):
   return c
 
 
-def materialize_sources(config, workdir):
-  """'shared:a+b' -> one JSON Lines file of all pairs (rmjax.train.builders.load_pairs reads one
-  spec at a time), so the run trains on the union split 90/10 by prompt hash as usual."""
-  spec = config.data.source
-  if "+" not in spec:
-    return
-  from rmjax.data import load_source
-  from rmjax.data.pairs import write_pairs
-  kind, _, names = spec.partition(":")
-  examples = []
-  for name in names.split("+"):
-    examples += load_source(f"{kind}:{name}")[0]
-  path = os.path.join(workdir, "train_source.jsonl.gz")
-  os.makedirs(workdir, exist_ok=True)
-  if not os.path.exists(path):
-    write_pairs(path, examples)
-  config.data.source = f"json:{path}"
-
-
 def train_run(config, workdir):
   from rmjax.main import task_module
   from rmjax.train.loop import train
@@ -129,7 +110,6 @@ def main(argv=None):
   for run in args.runs.split(","):
     config = make_config(args.variant, run, args)
     wd = os.path.join(args.workdir, run)
-    materialize_sources(config, args.workdir)
     final, secs = train_run(config, wd)
     results[run] = {"train": {k: v for k, v in final.items() if not isinstance(v, dict)},
                     "train_seconds": secs, "eval": evaluate_run(config, wd, args)}
