@@ -28,12 +28,11 @@ import numpy as np
 
 from rmjax import losses
 from rmjax.errors import ConfigError
-from rmjax.eval.metrics import pair_report
 from rmjax.eval.uncertainty import uncertainty_report
 from rmjax.models.llama import LlamaConfig
 from rmjax.models.reward_model import RewardModel
 from rmjax.train import builders
-from rmjax.train.bt import forward_pairs, pair_data
+from rmjax.train.bt import forward_pairs, pair_data, summarize_pairs
 from rmjax.train.loop import Task, train
 
 BOOTSTRAP = ("none", "poisson", "multinomial")
@@ -175,15 +174,11 @@ def ensemble_eval_fn(model):
 
 def summarize_ensemble(examples):
   """Pair report of the mean reward plus the uncertainty report (flattened to scalars)."""
-  subsets = [e.subset for e in examples]
-  len_c = [len(e.chosen) for e in examples]
-  len_r = [len(e.rejected) for e in examples]
+  base = summarize_pairs(examples)
 
   def summarize(out):
+    rep = base(out)
     keep = out["weight"] > 0
-    rc, rr = out["chosen"][keep], out["rejected"][keep]
-    rep = pair_report(rc, rr, subsets, len_c, len_r)
-    rep["loss"] = float(np.mean(np.logaddexp(0.0, -(rc - rr))))
     mc, mr = out["chosen_members"][keep], out["rejected_members"][keep]
     if mc.shape[1] >= 2:
       u = uncertainty_report(mc, mr)
