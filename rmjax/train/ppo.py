@@ -1,0 +1,320 @@
+"""Uncertainty-penalised PPO: `rmjax train --config configs/ppo.py:tiny --workdir W`.
+
+One PPO iteration (ALGORITHMS.md 2.3, 2.4; tunix PPO decomposition):
+  1. rollout: the jitted KV-cache sampler continues a batch of left-padded prompts [B, P];
+  2. one jitted forward pass: old log-probs (policy), reference log-probs (frozen initial
+     policy), values (value model) over the full sequences [B, P + N];
+  3. reward function on host -> (reward [B], members [B, K] | None); conservative aggregate
+     and/or variance-aware KL weights (`rollout.uncertainty_terms`); normalisation none /
+     frozen after the first batch / running;
+  4. jitted: shaped per-token rewards (score at the last token, -beta_t KL per token), GAE by
+     reverse scan, whitening;
+  5. jitted update: `epochs` x `minibatches` of clipped policy loss + clipped value loss -
+     entropy bonus, policy and value models with their own AdamW states, explicit shardings.
+State (`PPOState`): step, policy and value params, their optimizer states, rng, KL coefficient
+and reward-normalisation statistics -- with the prompt-iterator position it is the whole
+checkpoint, so a resumed run continues exactly. The reference policy and reward models are
+frozen params only (no optimizer state) and are rebuilt deterministically on resume.
+This module holds the state, the update step, the rollout driver and `run(config, workdir)`;
+building models, prompts and the reward function from a config is `rmjax.train.ppo_setup`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+from tqdm.auto import tqdm
+
+from rmjax import sharding as shd
+from rmjax.rl import ppo, rollout
+from rmjax.rl.generate import SamplingConfig, left_pad
+from rmjax.train.checkpoint import Checkpointer
+from rmjax.train.metrics_writer import MetricWriter
+from rmjax.train.state import make_optimizer
+
+
+class PPOState(flax.struct.PyTreeNode):
+  step: jax.Array
+  policy: dict
+  value: dict
+  policy_opt: object
+  value_opt: object
+  rng: jax.Array
+  kl_coef: jax.Array
+  norm: dict  # reward-normalisation statistics: count, mean, m2
+
+
+# ---------------------------------------------------------------- update step
+def make_update(cfg, value_cfg, prompt_len: int, pc, tx_policy, tx_value):
+  """Pure `update(state, batch) -> (state, metrics)`: `pc.epochs` passes over the rollout batch
+  in `pc.minibatches` shuffled minibatches, each one AdamW step for policy and value."""
+
+  def loss_fn(params, mb):
+    policy, value = params
+    m = mb["resp_mask"].astype(jnp.float32)
+    logp, logits = rollout.policy_forward(policy, mb["ids"], mb["mask"], cfg=cfg,
+                                          prompt_len=prompt_len)
+    pg, pm = ppo.policy_loss(logp, mb["old_logp"], mb["advantages"], m, pc.clip,
+                             pc.policy_loss, pc.dual_clip)
+    ent = ppo.entropy(logits, m)
+    v = rollout.value_forward(value, mb["ids"], mb["mask"], cfg=value_cfg, prompt_len=prompt_len)
+    vl, vm = ppo.value_loss(v, mb["values"], mb["returns"], m, pc.vf_clip)
+    loss = pg - pc.ent_coef * ent + pc.vf_coef * vl
+    return loss, dict(pm, **vm, pg_loss=pg, vf_loss=vl, entropy=ent)
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def update(state: PPOState, batch: dict):
+    b = batch["ids"].shape[0]
+    nmb = pc.minibatches
+    rng, sub = jax.random.split(state.rng)
+
+    def mb_step(carry, idx):
+      policy, value, popt, vopt = carry
+      mb = jax.tree_util.tree_map(lambda x: jnp.take(x, idx, axis=0), batch)
+      (loss, metrics), (gp, gv) = grad_fn((policy, value), mb)
+      up, popt = tx_policy.update(gp, popt, policy)
+      uv, vopt = tx_value.update(gv, vopt, value)
+      metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(gp),
+                     value_grad_norm=optax.tree.norm(gv))
+      return (optax.apply_updates(policy, up), optax.apply_updates(value, uv), popt, vopt), metrics
+
+    def epoch(carry, key):
+      perm = jax.random.permutation(key, b).reshape(nmb, b // nmb)
+      return jax.lax.scan(mb_step, carry, perm)
+
+    carry = (state.policy, state.value, state.policy_opt, state.value_opt)
+    (policy, value, popt, vopt), metrics = jax.lax.scan(
+        epoch, carry, jax.random.split(sub, pc.epochs))
+    metrics = jax.tree_util.tree_map(jnp.mean, metrics)
+    return state.replace(step=state.step + 1, policy=policy, value=value, policy_opt=popt,
+                         value_opt=vopt, rng=rng), metrics
+
+  return update
+
+
+# ---------------------------------------------------------------- prompts
+class PromptIterator:
+  """Endless batches of prompt records, reshuffled every epoch from (seed, epoch); its
+  `state()` (epoch, index) goes into the checkpoint for exact resume."""
+
+  def __init__(self, records, batch_size: int, seed: int = 0):
+    if len(records) < batch_size:
+      raise ValueError(f"{len(records)} prompts cannot fill a rollout batch of {batch_size}")
+    self.records, self.batch_size, self.seed = list(records), batch_size, seed
+    self.epoch, self.index = 0, 0
+    self._order = self._perm()
+
+  def _perm(self):
+    return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.records))
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    if self.index + self.batch_size > len(self.records):
+      self.epoch, self.index = self.epoch + 1, 0
+      self._order = self._perm()
+    idx = self._order[self.index:self.index + self.batch_size]
+    self.index += self.batch_size
+    return [self.records[i] for i in idx]
+
+  def state(self) -> dict:
+    return {"epoch": self.epoch, "index": self.index}
+
+  def restore(self, s: dict):
+    self.epoch, self.index = int(s["epoch"]), int(s["index"])
+    self._order = self._perm()
+
+
+# ---------------------------------------------------------------- the trainer
+class Trainer:
+  """Holds the compiled functions and frozen params of one PPO run (built by `ppo_setup`)."""
+
+  def __init__(self, config, setup, mesh):
+    self.config, self.setup, self.mesh = config, setup, mesh
+    pc = config.ppo
+    self.pc = pc
+    self.cfg, self.value_cfg = setup.cfg, setup.value_cfg
+    self.prompt_len = pc.prompt_len
+    self.sampling = SamplingConfig(max_new_tokens=pc.max_new_tokens, temperature=pc.temperature,
+                                   top_p=pc.top_p, eos_ids=tuple(setup.eos_ids),
+                                   pad_id=setup.pad_id)
+    self.tx_policy, _ = make_optimizer(config.optim, config.train.steps)
+    vo = config.optim.to_dict()
+    vo["lr"] = pc.value_lr or config.optim.lr
+    import ml_collections as mlc
+    self.tx_value, _ = make_optimizer(mlc.ConfigDict(vo), config.train.steps)
+    self.replicated = NamedSharding(mesh, P())
+    self.shardings = self._state_shardings()
+    update = make_update(self.cfg, self.value_cfg, self.prompt_len, pc, self.tx_policy,
+                         self.tx_value)
+    batch_sh = NamedSharding(mesh, P(shd.BATCH))
+    self.update = jax.jit(update, in_shardings=(self.shardings, batch_sh),
+                          out_shardings=(self.shardings, self.replicated), donate_argnums=(0,))
+
+  def _state_shardings(self):
+    from rmjax.rl import value as value_lib
+    from rmjax.models.llama import Llama
+
+    def boxed():
+      ids = jnp.zeros((1, 2), jnp.int32)
+      pol = Llama(self.cfg).init(jax.random.PRNGKey(0), ids)["params"]
+      val = value_lib.boxed_init(self.value_cfg, jax.random.PRNGKey(1))
+      return PPOState(step=jnp.zeros((), jnp.int32), policy=pol, value=val,
+                      policy_opt=self.tx_policy.init(pol), value_opt=self.tx_value.init(val),
+                      rng=jax.random.PRNGKey(0), kl_coef=jnp.zeros((), jnp.float32),
+                      norm={k: jnp.zeros((), jnp.float32) for k in ("count", "mean", "m2")})
+    abstract = jax.eval_shape(boxed)
+    self.abstract_boxed = abstract
+    return shd.tree_shardings(abstract, self.mesh)
+
+  def abstract_state(self):
+    return shd.with_shardings(shd.strip_boxes(self.abstract_boxed), self.shardings)
+
+  def init_state(self, policy, value, rng) -> PPOState:
+    """State from initial params (host or device trees), placed on the state shardings."""
+    sh = self.shardings
+    policy = shd.place(policy, sh.policy)
+    value = shd.place(value, sh.value)
+    popt = jax.jit(self.tx_policy.init, out_shardings=sh.policy_opt)(policy)
+    vopt = jax.jit(self.tx_value.init, out_shardings=sh.value_opt)(value)
+    put = lambda x: jax.device_put(x, self.replicated)  # noqa: E731
+    return PPOState(step=put(jnp.zeros((), jnp.int32)), policy=policy, value=value,
+                    policy_opt=popt, value_opt=vopt, rng=put(rng),
+                    kl_coef=put(jnp.float32(self.pc.kl_coef)),
+                    norm={k: put(jnp.float32(v)) for k, v in rollout.norm_init().items()})
+
+  # ------------------------------------------------------------ rollout
+  def encode_prompts(self, records):
+    toks = [self.setup.encode_prompt(r["prompt"]) for r in records]
+    return left_pad(toks, self.setup.pad_id, length=self.prompt_len), toks
+
+  def experience(self, state: PPOState, records, rng, sampling=None):
+    """One rollout batch -> (device batch for `update`, host metrics, new norm, texts)."""
+    pc = self.pc
+    (pids, pmask), ptoks = self.encode_prompts(records)
+    ids, mask, resp_mask, tokens = rollout.generate_responses(
+        state.policy, self.cfg, pids, pmask, rng, sampling or self.sampling, mesh=self.mesh)
+    resp = rollout.strip_eos(tokens, resp_mask, self.sampling.eos_ids)
+    texts = [r["prompt"] for r in records]
+    rtexts = self.setup.decode(resp)
+    reward, members = self.setup.reward_fn(texts, rtexts, ptoks, resp)
+    score, w, var = rollout.uncertainty_terms(reward, members, pc.aggregate, pc.uncertainty,
+                                              pc.uwo_lam, pc.lcb_beta, pc.w_min, pc.w_max)
+    norm = {k: np.float32(v) for k, v in jax.device_get(state.norm).items()}
+    score_n, norm = rollout.normalize_rewards(score, norm, pc.reward_norm)
+    batch = shd.shard_batch({"ids": ids, "mask": mask, "resp_mask": resp_mask}, self.mesh)
+    with jax.set_mesh(self.mesh):
+      scored = rollout.score_sequences(state.policy, self.setup.ref_params, state.value,
+                                       batch["ids"], batch["mask"], batch["resp_mask"],
+                                       cfg=self.cfg, value_cfg=self.value_cfg,
+                                       prompt_len=self.prompt_len)
+      coef = jnp.asarray(state.kl_coef * w, jnp.float32)
+      adv = rollout.make_advantages(
+          jnp.asarray(score_n), coef, scored["old_logp"], scored["ref_logp"], scored["values"],
+          batch["resp_mask"], pc.gamma, pc.lam, 0.0 if pc.kl_clamp else -jnp.inf,
+          kl_kind=pc.kl_estimator, whiten=pc.whiten)
+    batch = dict(batch, old_logp=scored["old_logp"], values=scored["values"],
+                 advantages=adv["advantages"], returns=adv["returns"])
+    seq_kl = np.asarray(jax.device_get(adv["seq_kl"]))
+    metrics = {"reward_mean": float(np.mean(reward)), "reward_std": float(np.std(reward)),
+               "score_mean": float(np.mean(score)), "kl": float(np.mean(seq_kl)),
+               "penalty": float(np.mean(jax.device_get(adv["penalty"]))),
+               "rollout_entropy": float(jax.device_get(scored["entropy"])),
+               "response_length": float(resp_mask.sum(-1).mean()),
+               "kl_coef": float(jax.device_get(state.kl_coef))}
+    if members is not None:
+      metrics.update(ensemble_std=float(np.mean(np.sqrt(var))), kl_weight_max=float(w.max()),
+                     members_mean=[float(x) for x in np.mean(members, 0)])
+    if self.setup.gold_fn is not None:
+      metrics["gold_mean"] = float(np.mean(self.setup.gold_fn(texts, rtexts)))
+    return batch, metrics, norm, rtexts
+
+  def evaluate(self, state: PPOState, records) -> dict:
+    """Greedy responses on held-out prompts: proxy reward, gold, KL to the reference."""
+    out = {}
+    bs = self.pc.rollout_batch
+    parts = []
+    for s in range(0, len(records) - bs + 1, bs):
+      _, m, _, _ = self.experience(state, records[s:s + bs], jax.random.PRNGKey(0),
+                                   self.sampling.replace(temperature=0.0))
+      parts.append(m)
+    for k in ("reward_mean", "gold_mean", "kl", "response_length", "ensemble_std"):
+      if parts and k in parts[0]:
+        out[k] = float(np.mean([p[k] for p in parts]))
+    return out
+
+
+def run(config, workdir: str, return_state: bool = False):
+  """Train PPO under `config` in `workdir` (resuming from its latest checkpoint); returns the
+  last logged metrics (and the final PPOState when `return_state`)."""
+  from rmjax.train import ppo_setup
+  tc, pc = config.train, config.ppo
+  ppo_setup.check(config)
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json_best_effort(indent=2))
+  mesh = shd.make_mesh(tuple(config.mesh.shape))
+  setup = ppo_setup.build(config, workdir, mesh)
+  with open(os.path.join(workdir, "model_config.json"), "w") as f:
+    json.dump(setup.cfg.to_dict(), f, indent=2)
+  trainer = Trainer(config, setup, mesh)
+  prompts = PromptIterator(setup.train_prompts, pc.rollout_batch, config.seed)
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=tc.keep_checkpoints,
+                      async_save=tc.async_checkpoint)
+  writer = MetricWriter(workdir, tensorboard=tc.tensorboard)
+  start = ckpt.latest_step()
+  if start is not None:
+    state, data = ckpt.restore(trainer.abstract_state())
+    prompts.restore(data["prompts"])
+    print(f"resumed from step {start} ({ckpt.directory})", flush=True)
+  else:
+    start = 0
+    state = trainer.init_state(setup.policy_params, setup.value_params,
+                               jax.random.PRNGKey(config.seed + 1))
+  final = {}
+  t0 = time.perf_counter()
+  pbar = tqdm(range(start, tc.steps), initial=start, total=tc.steps, desc="ppo",
+              disable=not tc.progress, dynamic_ncols=True)
+  for step in pbar:
+    records = next(prompts)
+    rng = jax.random.fold_in(state.rng, 7)  # rollout key; state.rng itself feeds the update
+    batch, m, norm, _ = trainer.experience(state, records, rng)
+    state = state.replace(norm={k: jax.device_put(jnp.float32(v), trainer.replicated)
+                                for k, v in norm.items()})
+    state, um = trainer.update(state, batch)
+    m.update({k: float(v) for k, v in jax.device_get(um).items()})
+    if pc.adaptive_kl:
+      coef = ppo.adaptive_kl(float(jax.device_get(state.kl_coef)), m["kl"], pc.kl_target,
+                             pc.kl_horizon, pc.rollout_batch)
+      state = state.replace(kl_coef=jax.device_put(jnp.float32(coef), trainer.replicated))
+    done = step + 1
+    if not np.isfinite(m["loss"]):
+      from rmjax.errors import TrainingDiverged
+      raise TrainingDiverged(f"non-finite PPO loss at step {done}; last checkpoint step "
+                             f"{ckpt.latest_step()} in {ckpt.directory}")
+    is_last = done == tc.steps
+    row = {}
+    if done % tc.log_every == 0 or is_last:
+      row.update(m, steps_per_s=(done - start) / (time.perf_counter() - t0))
+      pbar.set_postfix(reward=f"{m['reward_mean']:.3f}", kl=f"{m['kl']:.3f}")
+    if setup.eval_prompts and tc.eval_every and (done % tc.eval_every == 0 or is_last):
+      row.update({f"eval_{k}": v for k, v in trainer.evaluate(state, setup.eval_prompts).items()})
+    if row:
+      final.update(writer.write(done, row))
+    if done % tc.checkpoint_every == 0 or is_last:
+      ckpt.save(done, state, {"prompts": prompts.state(), "step": done})
+  pbar.close()
+  ckpt.close()
+  writer.close()
+  return (final, state) if return_state else final

@@ -1,0 +1,162 @@
+"""Build a PPO run from its config: policy, value and reference params, prompts, reward.
+
+Policy specs: 'words' (a tiny random Llama over the synthetic task's word vocabulary,
+`rollout.WordTokenizer`: its samples are word sequences the gold reward can tell apart) or any
+`rmjax.checkpoints` spec ('tiny', 'smollm2-135m', 'hf:DIR', ...) with its tokenizer and chat
+template. Prompts: 'synthetic:N' (`rmjax.data.synthetic.make_prompts`) or 'shared:NAME' for
+NAME in mt_bench | alpaca_eval_prompts | arena_hard (first user turns from ../shared/data).
+Reward kinds:
+  gold         the synthetic task's known reward (`synthetic.gold_reward`) on decoded text
+  token_count  number of `reward.token_id` tokens in the response (CI)
+  proxy        the over-optimisation setup (ALGORITHMS.md 5.2, `rmjax.train.overopt`): a K-member
+               proxy ensemble trained on gold-labelled pairs (with label noise) of the synthetic
+               base policy; gold is logged beside it
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import types
+
+import jax
+import numpy as np
+
+from rmjax import sharding as shd
+from rmjax.data import synthetic
+from rmjax.errors import ConfigError, DataError
+from rmjax.models.llama import Llama, LlamaConfig
+from rmjax.rl import ppo, rollout
+from rmjax.rl import value as value_lib
+
+REWARD_KINDS = ("gold", "token_count", "proxy")
+SHARED_PROMPTS = {
+    "mt_bench": ("mt_bench/question.jsonl.gz", lambda o: o["turns"][0]),
+    "alpaca_eval_prompts": ("alpaca_eval_prompts/alpaca_eval_805_text_davinci_003.jsonl.gz",
+                            lambda o: o["instruction"]),
+    "arena_hard": ("arena_hard/arena-hard-v0.1_question.jsonl.gz",
+                   lambda o: o["turns"][0]["content"]),
+}
+
+
+def check(config):
+  pc = config.ppo
+  if config.reward.kind not in REWARD_KINDS:
+    raise ConfigError(f"reward.kind must be one of {', '.join(REWARD_KINDS)}, got {config.reward.kind!r}")
+  if pc.rollout_batch % pc.minibatches:
+    raise ConfigError(f"ppo.rollout_batch={pc.rollout_batch} must divide into "
+                      f"ppo.minibatches={pc.minibatches}")
+  if pc.policy_loss not in ppo.POLICY_LOSSES:
+    raise ConfigError(f"ppo.policy_loss must be one of {', '.join(ppo.POLICY_LOSSES)}")
+  if pc.kl_estimator not in ppo.KL_ESTIMATORS:
+    raise ConfigError(f"ppo.kl_estimator must be one of {', '.join(ppo.KL_ESTIMATORS)}")
+  if pc.reward_norm not in rollout.NORM_MODES:
+    raise ConfigError(f"ppo.reward_norm must be one of {', '.join(rollout.NORM_MODES)}")
+  if pc.uncertainty not in rollout.UNCERTAINTY:
+    raise ConfigError(f"ppo.uncertainty must be one of {', '.join(rollout.UNCERTAINTY)}")
+  if pc.uncertainty != "none" and config.reward.kind != "proxy":
+    raise ConfigError(f"ppo.uncertainty={pc.uncertainty!r} needs an ensemble reward (reward.kind=proxy)")
+
+
+def word_policy_config(hidden: int = 64, layers: int = 2) -> LlamaConfig:
+  v = rollout.WordTokenizer().vocab_size
+  return LlamaConfig(vocab_size=-(-v // 8) * 8, hidden_size=hidden, intermediate_size=2 * hidden,
+                     num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                     head_dim=hidden // 4, max_position_embeddings=128, bos_token_id=None,
+                     eos_token_id=1, pad_token_id=0)
+
+
+def load_prompts(spec: str, seed: int = 0, data_dir: str | None = None) -> list:
+  """Prompt records [{'prompt': str}] for 'synthetic:N' or 'shared:NAME[:N]'."""
+  kind, _, rest = spec.partition(":")
+  if kind == "synthetic":
+    return synthetic.make_prompts(int(rest or 256), seed=seed)
+  if kind == "shared":
+    name, _, n = rest.partition(":")
+    if name not in SHARED_PROMPTS:
+      raise ConfigError(f"unknown shared prompt set {name!r}; choose from {', '.join(SHARED_PROMPTS)}")
+    data_dir = data_dir or os.environ.get("RMJAX_SHARED_DATA") or os.path.join(
+        os.path.dirname(__file__), "..", "..", "..", "shared", "data")
+    rel, get = SHARED_PROMPTS[name]
+    path = os.path.join(data_dir, rel)
+    if not os.path.exists(path):
+      raise ConfigError(f"prompt file not found: {path}")
+    out = []
+    with gzip.open(path, "rt") as f:
+      for line, text in enumerate(f, 1):
+        try:
+          out.append({"prompt": str(get(json.loads(text)))})
+        except (KeyError, IndexError, TypeError, json.JSONDecodeError) as e:
+          raise DataError(path, line, "prompt", f"cannot read the first user turn ({e})") from None
+    out = [out[i] for i in np.random.default_rng(seed).permutation(len(out))]
+    return out[:int(n)] if n else out
+  raise ConfigError(f"unknown prompt source {spec!r}; use synthetic:N or shared:NAME")
+
+
+def _proxy_reward(config, workdir):
+  """The overopt gold-RM setup: gold-labelled pairs -> K-member proxy -> members_reward_fn."""
+  from rmjax.data.pairs import write_pairs
+  from rmjax.train import overopt
+  rc = config.reward
+  oc = config.proxy
+  n_train, n_eval = oc.overopt.label_prompts, oc.overopt.eval_prompts
+  prompts = [r["prompt"] for r in synthetic.make_prompts(n_train + n_eval, seed=config.seed + 50)]
+  resp = overopt.sample_responses(oc, prompts, 2, seed=config.seed + 50)
+  pairs, stats = overopt.label_pairs(prompts[:n_train], resp[:n_train], oc.overopt.label_noise,
+                                     config.seed)
+  evals, _ = overopt.label_pairs(prompts[n_train:], resp[n_train:], 0.0, config.seed + 1)
+  pdir = os.path.join(workdir, "proxy_data")
+  os.makedirs(pdir, exist_ok=True)
+  write_pairs(os.path.join(pdir, "train.jsonl"), pairs)
+  write_pairs(os.path.join(pdir, "eval.jsonl"), evals)
+  score_fn, info = overopt.train_proxy(oc, workdir, os.path.join(pdir, "train.jsonl"),
+                                       os.path.join(pdir, "eval.jsonl"))
+  with open(os.path.join(workdir, "proxy_info.json"), "w") as f:
+    json.dump(dict(info, **stats), f, indent=2, default=float)
+  # raw member scores; the conservative aggregate is applied by ppo.uncertainty
+  return rollout.members_reward_fn(score_fn, "mean")
+
+
+def build(config, workdir: str, mesh) -> types.SimpleNamespace:
+  """Everything `rmjax.train.ppo.Trainer` needs, deterministic in the config (resume-safe)."""
+  rc, pc = config.reward, config.ppo
+  s = types.SimpleNamespace()
+  if config.model.spec == "words":
+    tok = rollout.WordTokenizer()
+    cfg = word_policy_config(config.model.get("hidden", 64), config.model.get("layers", 2))
+    ids = np.zeros((1, 2), np.int32)
+    params = jax.device_get(Llama(cfg).init(jax.random.PRNGKey(config.seed), ids)["params"])
+    from rmjax.sharding import strip_boxes
+    params = strip_boxes(params)
+    s.encode_prompt = tok.encode_prompt
+    s.decode = lambda rows: [tok.decode(r) for r in rows]
+    s.eos_ids, s.pad_id = (tok.eos_token_id,), tok.pad_token_id
+  else:
+    from rmjax import checkpoints
+    from rmjax.rl.generate import _render
+    cfg, params = checkpoints.load_pretrained(config.model.spec, seed=config.seed)
+    cfg = cfg.replace(dtype=config.model.dtype, param_dtype=config.model.param_dtype,
+                      remat=config.model.remat)
+    tok = checkpoints.load_tokenizer(config.model.tokenizer or config.model.spec)
+    s.encode_prompt = lambda p: _render(tok, p, True)
+    s.decode = lambda rows: [tok.decode(r, skip_special_tokens=True).strip() or "." for r in rows]
+    s.eos_ids = (tok.eos_token_id,)
+    s.pad_id = getattr(tok, "pad_token_id", None) or 0
+  s.cfg = s.value_cfg = cfg
+  s.policy_params = params
+  fresh = shd.strip_boxes(jax.device_get(value_lib.boxed_init(cfg, jax.random.PRNGKey(config.seed + 2))))
+  s.value_params = value_lib.init_value_params(fresh, pc.value_init, policy_params=params)
+  s.ref_params = shd.shard_params(params, cfg, mesh)          # frozen: params only
+  s.train_prompts = load_prompts(pc.prompts, config.seed)
+  s.eval_prompts = load_prompts(pc.eval_prompts, config.seed + 100) if pc.eval_prompts else []
+  s.gold_fn = None
+  if rc.kind == "gold":
+    s.reward_fn = rollout.gold_reward_fn
+  elif rc.kind == "token_count":
+    s.reward_fn = rollout.token_count_reward_fn(rc.token_id)
+  else:
+    s.reward_fn = _proxy_reward(config, workdir)
+  if rc.kind == "proxy" or (rc.kind == "gold" and rc.log_gold):
+    s.gold_fn = lambda p, r: rollout.gold_reward_fn(p, r)[0]
+  return s
