@@ -32,7 +32,7 @@ def get_config(arg=None):
       lcb_beta=1.0, w_min=0.1, w_max=10.0,
       value_init="policy", value_lr=0.0))
   c.reward = mlc.ConfigDict(dict(kind=arg.reward, token_id=5, log_gold=True))
-  c.optim.lr = 3e-3
+  c.optim.lr = 1e-3
   c.optim.warmup_steps = 0
   c.optim.schedule = "constant"
   c.optim.clip_norm = 1.0

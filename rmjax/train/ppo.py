@@ -137,6 +137,9 @@ class PromptIterator:
 
 
 # ---------------------------------------------------------------- the trainer
+_UPDATE_CACHE: dict = {}
+
+
 class Trainer:
   """Holds the compiled functions and frozen params of one PPO run (built by `ppo_setup`)."""
 
@@ -156,11 +159,16 @@ class Trainer:
     self.tx_value, _ = make_optimizer(mlc.ConfigDict(vo), config.train.steps)
     self.replicated = NamedSharding(mesh, P())
     self.shardings = self._state_shardings()
-    update = make_update(self.cfg, self.value_cfg, self.prompt_len, pc, self.tx_policy,
-                         self.tx_value)
-    batch_sh = NamedSharding(mesh, P(shd.BATCH))
-    self.update = jax.jit(update, in_shardings=(self.shardings, batch_sh),
-                          out_shardings=(self.shardings, self.replicated), donate_argnums=(0,))
+    key = (self.cfg, self.value_cfg, self.prompt_len, pc.to_json(), config.optim.to_json(),
+           config.train.steps if config.optim.schedule != "constant" else 0, pc.value_lr, mesh)
+    if key not in _UPDATE_CACHE:  # same run shape in one process (resume, sweeps): compile once
+      update = make_update(self.cfg, self.value_cfg, self.prompt_len, pc, self.tx_policy,
+                           self.tx_value)
+      batch_sh = NamedSharding(mesh, P(shd.BATCH))
+      _UPDATE_CACHE[key] = jax.jit(update, in_shardings=(self.shardings, batch_sh),
+                                   out_shardings=(self.shardings, self.replicated),
+                                   donate_argnums=(0,))
+    self.update = _UPDATE_CACHE[key]
 
   def _state_shardings(self):
     from rmjax.rl import value as value_lib
@@ -255,7 +263,7 @@ class Trainer:
     return out
 
 
-def run(config, workdir: str, return_state: bool = False):
+def run(config, workdir: str, return_state: bool = False, mesh=None):
   """Train PPO under `config` in `workdir` (resuming from its latest checkpoint); returns the
   last logged metrics (and the final PPOState when `return_state`)."""
   from rmjax.train import ppo_setup
@@ -264,7 +272,7 @@ def run(config, workdir: str, return_state: bool = False):
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(config.to_json_best_effort(indent=2))
-  mesh = shd.make_mesh(tuple(config.mesh.shape))
+  mesh = mesh or shd.make_mesh(tuple(config.mesh.shape))
   setup = ppo_setup.build(config, workdir, mesh)
   with open(os.path.join(workdir, "model_config.json"), "w") as f:
     json.dump(setup.cfg.to_dict(), f, indent=2)
