@@ -31,7 +31,7 @@ def get_config(arg=None):
       reward_norm=arg.norm, uncertainty=arg.uncertainty, aggregate=arg.agg, uwo_lam=0.5,
       lcb_beta=1.0, w_min=0.1, w_max=10.0,
       value_init="policy", value_lr=0.0))
-  c.reward = mlc.ConfigDict(dict(kind=arg.reward, token_id=5, log_gold=True))
+  c.reward = mlc.ConfigDict(dict(kind=arg.reward, token_id=5, log_gold=True, proxy_dir=""))
   c.optim.lr = 1e-3
   c.optim.warmup_steps = 0
   c.optim.schedule = "constant"

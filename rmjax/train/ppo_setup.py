@@ -106,6 +106,7 @@ def _proxy_reward(config, workdir):
   pairs, stats = overopt.label_pairs(prompts[:n_train], resp[:n_train], oc.overopt.label_noise,
                                      config.seed)
   evals, _ = overopt.label_pairs(prompts[n_train:], resp[n_train:], 0.0, config.seed + 1)
+  workdir = rc.get("proxy_dir") or workdir  # a shared dir: several PPO runs, one proxy
   pdir = os.path.join(workdir, "proxy_data")
   os.makedirs(pdir, exist_ok=True)
   write_pairs(os.path.join(pdir, "train.jsonl"), pairs)
