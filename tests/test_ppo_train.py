@@ -26,7 +26,8 @@ def _rows(workdir):
 
 def test_tiny_ppo_raises_gold_reward_with_bounded_kl(tmp_path):
   c = ppo_config.get_config("tiny")
-  c.train.steps = 12
+  c.ppo.rollout_batch = 16                 # the smoke shapes below: compiled once for the file
+  c.train.steps = 14
   c.train.eval_every = 0
   c.train.checkpoint_every = 12
   c.train.progress = c.train.tensorboard = c.train.async_checkpoint = False

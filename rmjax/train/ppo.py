@@ -159,7 +159,10 @@ class Trainer:
     self.tx_value, _ = make_optimizer(mlc.ConfigDict(vo), config.train.steps)
     self.replicated = NamedSharding(mesh, P())
     self.shardings = self._state_shardings()
-    key = (self.cfg, self.value_cfg, self.prompt_len, pc.to_json(), config.optim.to_json(),
+    loss_keys = ("clip", "policy_loss", "dual_clip", "vf_clip", "vf_coef", "ent_coef", "epochs",
+                 "minibatches")
+    key = (self.cfg, self.value_cfg, self.prompt_len, tuple(pc[k] for k in loss_keys),
+           config.optim.to_json(),
            config.train.steps if config.optim.schedule != "constant" else 0, pc.value_lr, mesh)
     if key not in _UPDATE_CACHE:  # same run shape in one process (resume, sweeps): compile once
       update = make_update(self.cfg, self.value_cfg, self.prompt_len, pc, self.tx_policy,
