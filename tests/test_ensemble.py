@@ -18,21 +18,11 @@ from rmjax.models.heads import EnsembleHead
 from rmjax.train import embedding_cache as ec
 from rmjax.train import ensemble
 from rmjax.train.loop import train
+from _util import fast_config
 
 
 def tiny_config(steps=3, **ens):
-  c = ensemble_config.get_config("tiny,members=4")
-  c.data.source = "synthetic:96"
-  c.data.eval_source = "synthetic:16"
-  c.train.steps = steps
-  c.train.batch_size = 8
-  c.train.log_every = 1
-  c.train.eval_every = 0
-  c.train.checkpoint_every = steps
-  c.train.progress = False
-  c.train.tensorboard = False
-  c.train.async_checkpoint = False
-  c.optim.warmup_steps = 1
+  c = fast_config(ensemble_config.get_config("tiny,members=4"), steps=steps, train_pairs=96)
   for k, v in ens.items():
     setattr(c.ensemble, k, v)
   return c

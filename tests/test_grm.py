@@ -17,23 +17,13 @@ from rmjax.eval.scorer import Scorer
 from rmjax.train import bt, grm
 from rmjax.train.loop import train
 from rmjax.train.state import make_optimizer, make_train_step, TrainState
+from _util import fast_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def tiny_config(steps=3, arg="tiny", **loss):
-  c = grm_config.get_config(arg)
-  c.data.source = "synthetic:200"
-  c.data.eval_source = "synthetic:16"
-  c.train.steps = steps
-  c.train.batch_size = 8
-  c.train.log_every = 1
-  c.train.eval_every = 0
-  c.train.checkpoint_every = steps
-  c.train.progress = False
-  c.train.tensorboard = False
-  c.train.async_checkpoint = False
-  c.optim.warmup_steps = 1
+  c = fast_config(grm_config.get_config(arg), steps=steps)
   for k, v in loss.items():
     setattr(c.loss, k, v)
   return c

@@ -17,23 +17,13 @@ from rmjax.errors import TrainingDiverged
 from rmjax.train import bt
 from rmjax.train.checkpoint import Checkpointer
 from rmjax.train.loop import train
+from _util import fast_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def tiny_config(steps=5, **train_overrides):
-  c = bt_config.get_config("tiny")
-  c.data.source = "synthetic:200"
-  c.data.eval_source = "synthetic:16"
-  c.train.steps = steps
-  c.train.batch_size = 8
-  c.train.log_every = 1
-  c.train.eval_every = 0
-  c.train.checkpoint_every = steps
-  c.train.progress = False
-  c.train.tensorboard = False
-  c.train.async_checkpoint = False
-  c.optim.warmup_steps = 1
+  c = fast_config(bt_config.get_config("tiny"), steps=steps)
   for k, v in train_overrides.items():
     setattr(c.train, k, v)
   return c
