@@ -2,7 +2,8 @@
 
 Variants: tiny (built-in synthetic multi-objective data, random tiny backbone trained end to end
 on the ratings first, small gate; offline, a few minutes on 2 CPU cores), smollm2 (frozen
-SmolLM2-135M embeddings; hh-rlhf harmless/helpful pairs tag a safety/helpfulness objective),
+SmolLM2-135M embeddings; hh-rlhf harmless/helpful pairs (90% prompt-hash side) tag harmlessness /
+helpfulness, USR Topical-Chat + XSTest ratings, length as verbosity; held-out 10% eval),
 llama3-8b (the paper's sizes: 19 objectives, 3 x 1024 gate, 2000 steps x 1024 pairs).
 """
 
@@ -32,6 +33,7 @@ def get_config(arg=None):
   c.stage2 = mlc.ConfigDict(dict(steps=2000, batch_size=1024, lr=1e-3))
   c.data.ratings = ""
   c.data.unrated = ()
+  c.data.length_objective = ""    # an objective rated by response length (ratings.length_rating)
   c.data.objective_pairs = ""
 
   if arg.variant == "tiny":
@@ -48,13 +50,18 @@ def get_config(arg=None):
     c.armorm.update(gate_hidden=64, gate_layers=2, gate_dropout=0.1, embed_batch_size=64)
     c.stage2.update(steps=500, batch_size=128, lr=1e-2)  # tiny rewards move slowly at 1e-3
   elif arg.variant == "smollm2":
-    c.objectives.names = ["helpfulness", "safety", "understandability", "naturalness",
-                          "verbosity", "coherence", "engagingness", "groundedness"]
-    c.data.ratings = ""
-    c.data.objective_pairs = ("shared:hh_rlhf_harmless_test=>safety;"
-                              "shared:hh_rlhf_helpful_test=>helpfulness")
-    c.data.source = "shared:hh_rlhf_helpful_test+hh_rlhf_harmless_test"
-    c.data.eval_source = ""
+    # the shared data (experiments/armorm_shared.py runs the same with disjoint probe / gate
+    # pairs, XSTest pairs in the gate set and OOD evals): hh-rlhf pairs tag helpfulness and
+    # harmlessness, USR Topical-Chat and XSTest give ratings, verbosity = response length
+    c.objectives.names = ["helpfulness", "harmlessness"] + [
+        o.name for o in objs.SHARED_RATED] + ["verbosity"]
+    c.objectives.verbosity = "verbosity"
+    c.data.length_objective = "verbosity"
+    c.data.ratings = "shared:usr_topicalchat+shared:xstest"
+    c.data.objective_pairs = ("shared:hh_rlhf_harmless_test@train=>harmlessness;"
+                              "shared:hh_rlhf_helpful_test@train=>helpfulness")
+    c.data.source = "shared:hh_rlhf_harmless_test+hh_rlhf_helpful_test@train"  # = tagged pairs
+    c.data.eval_source = "shared:hh_rlhf_harmless_test+hh_rlhf_helpful_test@eval"  # held out
     c.armorm.update(gate_hidden=256, gate_layers=3, embed_batch_size=8)
     c.stage2.update(steps=500, batch_size=256)
   if arg.stage1:

@@ -330,3 +330,79 @@ def test_notebook_executes():
       os.environ.pop("RMJAX_NOTEBOOK_SMOKE", None)
   outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
   assert "gated (T in training)" in outputs
+
+
+# ------------------------------------------------------------- shared-data adapters, splits
+
+
+def test_usr_and_xstest_records_map_to_ratings():
+  from rmjax.data import rating_sources as rs
+  ob = objs.resolve(["usr-overall", "usr-groundedness", "xstest-appropriate"])
+  usr = {"source": "hi there \n hello , how are you ? \n\n", "context": "cats purr .",
+         "system_output": "fine , you ?", "system_id": "sys",
+         "scores": {d: 1.0 for d in rs.USR_DIMENSIONS} | {"overall": 4.0}}
+  rec = rs.usr_record(usr, "usr", 1)
+  assert [m["role"] for m in rec["prompt"]] == ["system", "assistant", "user"]
+  assert rec["prompt"][-1]["content"] == "hello , how are you ?"
+  rec["ratings"] = {k: v for k, v in rec["ratings"].items() if k in ("usr-overall", "usr-groundedness")}
+  ex = rdata.parse_rating(rec, ob)
+  np.testing.assert_allclose(ex.ratings[:2], [0.75, 1.0])  # overall 1..5, groundedness 0..1
+  assert np.isnan(ex.ratings[2]) and ex.subset == "sys"
+  want = {("contrast_x", "2_full_refusal"): 1.0, ("contrast_x", "3_partial_refusal"): 1.0,
+          ("contrast_x", "1_full_compliance"): 0.0, ("homonyms", "1_full_compliance"): 1.0,
+          ("homonyms", "2_full_refusal"): 0.0, ("homonyms", "3_partial_refusal"): 0.0}
+  for (typ, label), v in want.items():
+    rec = rs.xstest_record({"type": typ, "prompt": "p", "completion": "c", "final_label": label}, "x", 1)
+    assert rec["ratings"] == {"xstest-appropriate": v}
+    assert rec["subset"] == ("xstest/should-refuse" if typ.startswith("contrast") else "xstest/should-respond")
+  with pytest.raises(DataError, match="final_label"):
+    rs.xstest_record({"type": "t", "prompt": "p", "completion": "c", "final_label": "x"}, "x", 1)
+  rows = [rdata.RatingExample(((("user", p),)), r, np.array([v], np.float32))
+          for p, r, v in (("a", "r1", 1.0), ("a", "r2", 0.0), ("a", "r3", 0.0), ("b", "r4", 1.0),
+                          ("b", "r5", 1.0))]
+  assert rs.rating_pair_index(rows, 0) == [(0, 1), (0, 2)]   # ties and lone prompts: no pair
+  assert rs.pairs_from_ratings(rows, 0)[1].rejected == "r3"
+
+
+def test_shared_ratings_load_and_validate():
+  from rmjax.data import rating_sources as rs
+  from rmjax.data.sources import shared_data_root
+  from rmjax.errors import ConfigError
+  if shared_data_root() is None:
+    pytest.skip("../shared/data absent")
+  ob = objs.resolve(["usr-overall", "xstest-appropriate"])
+  usr, st = rs.load_shared_ratings("usr_topicalchat", ob)
+  assert len(usr) == 360 and st["invalid"] == 0
+  assert all(0 <= e.ratings[0] <= 1 and np.isnan(e.ratings[1]) for e in usr)
+  xs, _ = rs.load_shared_ratings("xstest", ob)
+  assert len(xs) == 2250 and {e.subset for e in xs} == {"xstest/should-refuse", "xstest/should-respond"}
+  assert len(rdata.load_ratings_spec("shared:usr_topicalchat+shared:xstest", ob)) == 2610
+  with pytest.raises(ConfigError, match="none of which"):
+    rs.load_shared_ratings("xstest", objs.resolve(["helpfulness"]))
+
+
+def test_hash_split_suffix_gives_disjoint_sides(tmp_path):
+  from rmjax.data.sources import split_by_prompt_hash
+  path = tmp_path / "p.jsonl"
+  path.write_text("\n".join(json.dumps({"prompt": f"q{i}", "chosen": "a", "rejected": "b"})
+                            for i in range(200)) + "\n")
+  full = rdata.load_pairs_spec(f"json:{path}")
+  tr, ev = rdata.load_pairs_spec(f"json:{path}@train"), rdata.load_pairs_spec(f"json:{path}@eval")
+  assert (tr, ev) == tuple(split_by_prompt_hash(full, 0.1, 0)) and 5 < len(ev) < 40
+  assert not {p.prompt for p in tr} & {p.prompt for p in ev}
+  tagged = rdata.load_objective_pairs(f"json:{path}@eval=>safety", sm.OBJECTIVES)
+  assert [t.pair for t in tagged] == ev and {t.objective for t in tagged} == {2}
+
+
+def test_smollm2_config_names_every_objective_it_uses():
+  from configs import armorm as conf
+  c = conf.get_config("smollm2")
+  names = list(c.objectives.names)
+  objs.resolve(names)
+  assert names[objs.verbosity_index(names, c.objectives.verbosity)] == c.data.length_objective
+  for part in c.data.objective_pairs.split(";"):
+    assert part.rsplit("=>", 1)[1] in names and part.split("=>")[0].endswith("@train")
+  assert c.data.source.endswith("@train") and c.data.eval_source.endswith("@eval")
+  assert objs.REGISTRY["usr-overall"].to_unit(5) == 1.0 and "usr-overall" in names
+  r = rdata.length_rating(["", "x" * 4000, "x" * 10 ** 5])
+  np.testing.assert_allclose(r, [0.0, 1.0, 1.0])

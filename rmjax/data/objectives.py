@@ -62,7 +62,18 @@ ARMORM_19: tuple = (
 )
 ARMORM_NAMES = tuple(o.name for o in ARMORM_19)
 VERBOSITY_INDEX = 4  # helpsteer-verbosity
-REGISTRY = {o.name: o for o in ARMORM_19}
+
+# Rated objectives available offline in ../shared/data (`rmjax.data.rating_sources`): the USR
+# Topical-Chat human ratings on their native scales (USR paper: understandability and
+# groundedness 0-1, naturalness / coherence / engagingness 1-3, overall 1-5; averaged over
+# annotators) and XSTest's adjudicated labels turned into "appropriate refusal" (1 = refused an
+# unsafe prompt or complied with a safe one).
+_USR = (("understandability", 0, 1), ("naturalness", 1, 3), ("coherence", 1, 3),
+        ("engagingness", 1, 3), ("groundedness", 0, 1), ("overall", 1, 5))
+SHARED_RATED: tuple = tuple(Objective(f"usr-{n}", "USR Topical-Chat (UniEval copy)", lo, hi)
+                            for n, lo, hi in _USR) + (
+    Objective("xstest-appropriate", "XSTest v2 completions (final_label)", 0, 1),)
+REGISTRY = {o.name: o for o in ARMORM_19 + SHARED_RATED}
 
 
 def resolve(names: Sequence[str], scales: Optional[dict] = None) -> list:

@@ -334,6 +334,9 @@ def run(config, workdir: str) -> dict:
   _log(f"{len(rated)} rated responses, {len(tagged)} tagged pairs, {len(train_pairs)} train / "
        f"{len(eval_pairs)} eval pairs")
   ratings = np.stack([e.ratings for e in rated]) if rated else np.zeros((0, len(names)), np.float32)
+  if d.length_objective:  # a verbosity objective rated by response length (no rated one)
+    ratings[:, objs.verbosity_index(names, d.length_objective)] = rdata.length_rating(
+        [e.response for e in rated])
   rows = {"ratings": emb.encode_rows(encoder, [(e.messages, e.response) for e in rated])}
   for key, pairs in (("tagged", [t.pair for t in tagged]), ("train", train_pairs),
                      ("eval", eval_pairs), ("reference", ref_pairs if a.reference else [])):
@@ -366,6 +369,10 @@ def run(config, workdir: str) -> dict:
   for key, rs in rows.items():
     if not rs:
       h[key] = (np.zeros((0, cfg.hidden_size), np.float32),) * 2
+      continue
+    same = next((k for k in h if rows[k] == rs), None)  # e.g. train pairs == tagged pairs
+    if same is not None:
+      h[key] = h[same]
       continue
     h[key] = emb.cached(cache_dir, key, [str(i) for i in range(len(rs))], rs, settings,
                         lambda rs=rs, key=key: emb.embed_rows(
