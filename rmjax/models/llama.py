@@ -198,16 +198,75 @@ class Attention(nn.Module):
     return out, new_cache
 
 
+@jax.custom_vjp
+def swiglu(x: Array, w_gate: Array, w_up: Array, w_down: Array) -> Array:
+  """SwiGLU MLP `(silu(x @ w_gate) * (x @ w_up)) @ w_down`, x: [B, T, D] -> [B, T, D].
+
+  A hand-written VJP because XLA:CPU's autodiff of this block fuses the silu derivative into
+  transposed copies feeding the weight-gradient dots, which ran ~2x slower than the nine
+  matmuls alone (experiments/benchmarks/RESULTS.md). The backward keeps only the two
+  pre-activations and recomputes silu.
+  """
+  return _swiglu_fwd(x, w_gate, w_up, w_down)[0]
+
+
+def _mlp_constraint(h):
+  return nn.with_logical_constraint(h, ("act_batch", "act_length", "act_mlp"))
+
+
+def _swiglu_fwd(x, w_gate, w_up, w_down):
+  gate = _mlp_constraint(jnp.einsum("btd,df->btf", x, w_gate))
+  up = _mlp_constraint(jnp.einsum("btd,df->btf", x, w_up))
+  out = jnp.einsum("btf,fd->btd", nn.silu(gate) * up, w_down)
+  return out, (x, w_gate, w_up, w_down, gate, up)
+
+
+def _swiglu_bwd(res, g):
+  x, w_gate, w_up, w_down, gate, up = res
+  sig = jax.nn.sigmoid(gate.astype(jnp.float32))
+  gate32 = gate.astype(jnp.float32)
+  act = (gate32 * sig).astype(up.dtype)
+  dh = _mlp_constraint(jnp.einsum("btd,fd->btf", g, w_down))
+  dh32 = dh.astype(jnp.float32)
+  d_up = _mlp_constraint((dh32 * act.astype(jnp.float32)).astype(up.dtype))
+  d_gate = _mlp_constraint(
+      (dh32 * up.astype(jnp.float32) * sig * (1 + gate32 * (1 - sig))).astype(gate.dtype))
+  h = _mlp_constraint(act * up)
+  dx = jnp.einsum("btf,df->btd", d_gate, w_gate) + jnp.einsum("btf,df->btd", d_up, w_up)
+  dw_gate = jnp.einsum("btd,btf->df", x, d_gate)
+  dw_up = jnp.einsum("btd,btf->df", x, d_up)
+  dw_down = jnp.einsum("btf,btd->fd", h, g)
+  return (dx.astype(x.dtype), dw_gate.astype(w_gate.dtype), dw_up.astype(w_up.dtype),
+          dw_down.astype(w_down.dtype))
+
+
+swiglu.defvjp(_swiglu_fwd, _swiglu_bwd)
+
+
+class _Kernel(nn.Module):
+  """A bias-free projection's weight [in, out] under `<name>/kernel` (the nn.Dense layout)."""
+  shape: tuple
+  names: tuple
+  param_dtype: Any
+
+  @nn.compact
+  def __call__(self):
+    return self.param("kernel", nn.with_logical_partitioning(nn.initializers.normal(0.02), self.names),
+                      self.shape, self.param_dtype)
+
+
 class MLP(nn.Module):
   cfg: LlamaConfig
 
   @nn.compact
   def __call__(self, x):
     cfg = self.cfg
-    gate = _dense(cfg.intermediate_size, ("embed", "mlp"), cfg, "gate_proj")(x)
-    up = _dense(cfg.intermediate_size, ("embed", "mlp"), cfg, "up_proj")(x)
-    h = nn.with_logical_constraint(nn.silu(gate) * up, ("act_batch", "act_length", "act_mlp"))
-    return _dense(cfg.hidden_size, ("mlp", "embed"), cfg, "down_proj")(h)
+    d, f, pd = cfg.hidden_size, cfg.intermediate_size, jnp.dtype(cfg.param_dtype)
+    w_gate = _Kernel((d, f), ("embed", "mlp"), pd, name="gate_proj")()
+    w_up = _Kernel((d, f), ("embed", "mlp"), pd, name="up_proj")()
+    w_down = _Kernel((f, d), ("mlp", "embed"), pd, name="down_proj")()
+    dt = jnp.dtype(cfg.dtype)
+    return swiglu(x.astype(dt), w_gate.astype(dt), w_up.astype(dt), w_down.astype(dt))
 
 
 class DecoderLayer(nn.Module):
