@@ -316,3 +316,21 @@ def test_smollm2_greedy_matches_transformers(smollm2):
   ref = np.pad(ref, ((0, 0), (0, n - ref.shape[1])), constant_values=2)
   np.testing.assert_array_equal(np.asarray(out["tokens"]), ref)
   assert int(out["lengths"][0]) == n  # a poem is longer than 20 tokens: the comparison is full
+
+
+def test_nucleus_threshold_matches_sorted_cumsum():
+  """The bisection threshold keeps exactly the sorted-prefix nucleus (ties included)."""
+  from rmjax.rl.generate import nucleus_threshold
+  rng = np.random.default_rng(0)
+  logits = np.round(rng.normal(size=(6, 50)) * 3, 1).astype(np.float32)  # ties on purpose
+  logits[0] = [5.0] + [0.0] * 49  # one dominant token
+  for top_p in (0.05, 0.3, 0.6, 0.9, 0.999):
+    probs = np.asarray(jax.nn.softmax(jnp.asarray(logits), axis=-1), np.float64)
+    keep = np.asarray(jnp.asarray(probs, jnp.float32) >= nucleus_threshold(
+        jnp.asarray(probs, jnp.float32), top_p))
+    for row in range(len(logits)):
+      order = np.argsort(-probs[row], kind="stable")
+      before = np.cumsum(probs[row][order]) - probs[row][order]
+      cutoff = probs[row][order][before < top_p].min()
+      np.testing.assert_array_equal(keep[row], probs[row] >= cutoff - 1e-12, err_msg=f"{top_p} {row}")
+      assert keep[row].any()

@@ -116,6 +116,30 @@ def left_pad(seqs: Sequence[Sequence[int]], pad_id: int, length: Optional[int] =
   return ids, mask
 
 
+def nucleus_threshold(probs: Array, top_p) -> Array:
+  """Per-row probability threshold [B, 1] of top-p sampling: keeping `probs >= threshold` keeps
+  the smallest set of most likely tokens whose mass reaches `top_p` (ties kept, at least one).
+
+  The threshold is the largest t with mass(probs >= t) >= top_p. Non-negative float32 values
+  order like their int32 bit patterns, so 32 bisection steps over the bits find it exactly: 32
+  masked sums over the vocabulary instead of a full sort per row per decoded token (the sort
+  made sampling ~2x slower than greedy decoding on CPU).
+  """
+  bits = jax.lax.bitcast_convert_type(probs, jnp.int32)  # [B, V], monotone in probs
+  lo = jnp.zeros(probs.shape[:1], jnp.int32)
+  hi = jnp.max(bits, axis=-1)
+
+  def body(_, bounds):
+    lo, hi = bounds
+    mid = lo + (hi - lo + 1) // 2
+    mass = jnp.sum(jnp.where(bits >= mid[:, None], probs, 0.0), axis=-1)
+    ok = mass >= top_p
+    return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid - 1)
+
+  lo, _ = jax.lax.fori_loop(0, 32, body, (lo, hi))
+  return jax.lax.bitcast_convert_type(lo, jnp.float32)[:, None]
+
+
 def _sample(logits: Array, key: Array, structure: _Structure, knobs: dict) -> tuple[Array, Array]:
   """One token per row from logits [B, V] (float32).
 
@@ -130,12 +154,8 @@ def _sample(logits: Array, key: Array, structure: _Structure, knobs: dict) -> tu
     kth = jax.lax.top_k(x, structure.top_k)[0][:, -1:]  # [B, 1]
     x = jnp.where(x < kth, neg_inf, x)
   if structure.top_p:
-    sorted_x = jnp.sort(x, axis=-1)[:, ::-1]  # descending
-    probs = jax.nn.softmax(sorted_x, axis=-1)
-    mass_before = jnp.cumsum(probs, axis=-1) - probs  # exclusive cumsum
-    keep = mass_before < knobs["top_p"]  # the first token always has mass_before 0: kept
-    cutoff = jnp.min(jnp.where(keep, sorted_x, jnp.inf), axis=-1, keepdims=True)
-    x = jnp.where(x < cutoff, neg_inf, x)
+    probs = jax.nn.softmax(x, axis=-1)
+    x = jnp.where(probs < nucleus_threshold(probs, knobs["top_p"]), neg_inf, x)
   tokens = jax.random.categorical(key, x, axis=-1).astype(jnp.int32)
   lp = jnp.take_along_axis(jax.nn.log_softmax(x, axis=-1), tokens[:, None], axis=-1)[:, 0]
   return tokens, lp
