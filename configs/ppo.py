@@ -6,7 +6,8 @@ the same known reward on its text (a pipeline check at real scale).
 Args: reward=gold|token_count|proxy, uncertainty=none|reward|variance_kl|both, agg=mean|uwo|lcb|wco,
 kl=<coef>, norm=none|frozen|running, smoke (seconds-long run for tests).
 Reward 'proxy' is the over-optimisation setup: a 5-member proxy ensemble trained on noisy
-gold labels (configs/overopt.py), gold logged beside it.
+gold labels (configs/overopt.py), gold logged beside it. tiny: the tiny proxy; smollm2: the
+policy answers the synthetic prompts and the proxy is 5 heads on frozen SmolLM2 embeddings.
 """
 
 import ml_collections as mlc
@@ -56,8 +57,17 @@ def get_config(arg=None):
     c.train.checkpoint_every = 10
   if arg.reward == "proxy":
     from configs import overopt
-    c.proxy = overopt.get_config(f"tiny,members={arg.members},noise={arg.noise}"
+    size = "smollm2" if arg.variant == "smollm2" else "tiny"
+    c.proxy = overopt.get_config(f"{size},members={arg.members},noise={arg.noise}"
                                  + (",smoke" if arg.smoke else ""))
+    if arg.variant == "smollm2":
+      # over-optimisation at SmolLM2 scale: the policy answers the synthetic prompts the proxy
+      # (5 heads on frozen SmolLM2 embeddings) was labelled on, and the proxy's label pairs are
+      # sampled from the reference policy with the PPO sampling settings
+      c.ppo.prompts, c.ppo.eval_prompts, c.ppo.prompt_len = "synthetic:512", "", 48
+      o = c.proxy.overopt
+      o.max_new_tokens, o.temperature, o.top_p = (c.ppo.max_new_tokens, c.ppo.temperature,
+                                                  c.ppo.top_p)
   if arg.smoke:
     c.ppo.prompts, c.ppo.eval_prompts = "synthetic:64", "synthetic:16"
     c.ppo.rollout_batch = 16

@@ -137,3 +137,27 @@ def test_prompt_sources(shared_data):
   assert len(recs) == 5 and all(isinstance(r["prompt"], str) and r["prompt"] for r in recs)
   with pytest.raises(ConfigError, match="unknown shared prompt set"):
     ppo_setup.load_prompts("shared:nope")
+
+
+def test_proxy_label_responses_are_cached_per_sampling_settings(tmp_path, monkeypatch):
+  from rmjax.train import overopt
+  c = ppo_config.get_config("tiny,reward=proxy,smoke").proxy
+  prompts = ["Say something kind about cats.", "Say something harsh about rain."]
+  path = str(tmp_path / "responses.json")
+  first = ppo_setup.label_responses(c, prompts, 3, path)
+  assert len(first) == 2 and all(len(r) == 2 for r in first)
+  monkeypatch.setattr(overopt, "sample_responses", lambda *a, **k: pytest.fail("re-sampled"))
+  assert ppo_setup.label_responses(c, prompts, 3, path) == first     # same settings: cached
+  monkeypatch.setattr(overopt, "sample_responses", lambda cfg, p, n, seed: [["x", "y"]] * len(p))
+  c.overopt.temperature = 0.5
+  assert ppo_setup.label_responses(c, prompts, 3, path) == [["x", "y"]] * 2
+
+
+def test_smollm2_proxy_config_scores_the_policys_own_text():
+  c = ppo_config.get_config("smollm2,reward=proxy")
+  o = c.proxy.overopt
+  assert c.proxy.ensemble.cached_embeddings and o.policy == "lm"
+  assert c.proxy.model.spec == c.model.spec and c.ppo.prompts.startswith("synthetic:")
+  assert (o.temperature, o.top_p, o.max_new_tokens) == (c.ppo.temperature, c.ppo.top_p,
+                                                        c.ppo.max_new_tokens)
+  assert ppo_config.get_config("tiny,reward=proxy").proxy.overopt.policy == "synthetic"

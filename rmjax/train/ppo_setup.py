@@ -94,6 +94,25 @@ def load_prompts(spec: str, seed: int = 0, data_dir: str | None = None) -> list:
   raise ConfigError(f"unknown prompt source {spec!r}; use synthetic:N or shared:NAME")
 
 
+def label_responses(proxy_config, prompts, seed: int, path: str) -> list:
+  """Two base-policy responses per label prompt (`overopt.sample_responses`), cached as JSON at
+  `path` under the policy and sampling settings: PPO variants sharing one proxy dir sample the
+  SmolLM2 label pairs once (minutes on CPU) instead of once per run."""
+  from rmjax.train import overopt
+  o = proxy_config.overopt
+  key = {"policy": o.policy, "spec": proxy_config.model.spec, "seed": seed,
+         "prompts": list(prompts), "sampling": [o.max_new_tokens, o.temperature, o.top_p]}
+  if os.path.exists(path):
+    with open(path) as f:
+      cached = json.load(f)
+    if cached.get("key") == key:
+      return cached["responses"]
+  resp = overopt.sample_responses(proxy_config, prompts, 2, seed=seed)
+  with open(path, "w") as f:
+    json.dump({"key": key, "responses": resp}, f)
+  return resp
+
+
 def _proxy_reward(config, workdir):
   """The overopt gold-RM setup: gold-labelled pairs -> K-member proxy -> members_reward_fn."""
   from rmjax.data.pairs import write_pairs
@@ -101,18 +120,26 @@ def _proxy_reward(config, workdir):
   rc = config.reward
   oc = config.proxy
   n_train, n_eval = oc.overopt.label_prompts, oc.overopt.eval_prompts
-  prompts = [r["prompt"] for r in synthetic.make_prompts(n_train + n_eval, seed=config.seed + 50)]
-  resp = overopt.sample_responses(oc, prompts, 2, seed=config.seed + 50)
-  pairs, stats = overopt.label_pairs(prompts[:n_train], resp[:n_train], oc.overopt.label_noise,
-                                     config.seed)
-  evals, _ = overopt.label_pairs(prompts[n_train:], resp[n_train:], 0.0, config.seed + 1)
   workdir = rc.get("proxy_dir") or workdir  # a shared dir: several PPO runs, one proxy
   pdir = os.path.join(workdir, "proxy_data")
   os.makedirs(pdir, exist_ok=True)
+  prompts = [r["prompt"] for r in synthetic.make_prompts(n_train + n_eval, seed=config.seed + 50)]
+  resp = label_responses(oc, prompts, config.seed + 50, os.path.join(pdir, "responses.json"))
+  pairs, stats = overopt.label_pairs(prompts[:n_train], resp[:n_train], oc.overopt.label_noise,
+                                     config.seed)
+  evals, _ = overopt.label_pairs(prompts[n_train:], resp[n_train:], 0.0, config.seed + 1)
+  if not pairs:
+    raise ConfigError(f"all {n_train} proxy label pairs are gold ties (does the base policy "
+                      f"{oc.model.spec!r} write words the gold reward scores?)")
   write_pairs(os.path.join(pdir, "train.jsonl"), pairs)
   write_pairs(os.path.join(pdir, "eval.jsonl"), evals)
   score_fn, info = overopt.train_proxy(oc, workdir, os.path.join(pdir, "train.jsonl"),
                                        os.path.join(pdir, "eval.jsonl"))
+  if "eval_accuracy" not in info and evals:  # the cached-embedding path reports no eval
+    ps = [e.prompt[-1][1] for e in evals]
+    mc = np.asarray(score_fn(ps, [e.chosen for e in evals])).mean(1)
+    mr = np.asarray(score_fn(ps, [e.rejected for e in evals])).mean(1)
+    info["eval_accuracy"] = float(np.mean(mc > mr))       # mean ensemble, clean gold labels
   with open(os.path.join(workdir, "proxy_info.json"), "w") as f:
     json.dump(dict(info, **stats), f, indent=2, default=float)
   # raw member scores; the conservative aggregate is applied by ppo.uncertainty
