@@ -113,24 +113,6 @@ def tag_pairs(pairs: Sequence[PairExample], objective: str, names: Sequence[str]
   return [ObjectivePair(p, j) for p in pairs]
 
 
-SPLIT_SEED, EVAL_FRACTION = 0, 0.1   # experiments/data_shared.py's hh-rlhf split
-
-
-def _split_suffix(spec: str) -> tuple:
-  """'SPEC@train' / 'SPEC@eval' -> (SPEC, side); anything else -> (spec, None)."""
-  base, sep, side = spec.rpartition("@")
-  return (base, side) if sep and side in ("train", "eval") else (spec, None)
-
-
-def hash_side(pairs: Sequence[PairExample], side) -> list:
-  """The `side` ('train' 90% / 'eval' 10%) of a prompt-hash split (seed 0), or all when None."""
-  if side is None:
-    return list(pairs)
-  from rmjax.data.sources import split_by_prompt_hash
-  train, evals = split_by_prompt_hash(pairs, EVAL_FRACTION, SPLIT_SEED)
-  return train if side == "train" else evals
-
-
 def length_rating(texts: Sequence[str]) -> np.ndarray:
   """log(1 + characters) / log(1 + 4000), clipped to [0, 1]: a verbosity objective for data
   without a rated one (the shared sets have no HelpSteer verbosity). [N] float32."""
@@ -141,7 +123,7 @@ def length_rating(texts: Sequence[str]) -> np.ndarray:
 def load_objective_pairs(spec: str, names: Sequence[str], seed: int = 0) -> list:
   """'SOURCE=>objective' joined with ';' (e.g. 'shared:hh_rlhf_harmless_test@train=>safety') ->
   ObjectivePairs; SOURCE is any `rmjax.train.builders.load_pairs` spec, optionally ending in
-  '@train' / '@eval' for one side of the 90/10 prompt-hash split (`hash_side`)."""
+  '@train' / '@eval' for one side of the 90/10 prompt-hash split."""
   from rmjax.train.builders import load_pairs
   out = []
   for part in filter(None, (s.strip() for s in spec.split(";"))):
@@ -154,9 +136,8 @@ def load_objective_pairs(spec: str, names: Sequence[str], seed: int = 0) -> list
       out.extend(synthetic_multi.make_objective_pairs(int(src.split(":", 1)[1] or 500), objective,
                                                       names, seed))
       continue
-    src, side = _split_suffix(src)
     pairs, _ = load_pairs(src, seed)
-    out.extend(tag_pairs(hash_side(pairs, side), objective, names, where=src))
+    out.extend(tag_pairs(pairs, objective, names, where=src))
   return out
 
 
@@ -181,10 +162,9 @@ def load_ratings_spec(spec: str, objectives: Sequence, seed: int = 0, unrated=()
 
 def load_pairs_spec(spec: str, seed: int = 0) -> list:
   """Pairs: 'synthetic_multi:N' or any `rmjax.train.builders.load_pairs` spec, optionally
-  ending in '@train' / '@eval' (one side of the prompt-hash split, `hash_side`)."""
+  ending in '@train' / '@eval' (one side of the prompt-hash split)."""
   from rmjax.data import synthetic_multi
   from rmjax.train.builders import load_pairs
   if spec.startswith("synthetic_multi:"):
     return synthetic_multi.make_pairs(int(spec.split(":", 1)[1] or 2000), seed)
-  spec, side = _split_suffix(spec)
-  return hash_side(load_pairs(spec, seed)[0], side)
+  return load_pairs(spec, seed)[0]

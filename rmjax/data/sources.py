@@ -300,6 +300,23 @@ def prompt_hash_fraction(ex, seed=0):
   return int.from_bytes(digest[:8], 'big') / 2.0**64
 
 
+SPLIT_SEED, EVAL_FRACTION = 0, 0.1   # the hh-rlhf split of experiments/data_shared.py
+
+
+def split_side(spec: str) -> tuple:
+  """'SPEC@train' / 'SPEC@eval' -> (SPEC, side); anything else -> (spec, None)."""
+  base, sep, side = spec.rpartition('@')
+  return (base, side) if sep and side in ('train', 'eval') else (spec, None)
+
+
+def hash_side(examples, side):
+  """The `side` ('train' 90% / 'eval' 10%) of the prompt-hash split (seed 0), or all when None."""
+  if side is None:
+    return list(examples)
+  train, evals = split_by_prompt_hash(examples, EVAL_FRACTION, SPLIT_SEED)
+  return train if side == 'train' else evals
+
+
 def split_by_prompt_hash(examples, eval_fraction=0.1, seed=0):
   """-> (train, eval): deterministic by prompt hash, so pairs sharing a prompt never straddle the
   split; input order is kept within each part."""

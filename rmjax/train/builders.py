@@ -26,9 +26,15 @@ def tokenizer(config):
 
 def load_pairs(spec: str, seed: int = 0, limit: int = 0):
   """Pair examples and read stats for a data spec; 'synthetic:N' is the built-in gold-reward set,
-  several specs may be joined with '+'."""
+  several specs may be joined with '+'; a trailing '@train' / '@eval' keeps one side of the
+  90/10 prompt-hash split of the whole (`sources.hash_side`)."""
   from rmjax.data import sources, synthetic
-  if "+" in spec:  # several sources joined
+  spec, side = sources.split_side(spec)
+  if side is not None:
+    examples, stats = load_pairs(spec, seed, 0)
+    examples = sources.hash_side(examples, side)
+    stats = dict(stats, split_side=side, kept_side=len(examples))
+  elif "+" in spec:  # several sources joined
     examples, stats = [], {}
     for part in spec.split("+"):
       part = part if ":" in part else f"{spec.split(':', 1)[0]}:{part}"
