@@ -227,8 +227,8 @@ def _swiglu_fwd(x, w_gate, w_up, w_down):
 
 def _swiglu_bwd(res, g):
   x, w_gate, w_up, w_down, gate, up = res
-  sig = jax.nn.sigmoid(gate.astype(jnp.float32))
   gate32 = gate.astype(jnp.float32)
+  sig = jax.nn.sigmoid(gate32)
   act = (gate32 * sig).astype(up.dtype)
   dh = _mlp_constraint(jnp.einsum("btd,fd->btf", g, w_down))
   dh32 = dh.astype(jnp.float32)
