@@ -45,6 +45,10 @@ flags.DEFINE_string("to", None, "convert target: hf:OUT")
 flags.DEFINE_integer("batch_size", 16, "score/eval batch size")
 flags.DEFINE_integer("step", None, "checkpoint step for score/eval (default: latest)")
 flags.DEFINE_bool("dry_run", False, "sweep: print one command per run instead of running")
+flags.DEFINE_string("coordinator", None, "multi-process: coordinator address HOST:PORT "
+                    "(jax.distributed; TPU pods and SLURM are detected without flags)")
+flags.DEFINE_integer("num_processes", None, "multi-process: number of processes")
+flags.DEFINE_integer("process_id", None, "multi-process: this process's index")
 flags.DEFINE_string("principles", None, "score (SALMON): principle file (JSON list of "
                     "{dimension, definition}) to condition the reward model on")
 
@@ -72,7 +76,9 @@ def _require(name):
 def cmd_train():
   from rmjax import sharding
   from rmjax.train.loop import train
-  sharding.maybe_initialize_distributed()
+  sharding.maybe_initialize_distributed(coordinator=FLAGS.coordinator,
+                                        num_processes=FLAGS.num_processes,
+                                        process_id=FLAGS.process_id)
   config = _config()
   workdir = FLAGS.workdir or os.path.join(
       "workdirs", f"{config.task}-{time.strftime('%Y%m%d-%H%M%S')}")

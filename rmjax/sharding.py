@@ -154,8 +154,11 @@ def batch_divisor(mesh: Mesh) -> int:
   return mesh.shape["data"] * mesh.shape["fsdp"]
 
 
-def maybe_initialize_distributed() -> bool:
+def maybe_initialize_distributed(coordinator=None, num_processes=None, process_id=None) -> bool:
   """`jax.distributed.initialize()` when a multi-host environment is declared; True if it ran."""
+  if coordinator:
+    jax.distributed.initialize(coordinator, num_processes, process_id)
+    return True
   markers = ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS", "SLURM_NTASKS", "TPU_WORKER_HOSTNAMES",
              "MEGASCALE_COORDINATOR_ADDRESS")
   if any(os.environ.get(m) for m in markers) and int(os.environ.get("SLURM_NTASKS", "2")) > 1:
