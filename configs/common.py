@@ -73,12 +73,14 @@ def base_config(arg: mlc.ConfigDict, task: str) -> mlc.ConfigDict:
   c.train = mlc.ConfigDict(dict(
       steps=p["steps"], batch_size=p["batch_size"], log_every=10, eval_every=100,
       checkpoint_every=100, keep_checkpoints=3, best_metric="", best_mode="max",
-      async_checkpoint=True, tensorboard=True, progress=True, freeze_backbone=False))
+      async_checkpoint=True, tensorboard=True, progress=True, freeze_backbone=False,
+      cache_features=True))  # frozen backbone + pooled head: train on cached features
 
   c.data = mlc.ConfigDict(dict(
       source="synthetic:2000", eval_source="synthetic:256", eval_fraction=0.1, max_length=p["max_length"],
       max_eval_examples=512, on_overlong="truncate", on_identical="drop",
-      buckets=(64, 128, 256, 512, 1024, 2048), limit=0))
+      buckets=(64, 128, 256, 512, 1024, 2048), limit=0,
+      feature_cache=""))  # head-only features cache dir ("" = $RMJAX_CACHE or ~/.cache/rmjax)
 
   if arg.get("runlocal", False):  # a quick local smoke run of any variant
     c.train.steps = 20

@@ -2,7 +2,7 @@
 
 tiny: synthetic base policy + the known synthetic gold reward, a 5-member proxy (tiny random
 backbone + 5 heads trained with the generic loop), BoN pool 64 -> KL up to 3.2 nats; a couple of
-minutes on 2 CPU cores. smollm2: SmolLM2-135M-Instruct samples the responses (rmjax.rl.generate),
+minutes on 2 CPU cores. smollm2: SmolLM2-135M-Instruct samples the responses (rmjax.inference.generate),
 the synthetic gold reward labels them, and 5 heads train on cached frozen SmolLM2 embeddings.
 Args: noise=0.25 (label noise), members=K, pool=N, smoke (a seconds-long run for tests).
 """

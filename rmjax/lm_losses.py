@@ -20,6 +20,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from rmjax.losses import weighted_mean
+
 REGULARISERS = ("sft", "sft_plain", "dpo_noref", "dpo_ref")
 
 
@@ -61,16 +63,10 @@ def response_logprobs(logits, ids, mask, prompt_len) -> jax.Array:
   return sequence_logprobs(token_logprobs(logits, ids), response_mask(mask, prompt_len))
 
 
-def _wmean(x, weight):
-  if weight is None:
-    return jnp.mean(x)
-  return jnp.sum(x * weight) / jnp.maximum(jnp.sum(weight), 1e-9)
-
-
 def sft_loss(logp_chosen, *, beta: float = 0.1, logsigmoid: bool = True, weight=None):
   """-log sigmoid(beta * l_c) (GRM default) or, without `logsigmoid`, plain SFT -l_c."""
   per = -jax.nn.log_sigmoid(beta * logp_chosen) if logsigmoid else -logp_chosen
-  return _wmean(per, weight)
+  return weighted_mean(per, weight)
 
 
 def dpo_loss(logp_chosen, logp_rejected, ref_chosen=None, ref_rejected=None, *, beta: float = 0.1,
@@ -81,7 +77,7 @@ def dpo_loss(logp_chosen, logp_rejected, ref_chosen=None, ref_rejected=None, *, 
     raise ValueError("give both reference log-probs (chosen and rejected) or neither")
   if ref_chosen is not None:
     logits = logits - (ref_chosen - ref_rejected)
-  return _wmean(-jax.nn.log_sigmoid(beta * logits), weight)
+  return weighted_mean(-jax.nn.log_sigmoid(beta * logits), weight)
 
 
 def regulariser(name: str, logp_chosen, logp_rejected=None, ref_chosen=None, ref_rejected=None,

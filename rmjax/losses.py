@@ -10,7 +10,8 @@ import jax
 import jax.numpy as jnp
 
 
-def _wmean(x, weight):
+def weighted_mean(x, weight):
+  """Mean of x weighted by `weight` (None = plain mean); 0-weight rows are padding."""
   if weight is None:
     return jnp.mean(x)
   return jnp.sum(x * weight) / jnp.maximum(jnp.sum(weight), 1e-9)
@@ -23,32 +24,48 @@ def bradley_terry(r_c, r_r, *, margin=None, label_smoothing: float = 0.0, weight
   if margin is not None:
     d = d - margin
   per = -(1.0 - label_smoothing) * jax.nn.log_sigmoid(d) - label_smoothing * jax.nn.log_sigmoid(-d)
-  return _wmean(per, weight)
+  return weighted_mean(per, weight)
 
 
 def reward_centering(r_c, r_r, *, weight=None):
   """Mean of (r_c + r_r)^2: keeps rewards centred on zero (Eisenstein et al., 2023)."""
-  return _wmean((r_c + r_r) ** 2, weight)
+  return weighted_mean((r_c + r_r) ** 2, weight)
 
 
 def pair_metrics(r_c, r_r, weight=None) -> dict:
   """Accuracy (strict: ties count wrong), margin, chosen/rejected mean and std."""
   w = jnp.ones_like(r_c) if weight is None else weight
   def std(x):
-    m = _wmean(x, w)
-    return jnp.sqrt(_wmean((x - m) ** 2, w))
+    m = weighted_mean(x, w)
+    return jnp.sqrt(weighted_mean((x - m) ** 2, w))
   return {
-      "accuracy": _wmean((r_c > r_r).astype(jnp.float32), w),
-      "margin": _wmean(r_c - r_r, w),
-      "chosen_mean": _wmean(r_c, w),
+      "accuracy": weighted_mean((r_c > r_r).astype(jnp.float32), w),
+      "margin": weighted_mean(r_c - r_r, w),
+      "chosen_mean": weighted_mean(r_c, w),
       "chosen_std": std(r_c),
-      "rejected_mean": _wmean(r_r, w),
+      "rejected_mean": weighted_mean(r_r, w),
       "rejected_std": std(r_r),
   }
 
 
 # ---------------------------------------------------------------------------------------------
 # ArmoRM (multi-objective regression and verbosity de-correlation)
+
+def member_bradley_terry(m_c, m_r, weight, boot=None, *, margin=None, label_smoothing=0.0,
+                     centering_coef=0.0):
+  """Each member's own weighted BT loss: m_c, m_r [B, K]; weight [B]; boot [B, K] or None.
+
+  Returns [K]: member k's loss is the (weight * boot_k)-weighted mean over the batch.
+  """
+  d = m_c - m_r                                              # [B, K]
+  if margin is not None:
+    d = d - margin[:, None]
+  per = -(1.0 - label_smoothing) * jax.nn.log_sigmoid(d) - label_smoothing * jax.nn.log_sigmoid(-d)
+  if centering_coef:
+    per = per + centering_coef * (m_c + m_r) ** 2
+  w = weight[:, None] * (1.0 if boot is None else boot)     # [B, K]
+  return jnp.sum(per * w, axis=0) / jnp.maximum(jnp.sum(w, axis=0), 1e-9)
+
 
 def masked_mse(pred, target, mask, *, weight=None):
   """Mean over observed entries of (pred - target)^2; pred, target, mask: [B, O], mask 1 where

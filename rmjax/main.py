@@ -11,28 +11,27 @@ Bad input exits with status 2 and one line naming what is wrong.
 
 from __future__ import annotations
 
-import importlib
+import importlib.util
 import json
 import os
+import subprocess
 import sys
 import time
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from rmjax.errors import ConfigError, RmjaxError
+import configs
+from rmjax import checkpoints, sharding, tasks
+from rmjax.checkpoints.workdir import read_config
+from rmjax.data.pairs import iter_records
+from rmjax.data.specs import load_pairs
+from rmjax.errors import ConfigError, DataError, RmjaxError
+from rmjax.eval.armorm_report import objective_accuracies
+from rmjax.eval.metrics import pair_report
+from rmjax.eval.uncertainty import uncertainty_report
 
 COMMANDS = ("train", "score", "eval", "convert", "collect", "sweep")
-
-
-def task_module(name: str):
-  """The module `rmjax.train.<name>` that builds the task (`build(config) -> Task`)."""
-  try:
-    return importlib.import_module(f"rmjax.train.{name}")
-  except ModuleNotFoundError as e:
-    if e.name == f"rmjax.train.{name}":
-      raise ConfigError(f"unknown task {name!r}: no module rmjax/train/{name}.py") from None
-    raise
 
 FLAGS = flags.FLAGS
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file[:arg]",
@@ -54,7 +53,6 @@ flags.DEFINE_string("principles", None, "score (SALMON): principle file (JSON li
 
 
 def default_config_path(family: str = "bt", arg: str = "tiny") -> str:
-  import configs
   return os.path.join(os.path.dirname(configs.__file__), f"{family}.py") + f":{arg}"
 
 
@@ -74,26 +72,18 @@ def _require(name):
 
 
 def cmd_train():
-  from rmjax import sharding
-  from rmjax.train.loop import train
   sharding.maybe_initialize_distributed(coordinator=FLAGS.coordinator,
                                         num_processes=FLAGS.num_processes,
                                         process_id=FLAGS.process_id)
   config = _config()
   workdir = FLAGS.workdir or os.path.join(
       "workdirs", f"{config.task}-{time.strftime('%Y%m%d-%H%M%S')}")
-  module = task_module(config.task)
-  if hasattr(module, "run"):  # tasks with their own driver (multi-stage, RL) still use train()
-    final = module.run(config, workdir)
-  else:
-    final = train(config, workdir, module.build(config))
+  final = tasks.get(config.task).train(config, workdir)
   print(json.dumps({"workdir": os.path.abspath(workdir), "final": final}, default=float))
   print(f"results: {os.path.abspath(workdir)} (metrics.jsonl, checkpoints/, tensorboard/)")
 
 
 def _read_score_inputs(path):
-  from rmjax.data.pairs import iter_records
-  from rmjax.errors import DataError
   rows = []
   for line, obj in iter_records(path):
     if not isinstance(obj, dict):
@@ -107,16 +97,22 @@ def _read_score_inputs(path):
   return rows
 
 
+def _scorer(workdir: str, **kw):
+  if FLAGS.batch_size < 1:
+    raise ConfigError(f"--batch_size must be >= 1, got {FLAGS.batch_size}")
+  return tasks.load_scorer(workdir, step=FLAGS.step, batch_size=FLAGS.batch_size, **kw)
+
+
 def cmd_score():
-  from rmjax.eval.scorer import Scorer
   workdir, data, out = _require("workdir"), _require("data"), _require("out")
   rows = _read_score_inputs(data)
-  scorer = Scorer(workdir, step=FLAGS.step, batch_size=FLAGS.batch_size)
-  extra = {"principles": FLAGS.principles} if FLAGS.principles else {}
-  if extra and not hasattr(scorer.module, "score_ids"):
+  spec = tasks.get(read_config(workdir).task)
+  if FLAGS.principles and not spec.takes_principles:
     raise ConfigError(f"--principles needs a principle-conditioned model; task "
-                      f"{scorer.config.task!r} takes none")
-  res = scorer.score([r["prompt"] for r in rows], [r["response"] for r in rows], **extra)
+                      f"{spec.name!r} takes none")
+  scorer = _scorer(workdir)
+  res = scorer.score([r["prompt"] for r in rows], [r["response"] for r in rows],
+                     principles=FLAGS.principles)
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   with open(out, "w") as f:
     for i, r in enumerate(rows):
@@ -127,26 +123,21 @@ def cmd_score():
 
 
 def cmd_eval():
-  from rmjax.eval.metrics import pair_report
-  from rmjax.eval.scorer import Scorer
-  from rmjax.train.builders import load_pairs
   workdir, data = _require("workdir"), _require("data")
   spec = data if ":" in data.split("/")[0] else f"json:{data}"
   pairs, _ = load_pairs(spec)
   if not pairs:
     raise ConfigError(f"{data}: no pairs to evaluate")
-  scorer = Scorer(workdir, step=FLAGS.step, batch_size=FLAGS.batch_size)
+  scorer = _scorer(workdir)
   prompts = [p.messages for p in pairs]
   res_c = scorer.score(prompts, [p.chosen for p in pairs])
   res_r = scorer.score(prompts, [p.rejected for p in pairs])
   report = pair_report(res_c["reward"], res_r["reward"], [p.subset for p in pairs],
                        [len(p.chosen) for p in pairs], [len(p.rejected) for p in pairs])
   if "objectives" in res_c:  # ArmoRM: how each objective alone orders the pairs
-    from rmjax.eval.armorm_report import objective_accuracies
     report["objective_accuracy"] = objective_accuracies(
         res_c["objectives"], res_r["objectives"], list(scorer.config.objectives.names))
   if "members" in res_c:  # ensembles: is the spread informative about errors?
-    from rmjax.eval.uncertainty import uncertainty_report
     report["uncertainty"] = uncertainty_report(res_c["members"], res_r["members"])
   report.update(data=data, step=scorer.step)
   os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
@@ -157,7 +148,6 @@ def cmd_eval():
 
 
 def cmd_convert():
-  from rmjax import checkpoints
   workdir = _require("workdir")
   src, dst = FLAGS["from"].value, FLAGS.to
   if bool(src) == bool(dst):
@@ -170,8 +160,7 @@ def cmd_convert():
     return
   if not dst.startswith("hf:"):
     raise ConfigError(f"--to must be hf:OUT, got {dst!r}")
-  from rmjax.eval.scorer import Scorer
-  scorer = Scorer(workdir, step=FLAGS.step)
+  scorer = tasks.load_scorer(workdir, step=FLAGS.step)
   checkpoints.save_pretrained(scorer.params["backbone"], scorer.cfg, dst)
   print(f"exported backbone of {workdir} -> {dst[3:]}")
 
@@ -179,14 +168,11 @@ def cmd_convert():
 def cmd_collect():
   """Synthetic preference collection (SALMON): the config's task module provides `collect`."""
   config = _config()
-  module = task_module(config.task)
-  if not hasattr(module, "collect"):
-    raise ConfigError(f"task {config.task!r} has no collect step")
-  print(json.dumps(module.collect(config, _require("workdir")), default=float))
+  collect = tasks.get(config.task).require("collect")
+  print(json.dumps(collect(config, _require("workdir")), default=float))
 
 
 def cmd_sweep():
-  import subprocess
   if FLAGS["config"].value is None:
     raise ConfigError("--config is required for `rmjax sweep`")
   config_arg = config_flags.get_config_filename(FLAGS["config"])

@@ -15,10 +15,12 @@ import pytest
 from rmjax import losses
 from rmjax.data import objectives as objs
 from rmjax.data import ratings as rdata
+from rmjax.data import specs
 from rmjax.data import synthetic_multi as sm
 from rmjax.errors import DataError
 from rmjax.models.armorm import ArmoHeads, GatingMLP, prompt_end_index
-from rmjax.train import armorm
+from rmjax.tasks import armorm
+from rmjax.train import head_fit
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -37,8 +39,8 @@ def test_ridge_matches_hand_computed_closed_form():
   x = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
   y = np.array([1.0, 2.0, 4.0])
   # X^T X = [[2, 1], [1, 2]], X^T y = [5, 6]; alpha = 1 -> solve [[3, 1], [1, 3]] w = [5, 6]
-  np.testing.assert_allclose(np.asarray(armorm.ridge(x, y, 1.0)), [9 / 8, 13 / 8], rtol=1e-5)
-  grid = np.asarray(armorm.ridge_grid(x, y, (0.0, 1.0)))
+  np.testing.assert_allclose(np.asarray(head_fit.ridge(x, y, 1.0)), [9 / 8, 13 / 8], rtol=1e-5)
+  grid = np.asarray(head_fit.ridge_grid(x, y, (0.0, 1.0)))
   np.testing.assert_allclose(grid[0], np.linalg.lstsq(x, y, rcond=None)[0], rtol=1e-4)
 
 
@@ -48,12 +50,12 @@ def test_fit_ridge_picks_alpha_by_val_mse_and_masks_missing():
   w_true = rng.normal(size=6)
   y = np.stack([x @ w_true + 0.01 * rng.normal(size=200), np.full(200, np.nan)], 1)
   y[::7, 0] = np.nan
-  w, info = armorm.fit_ridge(x, y.astype(np.float32))
+  w, info = head_fit.fit_ridge(x, y.astype(np.float32))
   assert info[1] is None and np.all(w[:, 1] == 0)
   keep = ~np.isnan(y[:, 0])
-  tr, va = armorm.split_80_20(int(keep.sum()))
+  tr, va = head_fit.split_80_20(int(keep.sum()))
   xs, ys = x[keep], y[keep, 0]
-  best = min(armorm.RIDGE_ALPHAS, key=lambda a: np.mean((xs[va] @ np.linalg.solve(
+  best = min(head_fit.RIDGE_ALPHAS, key=lambda a: np.mean((xs[va] @ np.linalg.solve(
       xs[tr].T @ xs[tr] + a * np.eye(6), xs[tr].T @ ys[tr]) - ys[va]) ** 2))
   assert info[0]["alpha"] == best
   np.testing.assert_allclose(w[:, 0], w_true, atol=0.05)
@@ -134,7 +136,7 @@ def test_prompt_end_index_finds_last_pattern():
 
 def test_prompt_pattern_from_chat_template():
   from rmjax.data.tokenize import ByteTokenizer, ChatEncoder
-  from rmjax.train.embeddings import prompt_end_pattern
+  from rmjax.inference.embed import prompt_end_pattern
   tok = ByteTokenizer()
   pat = prompt_end_pattern(tok)
   assert tok.decode(pat) == "<|im_end|>\n<|im_start|>assistant\n"
@@ -211,11 +213,11 @@ def test_gated_beats_single_and_uniform_on_synthetic_and_only_gate_trains(tmp_pa
   feats = _features([type("P", (), {"chosen": e.response, "rejected": e.response, "prompt": e.prompt})
                      for e in rated], rng)
   ratings = np.stack([e.ratings for e in rated])
-  w, info = armorm.fit_ridge(feats["hc"], ratings)
+  w, info = head_fit.fit_ridge(feats["hc"], ratings)
   assert info[2] is None  # safety: pairs only
   tagged = sm.make_objective_pairs(300, "safety")
   tf = _features([t.pair for t in tagged], rng)
-  w[:, 2], probe = armorm.fit_bt_probe(tf["hc"], tf["hr"])
+  w[:, 2], probe = head_fit.fit_bt_probe(tf["hc"], tf["hr"])
   assert probe["bt_val_accuracy"] > 0.9
   train_pairs, eval_pairs = sm.make_pairs(600, seed=1), sm.make_pairs(300, seed=2)
   tr, ev = _features(train_pairs, rng), _features(eval_pairs, rng)
@@ -376,7 +378,7 @@ def test_shared_ratings_load_and_validate():
   assert all(0 <= e.ratings[0] <= 1 and np.isnan(e.ratings[1]) for e in usr)
   xs, _ = rs.load_shared_ratings("xstest", ob)
   assert len(xs) == 2250 and {e.subset for e in xs} == {"xstest/should-refuse", "xstest/should-respond"}
-  assert len(rdata.load_ratings_spec("shared:usr_topicalchat+shared:xstest", ob)) == 2610
+  assert len(specs.load_ratings_spec("shared:usr_topicalchat+shared:xstest", ob)) == 2610
   with pytest.raises(ConfigError, match="none of which"):
     rs.load_shared_ratings("xstest", objs.resolve(["helpfulness"]))
 
@@ -386,11 +388,11 @@ def test_hash_split_suffix_gives_disjoint_sides(tmp_path):
   path = tmp_path / "p.jsonl"
   path.write_text("\n".join(json.dumps({"prompt": f"q{i}", "chosen": "a", "rejected": "b"})
                             for i in range(200)) + "\n")
-  full = rdata.load_pairs_spec(f"json:{path}")
-  tr, ev = rdata.load_pairs_spec(f"json:{path}@train"), rdata.load_pairs_spec(f"json:{path}@eval")
+  full = specs.load_pairs_spec(f"json:{path}")
+  tr, ev = specs.load_pairs_spec(f"json:{path}@train"), specs.load_pairs_spec(f"json:{path}@eval")
   assert (tr, ev) == tuple(split_by_prompt_hash(full, 0.1, 0)) and 5 < len(ev) < 40
   assert not {p.prompt for p in tr} & {p.prompt for p in ev}
-  tagged = rdata.load_objective_pairs(f"json:{path}@eval=>safety", sm.OBJECTIVES)
+  tagged = specs.load_objective_pairs(f"json:{path}@eval=>safety", sm.OBJECTIVES)
   assert [t.pair for t in tagged] == ev and {t.objective for t in tagged} == {2}
 
 

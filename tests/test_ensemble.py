@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 
 from configs import ensemble as ensemble_config
-from rmjax import sharding
+from rmjax import losses, sharding
 from rmjax.checkpoints.presets import PRESET_CONFIGS
 from rmjax.errors import ConfigError
 from rmjax.eval.uncertainty import auroc, uncertainty_report
 from rmjax.models.heads import EnsembleHead
-from rmjax.train import embedding_cache as ec
-from rmjax.train import ensemble
+from rmjax.train import head_fit as ec
+from rmjax.tasks import ensemble
 from rmjax.train.loop import train
 from _util import fast_config
 
@@ -57,7 +57,7 @@ def test_member_losses_match_single_bt():
   c, r = rng.normal(size=(6, 3)), rng.normal(size=(6, 3))
   w = np.array([1, 1, 1, 1, 0, 0], np.float32)
   boot = rng.poisson(1.0, (6, 3)).astype(np.float32)
-  per = ensemble.member_bt_losses(jnp.asarray(c), jnp.asarray(r), jnp.asarray(w), jnp.asarray(boot))
+  per = losses.member_bradley_terry(jnp.asarray(c), jnp.asarray(r), jnp.asarray(w), jnp.asarray(boot))
   for k in range(3):
     ref = losses.bradley_terry(jnp.asarray(c[:, k]), jnp.asarray(r[:, k]), weight=jnp.asarray(w * boot[:, k]))
     assert float(per[k]) == pytest.approx(float(ref), rel=1e-5)

@@ -1,4 +1,4 @@
-"""Tests for rmjax.rl.generate: cache vs no-cache parity, transformers parity, sampling, meshes."""
+"""Tests for rmjax.inference.generate: cache vs no-cache parity, transformers parity, sampling, meshes."""
 
 import importlib.util
 import os
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from rmjax.models.llama import Llama, LlamaConfig
-from rmjax.rl import generate as gen
-from rmjax.rl.generate import SamplingConfig, generate, generate_text, left_pad
+from rmjax.inference import generate as gen
+from rmjax.inference.generate import SamplingConfig, generate, generate_text, left_pad
 
 CFG = LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
@@ -320,7 +320,7 @@ def test_smollm2_greedy_matches_transformers(smollm2):
 
 def test_nucleus_threshold_matches_sorted_cumsum():
   """The bisection threshold keeps exactly the sorted-prefix nucleus (ties included)."""
-  from rmjax.rl.generate import nucleus_threshold
+  from rmjax.inference.generate import nucleus_threshold
   rng = np.random.default_rng(0)
   logits = np.round(rng.normal(size=(6, 50)) * 3, 1).astype(np.float32)  # ties on purpose
   logits[0] = [5.0] + [0.0] * 49  # one dominant token

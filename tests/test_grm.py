@@ -13,8 +13,8 @@ import pytest
 from configs import grm as grm_config
 from rmjax.errors import ConfigError
 from experiments.grm_eval import WorkdirModel
-from rmjax.eval.scorer import Scorer
-from rmjax.train import bt, grm
+from rmjax.tasks import load_scorer
+from rmjax.tasks import bt, grm
 from rmjax.train.loop import train
 from rmjax.train.state import make_optimizer, make_train_step, TrainState
 from _util import fast_config
@@ -117,7 +117,7 @@ def test_grm_workdir_restores_and_evaluates(dpo_ref_workdir):
 
 
 def test_rmjax_scorer_on_grm_workdir(dpo_ref_workdir):
-  scorer = Scorer(dpo_ref_workdir[0], batch_size=8)
+  scorer = load_scorer(dpo_ref_workdir[0], batch_size=8)
   assert "reference" not in scorer.params and not scorer.model.keep_lm_logits
   res = scorer.score(["Say something kind about cats."] * 2, ["good cats.", "bad rain."],
                      progress=False)

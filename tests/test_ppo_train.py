@@ -12,7 +12,7 @@ from configs import ppo as ppo_config
 from rmjax import sharding as shd
 from rmjax.errors import ConfigError
 from rmjax.rl import rollout
-from rmjax.train import ppo, ppo_setup
+from rmjax.tasks import ppo, ppo_setup
 
 
 def _one_device():
@@ -140,7 +140,7 @@ def test_prompt_sources(shared_data):
 
 
 def test_proxy_label_responses_are_cached_per_sampling_settings(tmp_path, monkeypatch):
-  from rmjax.train import overopt
+  from rmjax.tasks import overopt
   c = ppo_config.get_config("tiny,reward=proxy,smoke").proxy
   prompts = ["Say something kind about cats.", "Say something harsh about rain."]
   path = str(tmp_path / "responses.json")

@@ -14,7 +14,9 @@ from rmjax import sharding as shd
 from rmjax.data import salmon_aggregate as agg
 from rmjax.data.tokenize import ByteTokenizer
 from rmjax.errors import ConfigError
-from rmjax.train import builders, loop, salmon
+from rmjax.inference import judge
+from rmjax.tasks import common as builders, load_scorer, salmon, salmon_collect
+from rmjax.train import loop
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -32,7 +34,7 @@ def _lines(path):
 
 def test_collect_shapes_consistency_rule_and_resume(tmp_path):
   c = _collect_config()
-  stats = salmon.collect(c, str(tmp_path))
+  stats = salmon_collect.collect(c, str(tmp_path))
   prefs = _lines(stats["preferences"])
   dims = [p.dimension for p in agg.SYNTHETIC_PRINCIPLES]
   assert stats["judged"] == len(prefs) == stats["pairs"] - stats["dropped"] > 0
@@ -47,39 +49,39 @@ def test_collect_shapes_consistency_rule_and_resume(tmp_path):
   cfg, params = checkpoints.load_pretrained(c.model.spec, seed=c.seed)
   tok = ByteTokenizer()
   r, pr = prefs[0], agg.SYNTHETIC_PRINCIPLES[1]
-  ids = salmon.judge_token_ids(tok, ("a", "b"))
-  d = salmon.judge_scores(params, cfg, tok, [(r["prompt"], r["output_1"], r["output_2"], pr),
+  ids = judge.judge_token_ids(tok, ("a", "b"))
+  d = judge.judge_scores(params, cfg, tok, [(r["prompt"], r["output_1"], r["output_2"], pr),
                                              (r["prompt"], r["output_2"], r["output_1"], pr)],
                           ids, batch_size=2, max_length=512)
   np.testing.assert_allclose(r["scores"][pr.dimension], [d[0], -d[1]], rtol=1e-4, atol=1e-5)
 
   # resume: a rerun adds nothing; a cut (and torn) file is completed to the same set of pairs
-  salmon.collect(c, str(tmp_path))
+  salmon_collect.collect(c, str(tmp_path))
   assert len(_lines(stats["preferences"])) == len(prefs)
   with open(stats["preferences"], "w") as f:
     f.write("".join(json.dumps(x) + "\n" for x in prefs[:2]) + '{"id": "torn')
   with open(stats["preferences"], "w") as f:  # torn lines are what a kill leaves; keep whole ones
     f.write("".join(json.dumps(x) + "\n" for x in prefs[:2]))
-  salmon.collect(c, str(tmp_path))
+  salmon_collect.collect(c, str(tmp_path))
   again = _lines(stats["preferences"])
   assert sorted(x["id"] for x in again) == sorted(x["id"] for x in prefs)
 
 
 def test_judge_tokens_must_be_single_tokens(tmp_path):
   tok = ByteTokenizer()
-  assert salmon.judge_token_ids(tok, ("a", "b")) == [ord("a") + 4, ord("b") + 4]
+  assert judge.judge_token_ids(tok, ("a", "b")) == [ord("a") + 4, ord("b") + 4]
   with pytest.raises(ConfigError, match="judge token 'yes' is not a single token"):
-    salmon.judge_token_ids(tok, ("yes", "no"))
+    judge.judge_token_ids(tok, ("yes", "no"))
   with pytest.raises(ConfigError, match="same id"):
-    salmon.judge_token_ids(tok, ("a", "a"))
+    judge.judge_token_ids(tok, ("a", "a"))
   with pytest.raises(ConfigError, match="not a single token"):
-    salmon.collect(_collect_config(judge_tokens=("A)", "B)")), str(tmp_path))
+    salmon_collect.collect(_collect_config(judge_tokens=("A)", "B)")), str(tmp_path))
 
 
 def test_collect_bad_shard():
   c = _collect_config(shard_index=2, num_shards=2)
   with pytest.raises(ConfigError, match="shard_index"):
-    salmon.collect(c, "/tmp/unused")
+    salmon_collect.collect(c, "/tmp/unused")
 
 
 def _steering_config():
@@ -114,10 +116,9 @@ def test_principle_steering_concise_vs_negation(tmp_path):
   assert np.mean(score(prompts, long, neg) > score(prompts, short, neg)) >= 0.85
 
   # the same through the Scorer (`rmjax score --principles FILE`)
-  from rmjax.eval.scorer import Scorer
   pfile = tmp_path / "neg.json"
   pfile.write_text(json.dumps([{"dimension": "Verbose", "definition": concise.negative_definition}]))
-  scorer = Scorer(wd, batch_size=8)
+  scorer = load_scorer(wd, batch_size=8)
   got = scorer.score(prompts[:8], short[:8], progress=False, principles=str(pfile))["reward"]
   np.testing.assert_allclose(got, score(prompts[:8], short[:8], neg[:8]), rtol=1e-4, atol=1e-4)
   # default principles (first `score_principles` of the collection, none negated)

@@ -1,7 +1,8 @@
 """Orbax checkpoints of the train state plus the data iterator's position.
 
-Each step directory holds two items: 'state' (the TrainState pytree, restored straight onto its
-shardings) and 'data' (JSON: the batcher position and run metadata). The manager keeps the last
+Each step directory holds two items: 'state' (the state pytree -- a TrainState, a PPOState, or
+{'step', 'params'} for one-shot models -- restored straight onto its shardings) and 'data'
+(JSON: {'step', 'data': the data iterator position}). The manager keeps the last
 `keep` checkpoints and, when a metric is named, also the best `keep_best` by that metric.
 """
 
@@ -11,6 +12,7 @@ import os
 from typing import Any, Optional
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
@@ -60,6 +62,12 @@ class Checkpointer:
                                                dtype=x.dtype), {"params": abstract_params}),
             partial_restore=True)))
     return out["state"]["params"]
+
+  def restore_raw(self, step: Optional[int] = None):
+    """The saved 'state' tree as host arrays, with no target structure (tests, inspection)."""
+    step = self.latest_step() if step is None else step
+    out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore()))
+    return jax.tree_util.tree_map(np.asarray, out["state"])
 
   def wait(self) -> None:
     self.manager.wait_until_finished()

@@ -20,6 +20,10 @@ import numpy as np
 
 from rmjax.errors import CheckpointError
 from rmjax.models.llama import Llama, LlamaConfig
+from rmjax.checkpoints.hf import save_hf_dir
+from rmjax.checkpoints.hf import load_hf_dir
+from rmjax.sharding import shard_params
+from rmjax.checkpoints.gguf import load_gguf
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -109,10 +113,8 @@ def load_pretrained(spec: str, mesh=None, dtype: Optional[str] = None, seed: int
   """
   kind, where = _resolve(spec)
   if kind == "hf":
-    from rmjax.checkpoints.hf import load_hf_dir
     cfg, params = load_hf_dir(where)
   elif kind == "gguf":
-    from rmjax.checkpoints.gguf import load_gguf
     cfg, params = load_gguf(where)
   else:
     cfg = PRESET_CONFIGS[where]
@@ -125,7 +127,6 @@ def load_pretrained(spec: str, mesh=None, dtype: Optional[str] = None, seed: int
     params = jax.tree_util.tree_map(
         lambda x: x.astype(dt) if isinstance(x, np.ndarray) else jnp.asarray(x, dt), params)
   if mesh is not None:
-    from rmjax.sharding import shard_params
     params = shard_params(params, cfg, mesh)
   else:
     params = jax.tree_util.tree_map(jnp.asarray, params)
@@ -136,7 +137,6 @@ def save_pretrained(params: Any, cfg: LlamaConfig, spec: str, tokenizer: Any = N
   """Export to 'hf:OUT' (config.json + model.safetensors [+ tokenizer]); returns the directory."""
   if not isinstance(spec, str) or not spec.startswith("hf:"):
     raise CheckpointError(f"cannot export to {spec!r}: only hf:DIR is supported")
-  from rmjax.checkpoints.hf import save_hf_dir
   out = os.path.expanduser(spec[3:])
   save_hf_dir(params, cfg, out, tokenizer=tokenizer)
   return out

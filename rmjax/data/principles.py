@@ -21,6 +21,7 @@ import os
 from typing import Optional, Sequence
 
 from rmjax.errors import ConfigError, DataError
+from rmjax.data.sources import shared_data_root
 
 DEFAULT_PATH = os.path.join(os.path.dirname(__file__), "default_principles.json")
 
@@ -97,7 +98,6 @@ def load_principles(spec=None, **kw) -> list[Principle]:
   if spec in (None, "", "default"):
     path = DEFAULT_PATH
   elif str(spec).startswith("shared:"):
-    from rmjax.data.sources import shared_data_root
     name = str(spec)[7:]
     path = str(shared_data_root(required=True) / "salmon_principles" /
                (name if name.endswith(".json") else name + ".json"))

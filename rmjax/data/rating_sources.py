@@ -27,6 +27,7 @@ import numpy as np
 from rmjax.data.pairs import PairExample, iter_records
 from rmjax.data.ratings import parse_rating
 from rmjax.errors import ConfigError, DataError
+from rmjax.data.sources import _shared_files
 
 USR_DIMENSIONS = ("understandability", "naturalness", "coherence", "engagingness",
                   "groundedness", "overall")
@@ -73,7 +74,6 @@ def load_shared_ratings(target: str, objectives: Sequence, limit: Optional[int] 
   """'usr_topicalchat' | 'xstest[/STEM]' -> (RatingExamples, stats). XSTest reads only the
   `*completions*` files (the prompts file has no responses). Invalid rows (e.g. an empty
   response) are skipped and counted, as for the shared pair sets."""
-  from rmjax.data.sources import _shared_files
   name, files = _shared_files(target)
   if name not in CONVERTERS:
     raise ConfigError(f"no ratings adapter for shared set {name!r}; known: {sorted(CONVERTERS)}")

@@ -23,12 +23,14 @@ shown first, s21 > 0 means it prefers output_1 with the order swapped.
 from __future__ import annotations
 
 import collections
+import functools
 from typing import Optional, Sequence
 
 import numpy as np
 
-from rmjax.data.principles import Principle, by_dimension
+from rmjax.data.principles import Principle, by_dimension, load_principles
 from rmjax.errors import ConfigError
+from rmjax.data import synthetic
 
 AI_PHRASE = "as an ai language model"
 
@@ -178,7 +180,6 @@ def synthetic_judge_scores(prompt: str, out1: str, out2: str, rng, noise: float 
   """{dimension: [s12, s21]} of a known rule over the synthetic pair set (rmjax.data.synthetic):
   Concise prefers fewer words, Kind more positive than negative words, On topic the prompt's
   topic; each order gets its own Gaussian noise (so small differences come out inconsistent)."""
-  from rmjax.data import synthetic
   c1, c2 = synthetic.score_components(prompt, out1), synthetic.score_components(prompt, out2)
   # Kind is about positive words whatever the prompt's mode.
   kind = lambda t: sum(w in synthetic.POSITIVE for w in _words(t)) - sum(
@@ -192,7 +193,6 @@ def synthetic_judge_scores(prompt: str, out1: str, out2: str, rng, noise: float 
 
 def synthetic_records(n: int, seed: int = 0, noise: float = 0.3) -> list[dict]:
   """n judged pairs over the synthetic prompts, in the format `rmjax collect` writes."""
-  from rmjax.data import synthetic
   rng = np.random.default_rng([seed, 7])
   out = []
   while len(out) < n:
@@ -210,7 +210,6 @@ def length_records(n: int, seed: int = 0, noise: float = 0.3, pad_words: tuple =
   """n pairs that differ ONLY in length: output B = output A plus `pad_words` filler words
   (neutral words, no sentiment or topic), in random A/B order, judged by the same known rule
   (`synthetic_judge_scores`: Concise prefers the shorter, the other dimensions score ~0)."""
-  from rmjax.data import synthetic
   rng = np.random.default_rng([seed, 8])
   out = []
   for i in range(n):
@@ -226,3 +225,17 @@ def length_records(n: int, seed: int = 0, noise: float = 0.3, pad_words: tuple =
     out.append({"id": f"len-{seed}-{i}", "prompt": prompt, "output_1": a, "output_2": b,
                 "scores": synthetic_judge_scores(prompt, a, b, rng, noise)})
   return out
+
+
+@functools.lru_cache(maxsize=32)
+def _principles_cached(spec: str) -> tuple:
+  if spec == "synthetic":
+    return tuple(SYNTHETIC_PRINCIPLES)
+  return tuple(load_principles(spec))
+
+
+def get_principles(spec) -> list:
+  """'synthetic' (the known-rule set), 'default', 'shared:NAME', a path, or a list."""
+  if isinstance(spec, (list, tuple)):
+    return load_principles(list(spec))
+  return list(_principles_cached(str(spec or "default")))

@@ -294,9 +294,9 @@ def load_source(spec, split=None, *, on_identical=None, on_invalid=None, limit=N
   return examples, stats
 
 
-def prompt_hash_fraction(ex, seed=0):
-  """A number in [0, 1) fixed by sha256(seed, rendered prompt)."""
-  digest = hashlib.sha256(f'{seed}\0{prompt_key(ex)}'.encode('utf-8')).digest()
+def prompt_hash_fraction(ex, seed=0, key=prompt_key):
+  """A number in [0, 1) fixed by sha256(seed, key(ex)) (by default the rendered prompt)."""
+  digest = hashlib.sha256(f'{seed}\0{key(ex)}'.encode('utf-8')).digest()
   return int.from_bytes(digest[:8], 'big') / 2.0**64
 
 
@@ -317,12 +317,12 @@ def hash_side(examples, side):
   return train if side == 'train' else evals
 
 
-def split_by_prompt_hash(examples, eval_fraction=0.1, seed=0):
+def split_by_prompt_hash(examples, eval_fraction=0.1, seed=0, key=prompt_key):
   """-> (train, eval): deterministic by prompt hash, so pairs sharing a prompt never straddle the
-  split; input order is kept within each part."""
+  split; input order is kept within each part. `key(example)` -> the prompt text to hash."""
   if not 0.0 <= eval_fraction <= 1.0:
     raise ConfigError(f'eval_fraction must be in [0, 1], got {eval_fraction}')
   train, evals = [], []
   for ex in examples:
-    (evals if prompt_hash_fraction(ex, seed) < eval_fraction else train).append(ex)
+    (evals if prompt_hash_fraction(ex, seed, key) < eval_fraction else train).append(ex)
   return train, evals

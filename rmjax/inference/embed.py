@@ -1,21 +1,28 @@
-"""ArmoRM embedding extraction: one backbone forward -> (response, prompt) embeddings, cached.
+"""The one padded, bucketed, sharded, jitted forward over token rows, and its on-disk cache.
 
-Rows are (messages, response) rendered by `ChatEncoder` (prompt with generation prompt +
-response + end of turn = the whole conversation). The response embedding is the last token's
-post-norm hidden state; the prompt embedding is the one at the token that closes the last user
-turn, found by `prompt_end_pattern` (from the rendered chat template) in the same forward.
-Batches are sorted by length, padded to power-of-two buckets, sharded over the mesh's batch axes
-and run through one jitted forward; results go back to input order. `cached` stores them as
-`NAME.npz` + `NAME.json` (data order and the settings that produced them) so stage 1 and stage 2
-never recompute a forward.
+`batched_forward(fn, params, rows)` is how rmjax runs a model over a list of variable-length
+token rows (scoring, backbone features for head-only training and ArmoRM, SALMON judging):
+rows are sorted by length, padded (right, or left for next-token read-outs) to a power-of-two
+bucket (`bucket_length`: a handful of compiled shapes), sharded over the mesh's batch axes,
+run through `fn(params, ids, mask)` and returned as numpy in input order. Padding rows keep one
+visible token so softmax stays finite.
+
+`cached(directory, name, rows, settings, compute)` stores arrays as NAME.npz with a NAME.json
+sidecar holding a fingerprint of the exact token rows and the settings (model spec, a hash of
+the backbone weights, lengths...): a cache is reused only when both match.
+
+Features: `pooled_features` (last-token post-norm hidden state, what reward heads read) and
+`armo_features` (ArmoRM: the response embedding plus the prompt embedding at the token that
+closes the last user turn, found by `prompt_end_pattern`, in the same forward).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -25,9 +32,85 @@ from tqdm.auto import tqdm
 
 from rmjax import sharding as shd
 from rmjax.models.armorm import gather_embeddings
-from rmjax.models.llama import Llama
+from rmjax.models.heads import pool_last
+from rmjax.models.llama import Llama, LlamaConfig
 
+MIN_BUCKET = 32
 _SENTINEL = "RMJAXSENTINEL"
+
+
+def bucket_length(n: int, minimum: int = MIN_BUCKET) -> int:
+  """The padded length of a batch whose longest row has n tokens: a power of two >= minimum."""
+  b = minimum
+  while b < n:
+    b *= 2
+  return b
+
+
+def pad_rows(rows: Sequence[Sequence[int]], batch_size: int, length: int, pad_id: int = 0,
+             side: str = "right") -> tuple[np.ndarray, np.ndarray]:
+  """(ids, mask) [batch_size, length]; rows longer than `length` keep their last tokens."""
+  ids = np.full((batch_size, length), pad_id, np.int32)
+  mask = np.zeros((batch_size, length), np.int32)
+  for i, r in enumerate(rows):
+    r = list(r)[-length:]
+    sl = slice(0, len(r)) if side == "right" else slice(length - len(r), length)
+    ids[i, sl], mask[i, sl] = r, 1
+  mask[len(rows):, 0 if side == "right" else -1] = 1  # padding rows: one visible token
+  return ids, mask
+
+
+def batched_forward(fn: Callable, params: Any, rows: Sequence[Sequence[int]], *,
+                    batch_size: int = 16, pad_id: int = 0, mesh=None, side: str = "right",
+                    max_length: int | None = None, progress: bool = False,
+                    desc: str = "forward") -> Any:
+  """`fn(params, ids, mask)` (jitted; returns a pytree of [B, ...] arrays) over every row, in
+  length-sorted, bucketed batches; the outputs come back as numpy in input order."""
+  mesh = mesh or shd.make_mesh((-1, 1, 1))
+  div = shd.batch_divisor(mesh)
+  batch_size = max(div, batch_size - batch_size % div)
+  n = len(rows)
+  order = np.argsort([len(r) for r in rows], kind="stable")
+  out = None
+  with jax.set_mesh(mesh), nn.logical_axis_rules(shd.DEFAULT_RULES):
+    for start in tqdm(range(0, n, batch_size), desc=desc, disable=not progress):
+      idx = order[start:start + batch_size]
+      t = bucket_length(max(len(rows[i]) for i in idx))
+      if max_length:
+        t = min(t, max_length)
+      ids, mask = pad_rows([rows[i] for i in idx], batch_size, t, pad_id, side)
+      b = shd.shard_batch({"ids": ids, "mask": mask}, mesh)
+      res = jax.device_get(fn(params, b["ids"], b["mask"]))
+      if out is None:
+        out = jax.tree_util.tree_map(lambda x: np.zeros((n,) + x.shape[1:], x.dtype), res)
+      jax.tree_util.tree_map(lambda o, x: o.__setitem__(idx, x[:len(idx)]), out, res)
+  return out
+
+
+# ------------------------------------------------------------------------------- features
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _pooled(params, ids, mask, cfg: LlamaConfig):
+  hidden = Llama(cfg).apply({"params": params}, ids, mask, output="hidden")
+  return pool_last(hidden, mask).astype(jnp.float32)          # [B, D]
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "pattern"))
+def _armo(params, ids, mask, cfg: LlamaConfig, pattern: tuple):
+  hidden = Llama(cfg).apply({"params": params}, ids, mask, output="hidden")
+  return gather_embeddings(hidden, ids, mask, pattern)
+
+
+def pooled_features(cfg: LlamaConfig, backbone_params, rows, **kw) -> np.ndarray:
+  """Last-token hidden states [N, D] float32 of right-padded token rows (what heads read)."""
+  return batched_forward(functools.partial(_pooled, cfg=cfg), backbone_params, rows, **kw)
+
+
+def armo_features(cfg: LlamaConfig, backbone_params, rows, pattern: Sequence[int], **kw) -> dict:
+  """{'h_response', 'h_prompt'} [N, D] float32 (ArmoRM's two embeddings, one forward)."""
+  fn = functools.partial(_armo, cfg=cfg, pattern=tuple(int(t) for t in pattern))
+  h_resp, h_prompt = batched_forward(fn, backbone_params, rows, **kw)
+  return {"h_response": h_resp, "h_prompt": h_prompt}
 
 
 def prompt_end_pattern(tokenizer) -> tuple:
@@ -52,59 +135,28 @@ def encode_rows(encoder, items: Sequence[tuple]) -> list:
   return out
 
 
-def _bucket(n: int) -> int:
-  b = 16
-  while b < n:
-    b *= 2
-  return b
+# ---------------------------------------------------------------------------------- cache
+
+def params_fingerprint(params) -> str:
+  """A short hash of a param tree's first leaf and shapes: which weights made the features."""
+  leaves = jax.tree_util.tree_leaves(params)
+  h = hashlib.sha256(np.asarray(leaves[0]).tobytes())
+  h.update(json.dumps([list(np.shape(x)) for x in leaves]).encode())
+  return h.hexdigest()[:16]
 
 
-def embed_rows(cfg, backbone_params, rows: Sequence[list], pattern: Sequence[int], *,
-               batch_size: int = 16, mesh=None, pad_id: int = 0, progress: bool = True,
-               desc: str = "embed") -> tuple:
-  """(h_response [N, D], h_prompt [N, D]) float32 numpy for token rows, in input order."""
-  mesh = mesh or shd.make_mesh((-1, 1, 1))
-  div = shd.batch_divisor(mesh)
-  batch_size = max(div, batch_size - batch_size % div)
-  model = Llama(cfg)
-  pattern = tuple(int(t) for t in pattern)
-  n, d = len(rows), cfg.hidden_size
-  h_resp, h_prompt = np.zeros((n, d), np.float32), np.zeros((n, d), np.float32)
-  order = np.argsort([len(r) for r in rows], kind="stable")
-
-  def fwd(params, ids, mask):
-    hidden = model.apply({"params": params}, ids, mask, output="hidden")
-    return gather_embeddings(hidden, ids, mask, pattern)
-
-  with jax.set_mesh(mesh), nn.logical_axis_rules(shd.DEFAULT_RULES):
-    params = shd.shard_params(backbone_params, cfg, mesh)
-    f = jax.jit(fwd)
-    for start in tqdm(range(0, n, batch_size), desc=desc, disable=not progress):
-      idx = order[start:start + batch_size]
-      t = _bucket(max(len(rows[i]) for i in idx))
-      ids = np.full((batch_size, t), pad_id, np.int32)
-      mask = np.zeros((batch_size, t), np.int32)
-      for k, i in enumerate(idx):
-        ids[k, :len(rows[i])], mask[k, :len(rows[i])] = rows[i], 1
-      mask[len(idx):, 0] = 1  # padding rows keep one visible token
-      b = shd.shard_batch({"ids": ids, "mask": mask}, mesh)
-      hr, hp = jax.device_get(f(params, b["ids"], b["mask"]))
-      h_resp[idx], h_prompt[idx] = hr[:len(idx)], hp[:len(idx)]
-  return h_resp, h_prompt
-
-
-def fingerprint(rows: Sequence[list], settings: dict) -> str:
+def fingerprint(rows: Sequence[Sequence[int]], settings: dict) -> str:
   """Hash of the exact token rows and settings: a cache is reused only when both match."""
-  h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+  h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
   for r in rows:
     h.update(np.asarray(r, np.int32).tobytes() + b"|")
   return h.hexdigest()
 
 
-def cached(directory: str, name: str, keys: Sequence[str], rows: Sequence[list], settings: dict,
-           compute: Callable[[], tuple]) -> tuple:
-  """(h_response, h_prompt): loaded from `directory/name.npz` when its JSON sidecar records the
-  same fingerprint, else computed and written (npz + JSON with `keys` = the data order)."""
+def cached(directory: str, name: str, rows: Sequence[Sequence[int]], settings: dict,
+           compute: Callable[[], dict]) -> dict:
+  """Arrays from `directory/name.npz` when its sidecar records the same fingerprint; else
+  `compute()` (a dict of arrays), written atomically (npz, then the sidecar)."""
   os.makedirs(directory, exist_ok=True)
   npz, meta = os.path.join(directory, f"{name}.npz"), os.path.join(directory, f"{name}.json")
   fp = fingerprint(rows, settings)
@@ -113,9 +165,12 @@ def cached(directory: str, name: str, keys: Sequence[str], rows: Sequence[list],
       info = json.load(f)
     if info.get("fingerprint") == fp:
       with np.load(npz) as z:
-        return z["h_response"], z["h_prompt"]
-  h_resp, h_prompt = compute()
-  np.savez(npz, h_response=h_resp, h_prompt=h_prompt)
-  with open(meta, "w") as f:
-    json.dump({"fingerprint": fp, "settings": settings, "rows": len(rows), "order": list(keys)}, f)
-  return h_resp, h_prompt
+        return {k: z[k] for k in z.files}
+  arrays = compute()
+  tmp = npz + ".tmp.npz"
+  np.savez(tmp, **arrays)
+  os.replace(tmp, npz)
+  with open(meta + ".tmp", "w") as f:
+    json.dump({"fingerprint": fp, "settings": settings, "rows": len(rows)}, f, default=str)
+  os.replace(meta + ".tmp", meta)
+  return arrays

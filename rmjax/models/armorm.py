@@ -9,7 +9,7 @@ h(x, y) is the post-final-norm hidden state of the last token; h_x is the one at
 of the LAST occurrence of `prompt_pattern` (the end-of-user-turn token followed by the generation
 prompt, e.g. Llama-3's `<|eot_id|><|start_header_id|>assistant<|end_header_id|>\\n\\n`), taken
 from the same forward pass. The pattern comes from the tokenizer's chat template
-(`rmjax.train.embeddings.prompt_end_pattern`), never from hard-coded ids.
+(`rmjax.inference.embed.prompt_end_pattern`), never from hard-coded ids.
 
 Params: {'backbone': Llama, 'regression': {'kernel': [D, O]}, 'transform': [O, O],
 'gate': GatingMLP, 'beta': []}. Outputs: reward [B], objectives [B, O] (r, the interpretable

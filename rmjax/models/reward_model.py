@@ -2,7 +2,7 @@
 
 Param tree: {'backbone': <Llama params>, 'head': <head params>}. The backbone's LM head stays
 available (GRM) when `keep_lm_logits` is set; chosen and rejected go through one forward by
-concatenating them on the batch axis (see `rmjax.train.bt`).
+concatenating them on the batch axis (see `rmjax.tasks.bt`).
 """
 
 from __future__ import annotations
@@ -48,7 +48,11 @@ class RewardModel(nn.Module):
     pooled = pool_last(hidden, attention_mask)
     if self.stop_backbone_grad:
       pooled = jax.lax.stop_gradient(pooled)
-    out["pooled"] = pooled
+    return dict(out, **self.score_features(pooled, deterministic=deterministic))
+
+  def score_features(self, pooled, deterministic: bool = True) -> dict:
+    """The heads alone on pooled features [B, D] (head-only training on cached features)."""
+    out = {"pooled": pooled}
     scores = self.reward_head(pooled, deterministic=deterministic)
     if self.head == "ensemble":
       out["members"] = scores

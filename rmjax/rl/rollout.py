@@ -1,6 +1,6 @@
 """PPO experience: sample, score with policy / reference / value, reward, shape, GAE.
 
-A rollout on left-padded prompts [B, P] runs the jitted KV-cache sampler (`rmjax.rl.generate`)
+A rollout on left-padded prompts [B, P] runs the jitted KV-cache sampler (`rmjax.inference.generate`)
 for N response tokens, then ONE jitted forward pass over the full sequences [B, P + N] gives the
 old log-probs (policy), reference log-probs (frozen initial policy) and values. The reward
 function scores decoded text and/or tokens on host; `make_advantages` (jitted) turns the scalar
@@ -30,6 +30,7 @@ from rmjax.errors import ConfigError
 from rmjax.models.llama import Llama, LlamaConfig
 from rmjax.rl import ppo, rewards
 from rmjax.rl.value import ValueModel
+from rmjax.inference.generate import generate
 
 NORM_MODES = ("none", "frozen", "running")
 UNCERTAINTY = ("none", "reward", "variance_kl", "both")
@@ -111,8 +112,10 @@ def normalize_rewards(r: np.ndarray, state: dict, mode: str, eps: float = 1e-6):
 
 
 # ---------------------------------------------------------------- jitted pieces
-def response_logprobs(logits, ids, prompt_len: int):
-  """Log-probs [B, N] of the response tokens ids[:, P:] and their logits [B, N, V]."""
+def rollout_logprobs(logits, ids, prompt_len: int):
+  """Per-token log-probs [B, N] of the response tokens ids[:, P:] of rollout rows (every row
+  left-padded to the same prompt length P), and their logits [B, N, V]. (For right-padded
+  pairs with per-row prompt lengths, summed: `rmjax.lm_losses.response_logprobs`.)"""
   resp_logits = logits[:, prompt_len - 1:-1].astype(jnp.float32)
   targets = ids[:, prompt_len:]
   lp = (jnp.take_along_axis(resp_logits, targets[..., None], axis=-1)[..., 0]
@@ -123,7 +126,7 @@ def response_logprobs(logits, ids, prompt_len: int):
 def policy_forward(params, ids, mask, *, cfg: LlamaConfig, prompt_len: int):
   """(log-probs [B, N], response logits [B, N, V]) of a policy on full sequences [B, P + N]."""
   logits = Llama(cfg).apply({"params": params}, ids, mask)
-  return response_logprobs(logits, ids, prompt_len)
+  return rollout_logprobs(logits, ids, prompt_len)
 
 
 def value_forward(params, ids, mask, *, cfg: LlamaConfig, prompt_len: int):
@@ -189,7 +192,6 @@ def decode_rows(tokenizer, rows) -> Optional[list]:
 
 def generate_responses(policy, cfg, prompt_ids, prompt_mask, rng, sampling, mesh=None):
   """Sampler call -> (full ids [B, P + N], full mask, response mask [B, N], response tokens)."""
-  from rmjax.rl.generate import generate
   out = generate(policy, cfg, prompt_ids, prompt_mask, rng, sampling, mesh=mesh)
   tokens = np.asarray(jax.device_get(out["tokens"]))
   resp_mask = np.asarray(jax.device_get(out["mask"]))

@@ -1,7 +1,7 @@
 """ArmoRM task: embeddings -> stage 1 (per-objective regression) -> verbosity de-correlation ->
 stage 2 (gating MLP), as in ALGORITHMS.md section 1. `rmjax train --config configs/armorm.py:tiny`.
 
-The backbone is frozen; its embeddings are computed once (`rmjax.train.embeddings`, cached).
+The backbone is frozen; its embeddings are computed once (`rmjax.inference.embed`, cached).
 Stage 1 is closed-form ridge per objective (no intercept, alpha from a grid by validation MSE)
 for objectives with ratings, and an L2 logistic (BT) probe for objectives known only from
 tagged pairs; `armorm.stage1 = 'e2e'` instead trains backbone + heads with masked MSE and
@@ -20,21 +20,29 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from rmjax import losses
+from rmjax.checkpoints.workdir import write_json_atomic
 from rmjax.data import objectives as objs
-from rmjax.models.armorm import ArmoHeads, ArmoRM
-from rmjax.train import builders
-from rmjax.train import embeddings as emb
+from rmjax.data import ratings as rdata
+from rmjax.data import specs
+from rmjax.data.tokenize import ChatEncoder
+from rmjax.errors import ConfigError
+from rmjax.eval import armorm_report
+from rmjax.inference import embed as emb
+from rmjax.models.armorm import ArmoHeads, ArmoRM, RegressionRM
+from rmjax.tasks import common
+from rmjax.tasks.spec import TaskSpec
+from rmjax.train import head_fit
 from rmjax.train.loop import Task, train
+from rmjax.train.run import Run
 
-RIDGE_ALPHAS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 1e2, 1e3, 1e4)
-
-
-def make_model(config, cfg) -> ArmoRM:
+def make_model(config, cfg, extras=None) -> ArmoRM:
+  """The scoring model; the prompt-end token pattern comes from model_config.json's extras
+  (found from the tokenizer at train time), else from `armorm.prompt_pattern`."""
   a = config.armorm
-  return ArmoRM(cfg, len(config.objectives.names), tuple(int(t) for t in a.prompt_pattern),
+  pattern = (extras or {}).get("prompt_pattern", a.prompt_pattern)
+  return ArmoRM(cfg, len(config.objectives.names), tuple(int(t) for t in pattern),
                 gate_hidden=a.gate_hidden, gate_layers=a.gate_layers, gate_dropout=a.gate_dropout,
                 temperature=a.temperature)
 
@@ -43,73 +51,6 @@ def make_heads(config) -> ArmoHeads:
   a = config.armorm
   return ArmoHeads(len(config.objectives.names), a.gate_hidden, a.gate_layers, a.gate_dropout,
                    a.temperature)
-
-
-# ----------------------------------------------------------------------------- stage 1: ridge
-
-def ridge(x, y, alpha):
-  """Closed-form ridge without intercept: (X^T X + alpha I)^{-1} X^T y. x [N, D], y [N] -> [D]."""
-  x, y = jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)
-  return jnp.linalg.solve(x.T @ x + alpha * jnp.eye(x.shape[1], dtype=x.dtype), x.T @ y)
-
-
-def ridge_grid(x, y, alphas):
-  """Ridge weights for every alpha at once (vmap over the grid): [A, D]."""
-  return jax.vmap(lambda a: ridge(x, y, a))(jnp.asarray(alphas, jnp.float32))
-
-
-def split_80_20(n: int, seed: int = 42):
-  """(train idx, val idx): a shuffled 80/20 split (stage-1_train.py's train_test_split)."""
-  perm = np.random.default_rng(seed).permutation(n)
-  cut = int(round(n * 0.8))
-  return perm[:cut], perm[cut:]
-
-
-def fit_ridge(x, ratings, alphas=RIDGE_ALPHAS, seed: int = 42):
-  """Per objective: drop rows without a label, split 80/20, pick alpha by val MSE, keep the fit
-  on the train part. x [N, D], ratings [N, O] (NaN = missing) -> (W [D, O], info per objective).
-  Objectives without labels get a zero column and info None."""
-  x = np.asarray(x, np.float32)
-  w = np.zeros((x.shape[1], ratings.shape[1]), np.float32)
-  info = []
-  for j in range(ratings.shape[1]):
-    keep = ~np.isnan(ratings[:, j])
-    if keep.sum() < 5:
-      info.append(None)
-      continue
-    xj, yj = x[keep], ratings[keep, j]
-    tr, va = split_80_20(len(yj), seed)
-    ws = np.asarray(ridge_grid(xj[tr], yj[tr], alphas))                # [A, D]
-    mse = ((xj[va] @ ws.T - yj[va, None]) ** 2).mean(axis=0)          # [A]
-    best = int(np.argmin(mse))
-    w[:, j] = ws[best]
-    info.append({"alpha": float(alphas[best]), "val_mse": float(mse[best]),
-                 "val_mse_mean_baseline": float(((yj[va] - yj[tr].mean()) ** 2).mean()),
-                 "n": int(keep.sum())})
-  return w, info
-
-
-def fit_bt_probe(hc, hr, l2: float = 1e-3, steps: int = 300, lr: float = 0.05, seed: int = 0):
-  """Linear BT head on tagged pairs: argmin_w mean softplus(-(h_c - h_r) w) + l2 |w|^2 (Adam,
-  full batch). Returns (w [D], info with val accuracy on a 20% split)."""
-  diff = np.asarray(hc, np.float32) - np.asarray(hr, np.float32)
-  tr, va = split_80_20(len(diff), seed)
-  d = jnp.asarray(diff[tr])
-  loss = lambda w: jnp.mean(jax.nn.softplus(-(d @ w))) + l2 * jnp.sum(w * w)
-  tx = optax.adam(lr)
-  w = jnp.zeros(diff.shape[1])
-  state = tx.init(w)
-
-  @jax.jit
-  def step(w, state):
-    g = jax.grad(loss)(w)
-    u, state = tx.update(g, state)
-    return optax.apply_updates(w, u), state
-  for _ in range(steps):
-    w, state = step(w, state)
-  w = np.asarray(w, np.float32)
-  acc = float(((diff[va] @ w) > 0).mean()) if len(va) else float("nan")
-  return w, {"bt_val_accuracy": acc, "n": int(len(diff))}
 
 
 # ------------------------------------------------------------------- verbosity de-correlation
@@ -217,7 +158,7 @@ def stage2_config(config):
     c.optim.update(lr=s.lr, warmup_steps=0, schedule="cosine", final_lr_frac=0.0,
                    weight_decay=0.0, clip_norm=0.0, accum_steps=1)
     c.train.update(steps=s.steps, batch_size=s.batch_size, log_every=max(1, s.steps // 10),
-                   eval_every=s.steps, checkpoint_every=s.steps, async_checkpoint=False,
+                   eval_every=s.steps, checkpoint_every=max(1, s.steps // 4), async_checkpoint=False,
                    tensorboard=False, best_metric="")
   return c
 
@@ -228,19 +169,12 @@ def e2e_task(config, cfg, backbone_params, ratings_rows, ratings, pair_rows, pai
              pad_id: int) -> Task:
   """Backbone + regression heads trained together: masked MSE on ratings + per-objective BT on
   tagged pairs (each pair on its own objective's head), through the generic loop."""
-  from rmjax.models.armorm import RegressionRM
   o = len(config.objectives.names)
   model = RegressionRM(cfg, o)
   t = config.data.max_length
   bs = config.train.batch_size
 
-  def pad(rows):
-    ids = np.full((len(rows), t), pad_id, np.int32)
-    mask = np.zeros((len(rows), t), np.int32)
-    for i, r in enumerate(rows):
-      r = r[-t:]
-      ids[i, :len(r)], mask[i, :len(r)] = r, 1
-    return ids, mask
+  pad = lambda rows: emb.pad_rows(rows, len(rows), t, pad_id)  # noqa: E731
   arrays = {}
   ids, mask = pad(ratings_rows)
   arrays_r = {"ids": ids, "mask": mask, "ratings": np.nan_to_num(ratings),
@@ -283,7 +217,7 @@ def e2e_task(config, cfg, backbone_params, ratings_rows, ratings, pair_rows, pai
     return model.init(rng, z, jnp.ones_like(z))["params"]
 
   return Task(init_params=init_params, loss_fn=loss_fn, train_batches=Mixed(arrays, bs, config.seed),
-              load_pretrained=lambda p, s: builders.params_with_backbone(p, backbone_params, s),
+              load_pretrained=lambda p, s: common.params_with_backbone(p, backbone_params, s),
               model_config=cfg)
 
 
@@ -294,43 +228,22 @@ def _log(msg):
     print(f"[armorm] {msg}", flush=True)
 
 
-def save_model(workdir, config, cfg, params) -> None:
-  """config.json, model_config.json and the orbax checkpoint score/eval restore."""
-  from rmjax.train.checkpoint import Checkpointer
-  from rmjax.train.state import TrainState
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
-  with open(os.path.join(workdir, "model_config.json"), "w") as f:
-    json.dump(cfg.to_dict(), f, indent=2)
-  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
-  step = (ckpt.latest_step() or 0) + 1
-  ckpt.save(step, TrainState(step=jnp.asarray(step, jnp.int32), params=params, opt_state={},
-                             rng=jax.random.PRNGKey(0)), data={}, metrics=None)
-  ckpt.close()
-
-
 def run(config, workdir: str) -> dict:
   """The whole pipeline; returns the final metrics (also in workdir/armorm.json)."""
-  from rmjax.data import ratings as rdata
-  from rmjax.data.tokenize import ChatEncoder
-  from rmjax.eval import armorm_report
-  os.makedirs(workdir, exist_ok=True)
   d, a = config.data, config.armorm
   names = list(config.objectives.names)
   objectives = objs.resolve(names)
-  cfg, backbone_params = builders.backbone(config)
-  tok = builders.tokenizer(config)
+  cfg, backbone_params = common.backbone(config)
+  tok = common.tokenizer(config)
   encoder = ChatEncoder(tok, d.max_length)
-  with config.unlocked():
-    config.armorm.prompt_pattern = tuple(emb.prompt_end_pattern(tok))
-  _log(f"objectives {names}; prompt pattern {list(config.armorm.prompt_pattern)}")
+  pattern = tuple(emb.prompt_end_pattern(tok))  # recorded in model_config.json for scoring
+  _log(f"objectives {names}; prompt pattern {list(pattern)}")
 
-  rated = rdata.load_ratings_spec(d.ratings, objectives, config.seed, unrated=tuple(d.unrated))
-  tagged = rdata.load_objective_pairs(d.objective_pairs, names, config.seed) if d.objective_pairs else []
-  train_pairs = rdata.load_pairs_spec(d.source, config.seed)
-  eval_pairs = rdata.load_pairs_spec(d.eval_source, config.seed + 1) if d.eval_source else []
-  ref_pairs = rdata.load_pairs_spec(a.reference, config.seed + 2) if a.reference else train_pairs
+  rated = specs.load_ratings_spec(d.ratings, objectives, config.seed, unrated=tuple(d.unrated))
+  tagged = specs.load_objective_pairs(d.objective_pairs, names, config.seed) if d.objective_pairs else []
+  train_pairs = specs.load_pairs_spec(d.source, config.seed)
+  eval_pairs = specs.load_pairs_spec(d.eval_source, config.seed + 1) if d.eval_source else []
+  ref_pairs = specs.load_pairs_spec(a.reference, config.seed + 2) if a.reference else train_pairs
   _log(f"{len(rated)} rated responses, {len(tagged)} tagged pairs, {len(train_pairs)} train / "
        f"{len(eval_pairs)} eval pairs")
   ratings = np.stack([e.ratings for e in rated]) if rated else np.zeros((0, len(names)), np.float32)
@@ -356,14 +269,10 @@ def run(config, workdir: str) -> dict:
     p = jax.device_get(state.params)
     backbone_params, w = p["backbone"], np.asarray(p["regression"]["kernel"])
   elif a.stage1 != "ridge":
-    from rmjax.errors import ConfigError
     raise ConfigError(f"armorm.stage1 must be 'ridge' or 'e2e', got {a.stage1!r}")
 
-  import hashlib
-  first = np.asarray(jax.tree_util.tree_leaves(backbone_params)[0])
-  settings = {"spec": config.model.spec, "seed": config.seed, "max_length": d.max_length,
-              "pattern": list(config.armorm.prompt_pattern),
-              "backbone_sha": hashlib.sha256(first.tobytes()).hexdigest()[:16]}
+  settings = {"spec": config.model.spec, "max_length": d.max_length, "pattern": list(pattern),
+              "backbone": emb.params_fingerprint(backbone_params), "kind": "armo"}
   cache_dir = os.path.join(workdir, "embeddings")
   h = {}
   for key, rs in rows.items():
@@ -374,20 +283,19 @@ def run(config, workdir: str) -> dict:
     if same is not None:
       h[key] = h[same]
       continue
-    h[key] = emb.cached(cache_dir, key, [str(i) for i in range(len(rs))], rs, settings,
-                        lambda rs=rs, key=key: emb.embed_rows(
-                            cfg, backbone_params, rs, config.armorm.prompt_pattern,
-                            batch_size=a.embed_batch_size, pad_id=encoder.pad_id,
-                            progress=config.train.progress, desc=f"embed {key}"))
+    got = emb.cached(cache_dir, key, rs, settings, lambda rs=rs, key=key: emb.armo_features(
+        cfg, backbone_params, rs, pattern, batch_size=a.embed_batch_size, pad_id=encoder.pad_id,
+        progress=config.train.progress, desc=f"embed {key}"))
+    h[key] = (got["h_response"], got["h_prompt"])
 
   if w is None:  # ridge on ratings; BT probe for objectives known only from tagged pairs
-    w, info = fit_ridge(h["ratings"][0], ratings, tuple(a.ridge_alphas)) if len(ratings) else (
+    w, info = head_fit.fit_ridge(h["ratings"][0], ratings, tuple(a.ridge_alphas)) if len(ratings) else (
         np.zeros((cfg.hidden_size, len(names)), np.float32), [None] * len(names))
     obj_of = np.array([t.objective for t in tagged], int)
     for j, n in enumerate(names):
       if info[j] is None and (obj_of == j).any():
         sel = obj_of == j
-        w[:, j], info[j] = fit_bt_probe(h["tagged_c"][0][sel], h["tagged_r"][0][sel],
+        w[:, j], info[j] = head_fit.fit_bt_probe(h["tagged_c"][0][sel], h["tagged_r"][0][sel],
                                         l2=a.bt_probe_l2, steps=a.bt_probe_steps)
     stage1["objectives"] = dict(zip(names, info))
   _log(f"stage 1: {json.dumps(stage1.get('objectives', {}), default=str)[:400]}")
@@ -405,21 +313,27 @@ def run(config, workdir: str) -> dict:
   head_params = jax.device_get(s2_state.params)
 
   # the full model: backbone + heads, in make_model's layout
-  model = make_model(config, cfg)
+  extras = {"prompt_pattern": list(pattern)}
+  model = make_model(config, cfg, extras)
   z = jnp.zeros((2, 8), jnp.int32)
   shapes = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.PRNGKey(0), z, jnp.ones_like(z))))
   params = {"backbone": jax.tree_util.tree_map(lambda x, s: np.asarray(x, s.dtype), backbone_params,
                                                shapes["params"]["backbone"]),
             "heads": jax.tree_util.tree_map(np.asarray, head_params)}
-  save_model(workdir, config, cfg, params)
+  final_run = Run(config, workdir, model_config=cfg, model_extras=extras, desc="armorm")
+  done = int(s2_final.get("step", 0) or stage2_config(config).train.steps)
+  final_run.save_final(done, params)
+  final_run.close()
 
   report = {"stage1": stage1, "decorrelation": decor, "stage2": s2_final}
   if eval_pairs:
     report["eval"] = armorm_report.pair_eval(heads, head_params, arrays("eval"), eval_pairs, names)
     armorm_report.plots(os.path.join(workdir, "eval"), report["eval"], decor)
-  with open(os.path.join(workdir, "armorm.json"), "w") as f:
-    json.dump(report, f, indent=2, default=float)
+  write_json_atomic(os.path.join(workdir, "armorm.json"), report)
   summary = {"stage2_" + k: v for k, v in s2_final.items() if isinstance(v, (int, float))}
   if "eval" in report:
     summary.update({k: v for k, v in report["eval"].items() if isinstance(v, (int, float))})
   return summary
+
+
+SPEC = TaskSpec(name="armorm", make_model=make_model, run=run)

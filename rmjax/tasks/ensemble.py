@@ -15,11 +15,13 @@ deterministic under `ensemble.seed` and looked up by the batch's example `index`
 
 The model outputs 'members' [B, K] and 'reward' = their mean, so `rmjax score` writes
 mean/std/members and `rmjax eval` can add the uncertainty report. The frozen-backbone fast path
-(cached embeddings + optax on [N, D] arrays) is `rmjax.train.embedding_cache`; set
-`ensemble.cached_embeddings = True` to use it through `run`.
+(cached features + K heads fitted on [N, D] arrays, `run_cached`) is chosen by
+`ensemble.cached_embeddings = True`.
 """
 
 from __future__ import annotations
+
+import time
 
 import flax.linen as nn
 import jax
@@ -31,9 +33,15 @@ from rmjax.errors import ConfigError
 from rmjax.eval.uncertainty import uncertainty_report
 from rmjax.models.llama import LlamaConfig
 from rmjax.models.reward_model import RewardModel
-from rmjax.train import builders
-from rmjax.train.bt import forward_pairs, pair_data, summarize_pairs
-from rmjax.train.loop import Task, train
+from rmjax.data.batching import tokenize_pairs
+from rmjax.data.specs import train_eval_pairs
+from rmjax.data.tokenize import ChatEncoder
+from rmjax.tasks import common
+from rmjax.tasks.pairs import forward_pairs, pair_data, pair_features, pair_task, summarize_pairs
+from rmjax.tasks.spec import TaskSpec
+from rmjax.train import head_fit
+from rmjax.train.loop import Task, train as loop_train
+from rmjax.train.run import Run
 
 BOOTSTRAP = ("none", "poisson", "multinomial")
 MODES = ("heads", "independent")
@@ -124,22 +132,6 @@ def member_head_init(params, seed: int, mode: str = "heads"):
   return dict(params, ensemble=dict(ens, reward_head=dict(ens["reward_head"], Dense_0=new_dense)))
 
 
-def member_bt_losses(m_c, m_r, weight, boot=None, *, margin=None, label_smoothing=0.0,
-                     centering_coef=0.0):
-  """Each member's own weighted BT loss: m_c, m_r [B, K]; weight [B]; boot [B, K] or None.
-
-  Returns [K]: member k's loss is the (weight * boot_k)-weighted mean over the batch.
-  """
-  d = m_c - m_r                                              # [B, K]
-  if margin is not None:
-    d = d - margin[:, None]
-  per = -(1.0 - label_smoothing) * jax.nn.log_sigmoid(d) - label_smoothing * jax.nn.log_sigmoid(-d)
-  if centering_coef:
-    per = per + centering_coef * (m_c + m_r) ** 2
-  w = weight[:, None] * (1.0 if boot is None else boot)     # [B, K]
-  return jnp.sum(per * w, axis=0) / jnp.maximum(jnp.sum(w, axis=0), 1e-9)
-
-
 def ensemble_loss_fn(model, loss_cfg, boot_table=None):
   """loss_fn(params, batch, rng): mean over members of member_bt_losses; metrics on the mean
   reward plus member spread and member losses."""
@@ -148,7 +140,7 @@ def ensemble_loss_fn(model, loss_cfg, boot_table=None):
   def loss_fn(params, batch, rng):
     c, r = forward_pairs(model, params, batch)
     boot = None if table is None else table[batch["index"]]  # [B, K]
-    per_member = member_bt_losses(
+    per_member = losses.member_bradley_terry(
         c["members"], r["members"], batch["weight"], boot,
         margin=batch["margin"] if loss_cfg.use_margin else None,
         label_smoothing=loss_cfg.label_smoothing, centering_coef=loss_cfg.centering_coef)
@@ -192,7 +184,7 @@ def summarize_ensemble(examples):
 def _load_backbone(mode, backbone_params, members):
   def load(params, shardings):
     if mode == "heads":
-      return builders.params_with_backbone(params, backbone_params, shardings)
+      return common.params_with_backbone(params, backbone_params, shardings)
     placed = jax.tree_util.tree_map(
         lambda x, ref, s: jax.device_put(np.broadcast_to(np.asarray(x, ref.dtype), ref.shape), s),
         backbone_params, params["ensemble"]["backbone"], shardings["ensemble"]["backbone"])
@@ -202,14 +194,12 @@ def _load_backbone(mode, backbone_params, members):
 
 def build(config) -> Task:
   e = _ens(config)
-  cfg, backbone_params = builders.backbone(config)
-  tok = builders.tokenizer(config)
-  model = make_model(config, cfg)
-  batcher, eval_batches, evals, stats = pair_data(config, tok)
+  backbone = common.backbone(config)
+  model = make_model(config, backbone[0])
+  data = pair_data(config, common.tokenizer(config))
   boot = None
   if e.bootstrap != "none":
-    boot = bootstrap_weights(len(batcher.data), e.members, e.bootstrap, e.seed)
-  stats = dict(stats, ensemble={"members": e.members, "mode": e.mode, "bootstrap": e.bootstrap})
+    boot = bootstrap_weights(len(data[0].data), e.members, e.bootstrap, e.seed)
 
   def init_params(rng):
     ids = jnp.zeros((2, 8), jnp.int32)
@@ -219,30 +209,68 @@ def build(config) -> Task:
         lambda b, v: b.replace_boxed(v) if isinstance(b, nn.LogicallyPartitioned) else v,
         boxed, fresh, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
 
-  trainable = None
-  if config.train.freeze_backbone:
-    if e.mode == "independent":
-      raise ConfigError("train.freeze_backbone with ensemble.mode='independent' trains K heads on "
-                        "K identical frozen backbones: use mode='heads' (or cached_embeddings)")
-    trainable = lambda k: k != "backbone"
-  return Task(
-      init_params=init_params,
-      loss_fn=ensemble_loss_fn(model, config.loss, boot),
-      train_batches=batcher,
-      eval_fn=ensemble_eval_fn(model) if evals else None,
-      eval_batches=eval_batches if evals else None,
-      summarize_eval=summarize_ensemble(evals),
-      load_pretrained=_load_backbone(e.mode, backbone_params, e.members),
-      trainable=trainable,
-      info=stats,
-      model_config=cfg)
+  if config.train.freeze_backbone and e.mode == "independent":
+    raise ConfigError("train.freeze_backbone with ensemble.mode='independent' trains K heads on "
+                      "K identical frozen backbones: use mode='heads' (or cached_embeddings)")
+  return pair_task(config, model, ensemble_loss_fn(model, config.loss, boot),
+                   eval_fn=ensemble_eval_fn(model), summarize=summarize_ensemble(data[2]),
+                   data=data, backbone=backbone, init_params=init_params,
+                   load_pretrained=_load_backbone(e.mode, backbone[1], e.members),
+                   info={"ensemble": {"members": e.members, "mode": e.mode,
+                                      "bootstrap": e.bootstrap}})
 
 
-def run(config, workdir: str):
-  """`rmjax train` entry: the generic loop, or the cached-embedding fast path when
-  `ensemble.cached_embeddings` is set (frozen backbone, K heads trained with optax on [N, D])."""
+def run_cached(config, workdir: str) -> dict:
+  """The frozen-backbone fast path (`ensemble.cached_embeddings`): pooled features from the
+  embed cache, K heads fitted in one `lax.scan` (`head_fit.train_heads`: standardised inputs,
+  own AdamW settings `ensemble.head_*`), then backbone + heads saved as one checkpoint in the
+  layout `make_model` builds, so `rmjax score/eval --workdir` work as for the full task."""
   e = _ens(config)
-  if e.get("cached_embeddings", False):
-    from rmjax.train import embedding_cache
-    return embedding_cache.run(config, workdir)
-  return train(config, workdir, build(config))
+  cfg, backbone = common.backbone(config)
+  tok = common.tokenizer(config)
+  train_ex, eval_ex, stats = train_eval_pairs(config)
+  enc = ChatEncoder(tok, config.data.max_length)
+  run = Run(config, workdir, model_config=cfg, info=stats)
+  t0 = time.perf_counter()
+  feats = {}
+  for split, ex in (("train", train_ex), ("eval", eval_ex)):
+    if ex:
+      tokd, _ = tokenize_pairs(ex, enc, on_overlong="truncate")
+      feats[split] = pair_features(config, cfg, backbone, tokd, split)
+  t_embed = time.perf_counter() - t0
+  boot = None
+  if e.bootstrap != "none":
+    boot = bootstrap_weights(len(train_ex), e.members, e.bootstrap, e.seed)
+  t0 = time.perf_counter()
+  head, hist = head_fit.train_heads(
+      feats["train"]["chosen"], feats["train"]["rejected"], e.members, steps=e.head_steps,
+      lr=e.head_lr, batch_size=e.head_batch_size, seed=e.seed, boot=boot,
+      weight_decay=e.head_weight_decay, label_smoothing=config.loss.label_smoothing)
+  final = {"step": e.head_steps, "loss": float(hist[-1]), "embed_s": t_embed,
+           "head_train_s": time.perf_counter() - t0}
+  for i in range(0, len(hist), max(config.train.log_every, 1)):
+    run.log(i + 1, {"loss": float(hist[i])})
+  if "eval" in feats:
+    mc = np.asarray(head_fit.head_scores(head, feats["eval"]["chosen"]))
+    mr = np.asarray(head_fit.head_scores(head, feats["eval"]["rejected"]))
+    rep = summarize_ensemble(eval_ex)({"chosen": mc.mean(1), "rejected": mr.mean(1),
+                                       "chosen_members": mc, "rejected_members": mr,
+                                       "weight": np.ones(len(mc))})
+    final.update({k: v for k, v in run.log(e.head_steps, rep, prefix="eval_").items()
+                  if k != "step"})
+  params = {"backbone": backbone, "reward_head": {"kernel": np.asarray(head["kernel"]),
+                                                  "bias": np.asarray(head["bias"])}}
+  run.save_final(e.head_steps, params)
+  run.close()
+  return final
+
+
+def train_ensemble(config, workdir: str) -> dict:
+  """`rmjax train`: the supervised loop, or the cached fast path (`ensemble.cached_embeddings`)."""
+  if _ens(config).get("cached_embeddings", False):
+    return run_cached(config, workdir)
+  return loop_train(config, workdir, build(config))
+
+
+SPEC = TaskSpec(name="ensemble", make_model=lambda config, cfg, extras=None: make_model(config, cfg),
+                run=train_ensemble)

@@ -24,7 +24,9 @@ from rmjax import lm_losses, losses
 from rmjax.errors import ConfigError
 from rmjax.models.llama import Llama
 from rmjax.models.reward_model import RewardModel
-from rmjax.train import bt, builders
+from rmjax.tasks import common
+from rmjax.tasks.pairs import forward_pairs, pair_eval_fn, pair_task
+from rmjax.tasks.spec import TaskSpec
 from rmjax.train.loop import Task
 
 REFERENCE = "reference"
@@ -76,7 +78,7 @@ def grm_loss_fn(model: RewardModel, loss_cfg, ref_lm: Llama | None = None):
   alpha, beta, reg = float(loss_cfg.alpha), float(loss_cfg.beta), loss_cfg.reg
 
   def loss_fn(params, batch, rng):
-    c, r = bt.forward_pairs(model, _policy(params), batch, rng=rng)
+    c, r = forward_pairs(model, _policy(params), batch, rng=rng)
     w = batch["weight"]
     margin = batch["margin"] if loss_cfg.use_margin else None
     bt_loss = losses.bradley_terry(c["reward"], r["reward"], margin=margin,
@@ -90,7 +92,7 @@ def grm_loss_fn(model: RewardModel, loss_cfg, ref_lm: Llama | None = None):
       ref_c, ref_r = reference_logprobs(ref_lm, params[REFERENCE], batch)
     reg_loss = lm_losses.regulariser(reg, lp_c, lp_r, ref_c, ref_r, beta=beta, weight=w)
     loss = (1.0 - alpha) * bt_loss + alpha * reg_loss
-    mean = lambda x: losses._wmean(x, w)
+    mean = lambda x: losses.weighted_mean(x, w)
     n_tok = lm_losses.response_mask(batch["chosen_mask"], batch["prompt_len"]).sum(-1)
     metrics = dict(losses.pair_metrics(c["reward"], r["reward"], w), bt_loss=bt_loss,
                    reg_loss=reg_loss, chosen_logps=mean(lp_c), rejected_logps=mean(lp_r),
@@ -103,13 +105,11 @@ def grm_loss_fn(model: RewardModel, loss_cfg, ref_lm: Llama | None = None):
 
 def build(config) -> Task:
   check_loss_config(config.loss)
-  cfg, backbone_params = builders.backbone(config)
-  tok = builders.tokenizer(config)
+  cfg, backbone_params = backbone = common.backbone(config)
   model = make_model(config, cfg, keep_lm_logits=True)
-  score_model = make_model(config, cfg)
+  score_eval = pair_eval_fn(make_model(config, cfg))
   with_ref = config.loss.reg == "dpo_ref"
   ref_lm = Llama(cfg) if with_ref else None
-  batcher, eval_batches, evals, stats = bt.pair_data(config, tok)
 
   def init_params(rng):
     ids = jnp.zeros((2, 8), jnp.int32)
@@ -119,27 +119,20 @@ def build(config) -> Task:
     return params
 
   def load_pretrained(params, shardings):
-    out = builders.params_with_backbone(params, backbone_params, shardings)
+    out = common.params_with_backbone(params, backbone_params, shardings)
     if with_ref:
-      ref = builders.params_with_backbone({"backbone": params[REFERENCE]}, backbone_params,
-                                          {"backbone": shardings[REFERENCE]})["backbone"]
+      ref = common.params_with_backbone({"backbone": params[REFERENCE]}, backbone_params,
+                                        {"backbone": shardings[REFERENCE]})["backbone"]
       out = dict(out, **{REFERENCE: ref})
     return out
 
-  freeze = {REFERENCE} if with_ref else set()
-  if config.train.freeze_backbone:
-    freeze.add("backbone")
-  eval_fn = bt.pair_eval_fn(score_model)
+  return pair_task(config, model, grm_loss_fn(model, config.loss, ref_lm),
+                   eval_fn=lambda params, batch: score_eval(_policy(params), batch),
+                   backbone=backbone, init_params=init_params, load_pretrained=load_pretrained,
+                   frozen=(REFERENCE,) if with_ref else (),
+                   info={"grm": dict(alpha=float(config.loss.alpha), reg=config.loss.reg,
+                                     beta=float(config.loss.beta))})
 
-  return Task(
-      init_params=init_params,
-      loss_fn=grm_loss_fn(model, config.loss, ref_lm),
-      train_batches=batcher,
-      eval_fn=(lambda params, batch: eval_fn(_policy(params), batch)) if evals else None,
-      eval_batches=eval_batches if evals else None,
-      summarize_eval=bt.summarize_pairs(evals),
-      load_pretrained=load_pretrained,
-      trainable=(lambda k: k not in freeze) if freeze else None,
-      info=dict(stats, grm=dict(alpha=float(config.loss.alpha), reg=config.loss.reg,
-                                beta=float(config.loss.beta))),
-      model_config=cfg)
+
+SPEC = TaskSpec(name="grm", make_model=lambda config, cfg, extras=None: make_model(config, cfg),
+                build=build)

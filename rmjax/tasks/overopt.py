@@ -3,7 +3,7 @@ configs/overopt.py:tiny`.
 
 1. A base policy samples two responses for each of `label_prompts` prompts; the gold reward
    labels each pair (chosen = higher gold), optionally flipping `label_noise` of the labels.
-2. A proxy ensemble (K members, `rmjax.train.ensemble`) trains on those labels: through the
+2. A proxy ensemble (K members, `rmjax.tasks.ensemble`) trains on those labels: through the
    generic loop (full backbone + K heads), or on cached frozen-backbone embeddings
    (`ensemble.cached_embeddings`, the CPU path for SmolLM2 scale).
 3. The base policy samples a pool of `pool` responses for each of `bon_prompts` new prompts; the
@@ -14,25 +14,29 @@ configs/overopt.py:tiny`.
 
 Gold: 'synthetic' (the known `rmjax.data.synthetic.gold_reward`, which scores any text).
 Policy: 'synthetic' (the built-in response sampler: a base distribution whose samples the gold
-reward can tell apart -- a random tiny LM would only emit bytes) or 'lm' (`rmjax.rl.generate`
+reward can tell apart -- a random tiny LM would only emit bytes) or 'lm' (`rmjax.inference.generate`
 from the config's model spec, e.g. SmolLM2-135M-Instruct).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections as mlc
 import numpy as np
 
+from rmjax import checkpoints
+from rmjax.checkpoints.workdir import write_json_atomic
 from rmjax.data import synthetic
 from rmjax.data.pairs import make_pair, write_pairs
 from rmjax.errors import ConfigError
+from rmjax.inference.generate import SamplingConfig, generate_text
+from rmjax.inference.scorer import Scorer
 from rmjax.rl import best_of_n, rewards
+from rmjax.tasks import ensemble
+from rmjax.tasks.spec import TaskSpec
 
 POLICIES = ("synthetic", "lm")
 GOLDS = ("synthetic",)
@@ -60,8 +64,6 @@ def sample_responses(config, prompts, per_prompt: int, seed: int) -> list:
     rng = np.random.default_rng([seed, 3])
     return [[synthetic.sample_response(rng, synthetic.parse_prompt(p)[1]) for _ in range(per_prompt)]
             for p in prompts]
-  from rmjax import checkpoints
-  from rmjax.rl.generate import SamplingConfig, generate_text
   cfg, params = checkpoints.load_pretrained(config.model.spec, seed=config.seed)
   tok = checkpoints.load_tokenizer(config.model.tokenizer or config.model.spec)
   sampling = SamplingConfig(max_new_tokens=o.max_new_tokens, temperature=o.temperature, top_p=o.top_p)
@@ -99,65 +101,18 @@ def _proxy_config(config, train_path: str, eval_path: str) -> mlc.ConfigDict:
 
 
 def train_proxy(config, workdir: str, train_path: str, eval_path: str):
-  """Train the proxy ensemble; returns score_fn(prompts, responses) -> members [n, K]."""
-  from rmjax.data.tokenize import ChatEncoder
-  from rmjax.train import builders, ensemble
+  """Train the proxy ensemble (the ensemble task, on its own workdir `workdir/proxy`: resumable,
+  cached-feature fast path when `ensemble.cached_embeddings`); returns
+  (score_fn(prompts, responses) -> members [n, K], info)."""
   pc = _proxy_config(config, train_path, eval_path)
-  tok = builders.tokenizer(pc)
-  enc = ChatEncoder(tok, pc.data.max_length)
-  pad = getattr(tok, "pad_token_id", None) or 0
-
-  def rows(prompts, responses):
-    out = []
-    for p, r in zip(prompts, responses):
-      pi, ri, _ = enc.encode_pair([{"role": "user", "content": p}], r)[:3]
-      out.append(list(pi) + list(ri))
-    return out
-
-  if pc.ensemble.cached_embeddings:
-    from rmjax.train import embedding_cache as ec
-    cfg, backbone = builders.backbone(pc)
-    train_ex, _, _ = builders.train_eval_pairs(pc)
-    from rmjax.data.batching import tokenize_pairs
-    tokd, _ = tokenize_pairs(train_ex, enc, on_overlong="truncate")
-    emb = ec.tokenized_embeddings(backbone, cfg, tokd, pc.train.batch_size)
-    e = pc.ensemble
-    boot = (None if e.bootstrap == "none" else
-            ensemble.bootstrap_weights(len(train_ex), e.members, e.bootstrap, e.seed))
-    head, hist = ec.train_heads(emb["chosen"], emb["rejected"], e.members, steps=e.head_steps,
-                                lr=e.head_lr, batch_size=e.head_batch_size, seed=e.seed, boot=boot,
-                                weight_decay=e.head_weight_decay)
-    info = {"final_loss": float(hist[-1]), "path": "cached_embeddings"}
-
-    def score_fn(prompts, responses):
-      x = ec.pooled_embeddings(backbone, cfg, rows(prompts, responses), pad, pc.train.batch_size)
-      return np.asarray(ec.head_scores(head, x))
-    return score_fn, info
-
-  from rmjax import sharding
-  from rmjax.train.loop import train
-  mesh = sharding.make_mesh(tuple(pc.mesh.shape))
-  final, state = train(pc, os.path.join(workdir, "proxy"), ensemble.build(pc), mesh=mesh,
-                       return_state=True)
-  params = jax.device_get(state.params)
-  cfg, _ = builders.backbone(pc)
-  model = ensemble.make_model(pc, cfg)
-  apply = jax.jit(lambda p, i, m: model.apply({"params": p}, i, m)["members"])
+  proxy_dir = os.path.join(workdir, "proxy")
+  final = ensemble.SPEC.train(pc, proxy_dir)
   info = {k: final[k] for k in ("loss", "eval_accuracy", "eval_unc_auroc_std_wrong") if k in final}
-  info["path"] = "train_loop"
+  info["path"] = "cached_embeddings" if pc.ensemble.cached_embeddings else "train_loop"
+  scorer = Scorer(proxy_dir, ensemble.SPEC, batch_size=pc.train.batch_size)
 
   def score_fn(prompts, responses):
-    seqs, bs = rows(prompts, responses), pc.train.batch_size
-    out = []
-    for s in range(0, len(seqs), bs):
-      chunk = seqs[s:s + bs]
-      t = -(-max(len(x) for x in chunk) // 32) * 32
-      ids, mask = np.full((bs, t), pad, np.int32), np.zeros((bs, t), np.int32)
-      for i, x in enumerate(chunk):
-        ids[i, :len(x)], mask[i, :len(x)] = x, 1
-      mask[len(chunk):, 0] = 1
-      out.append(np.asarray(apply(params, ids, mask))[:len(chunk)])
-    return np.concatenate(out)
+    return scorer.score(list(prompts), list(responses), progress=False)["members"]
   return score_fn, info
 
 
@@ -165,8 +120,8 @@ def run(config, workdir: str) -> dict:
   o = config.overopt
   _check(o)
   os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
+  write_json_atomic(os.path.join(workdir, "config.json"), None,
+                    text=config.to_json_best_effort(indent=2))
   times = {}
   t0 = time.perf_counter()
   # 1. gold-labelled pairs from the base policy
@@ -214,3 +169,6 @@ def run(config, workdir: str) -> dict:
              for name, c in curves["curves"].items()}
   return {"curves": paths, "summary": summary, "proxy": proxy_info, "labels": label_stats,
           "max_kl": curves["kl"][-1], "times": times}
+
+
+SPEC = TaskSpec(name="overopt", run=run)

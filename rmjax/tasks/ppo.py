@@ -16,29 +16,27 @@ and reward-normalisation statistics -- with the prompt-iterator position it is t
 checkpoint, so a resumed run continues exactly. The reference policy and reward models are
 frozen params only (no optimizer state) and are rebuilt deterministically on resume.
 This module holds the state, the update step, the rollout driver and `run(config, workdir)`;
-building models, prompts and the reward function from a config is `rmjax.train.ppo_setup`.
+building models, prompts and the reward function from a config is `rmjax.tasks.ppo_setup`.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import time
-
-import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
+import ml_collections as mlc
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
-from tqdm.auto import tqdm
 
 from rmjax import sharding as shd
+from rmjax.inference.generate import SamplingConfig, left_pad
+from rmjax.models.llama import Llama
 from rmjax.rl import ppo, rollout
-from rmjax.rl.generate import SamplingConfig, left_pad
-from rmjax.train.checkpoint import Checkpointer
-from rmjax.train.metrics_writer import MetricWriter
+from rmjax.rl import value as value_lib
+from rmjax.tasks import ppo_setup
+from rmjax.tasks.spec import TaskSpec
+from rmjax.train.run import Run
 from rmjax.train.state import make_optimizer
 
 
@@ -137,9 +135,6 @@ class PromptIterator:
 
 
 # ---------------------------------------------------------------- the trainer
-_UPDATE_CACHE: dict = {}
-
-
 class Trainer:
   """Holds the compiled functions and frozen params of one PPO run (built by `ppo_setup`)."""
 
@@ -155,28 +150,15 @@ class Trainer:
     self.tx_policy, _ = make_optimizer(config.optim, config.train.steps)
     vo = config.optim.to_dict()
     vo["lr"] = pc.value_lr or config.optim.lr
-    import ml_collections as mlc
     self.tx_value, _ = make_optimizer(mlc.ConfigDict(vo), config.train.steps)
     self.replicated = NamedSharding(mesh, P())
     self.shardings = self._state_shardings()
-    loss_keys = ("clip", "policy_loss", "dual_clip", "vf_clip", "vf_coef", "ent_coef", "epochs",
-                 "minibatches")
-    key = (self.cfg, self.value_cfg, self.prompt_len, tuple(pc[k] for k in loss_keys),
-           config.optim.to_json(),
-           config.train.steps if config.optim.schedule != "constant" else 0, pc.value_lr, mesh)
-    if key not in _UPDATE_CACHE:  # same run shape in one process (resume, sweeps): compile once
-      update = make_update(self.cfg, self.value_cfg, self.prompt_len, pc, self.tx_policy,
-                           self.tx_value)
-      batch_sh = NamedSharding(mesh, P(shd.BATCH))
-      _UPDATE_CACHE[key] = jax.jit(update, in_shardings=(self.shardings, batch_sh),
-                                   out_shardings=(self.shardings, self.replicated),
-                                   donate_argnums=(0,))
-    self.update = _UPDATE_CACHE[key]
+    update = make_update(self.cfg, self.value_cfg, self.prompt_len, pc, self.tx_policy,
+                         self.tx_value)
+    self.update = jax.jit(update, in_shardings=(self.shardings, NamedSharding(mesh, P(shd.BATCH))),
+                          out_shardings=(self.shardings, self.replicated), donate_argnums=(0,))
 
   def _state_shardings(self):
-    from rmjax.rl import value as value_lib
-    from rmjax.models.llama import Llama
-
     def boxed():
       ids = jnp.zeros((1, 2), jnp.int32)
       pol = Llama(self.cfg).init(jax.random.PRNGKey(0), ids)["params"]
@@ -269,35 +251,20 @@ class Trainer:
 def run(config, workdir: str, return_state: bool = False, mesh=None):
   """Train PPO under `config` in `workdir` (resuming from its latest checkpoint); returns the
   last logged metrics (and the final PPOState when `return_state`)."""
-  from rmjax.train import ppo_setup
-  tc, pc = config.train, config.ppo
+  pc = config.ppo
   ppo_setup.check(config)
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
   mesh = mesh or shd.make_mesh(tuple(config.mesh.shape))
   setup = ppo_setup.build(config, workdir, mesh)
-  with open(os.path.join(workdir, "model_config.json"), "w") as f:
-    json.dump(setup.cfg.to_dict(), f, indent=2)
   trainer = Trainer(config, setup, mesh)
   prompts = PromptIterator(setup.train_prompts, pc.rollout_batch, config.seed)
-  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=tc.keep_checkpoints,
-                      async_save=tc.async_checkpoint)
-  writer = MetricWriter(workdir, tensorboard=tc.tensorboard)
-  start = ckpt.latest_step()
-  if start is not None:
-    state, data = ckpt.restore(trainer.abstract_state())
-    prompts.restore(data["prompts"])
-    print(f"resumed from step {start} ({ckpt.directory})", flush=True)
-  else:
-    start = 0
+  run_ = Run(config, workdir, model_config=setup.cfg, desc="ppo")
+  state, start = run_.restore(trainer.abstract_state(), prompts)
+  if state is None:
     state = trainer.init_state(setup.policy_params, setup.value_params,
                                jax.random.PRNGKey(config.seed + 1))
-  final = {}
-  t0 = time.perf_counter()
-  pbar = tqdm(range(start, tc.steps), initial=start, total=tc.steps, desc="ppo",
-              disable=not tc.progress, dynamic_ncols=True)
-  for step in pbar:
+  run_.write_files()
+
+  def one_step(state, step):
     records = next(prompts)
     rng = jax.random.fold_in(state.rng, 7)  # rollout key; state.rng itself feeds the update
     batch, m, norm, _ = trainer.experience(state, records, rng)
@@ -309,23 +276,15 @@ def run(config, workdir: str, return_state: bool = False, mesh=None):
       coef = ppo.adaptive_kl(float(jax.device_get(state.kl_coef)), m["kl"], pc.kl_target,
                              pc.kl_horizon, pc.rollout_batch)
       state = state.replace(kl_coef=jax.device_put(jnp.float32(coef), trainer.replicated))
-    done = step + 1
-    if not np.isfinite(m["loss"]):
-      from rmjax.errors import TrainingDiverged
-      raise TrainingDiverged(f"non-finite PPO loss at step {done}; last checkpoint step "
-                             f"{ckpt.latest_step()} in {ckpt.directory}")
-    is_last = done == tc.steps
-    row = {}
-    if done % tc.log_every == 0 or is_last:
-      row.update(m, steps_per_s=(done - start) / (time.perf_counter() - t0))
-      pbar.set_postfix(reward=f"{m['reward_mean']:.3f}", kl=f"{m['kl']:.3f}")
-    if setup.eval_prompts and tc.eval_every and (done % tc.eval_every == 0 or is_last):
-      row.update({f"eval_{k}": v for k, v in trainer.evaluate(state, setup.eval_prompts).items()})
-    if row:
-      final.update(writer.write(done, row))
-    if done % tc.checkpoint_every == 0 or is_last:
-      ckpt.save(done, state, {"prompts": prompts.state(), "step": done})
-  pbar.close()
-  ckpt.close()
-  writer.close()
+    return state, m
+
+  eval_fn = ((lambda st: trainer.evaluate(st, setup.eval_prompts)) if setup.eval_prompts
+             else None)
+  final, state = run_.loop(state, start, one_step, data_iter=prompts, eval_fn=eval_fn,
+                           postfix=lambda m: {"reward": f"{m['reward_mean']:.3f}",
+                                              "kl": f"{m['kl']:.3f}"})
+  run_.close()
   return (final, state) if return_state else final
+
+
+SPEC = TaskSpec(name="ppo", run=run)

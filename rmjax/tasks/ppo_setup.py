@@ -8,7 +8,7 @@ NAME in mt_bench | alpaca_eval_prompts | arena_hard (first user turns from ../sh
 Reward kinds:
   gold         the synthetic task's known reward (`synthetic.gold_reward`) on decoded text
   token_count  number of `reward.token_id` tokens in the response (CI)
-  proxy        the over-optimisation setup (ALGORITHMS.md 5.2, `rmjax.train.overopt`): a K-member
+  proxy        the over-optimisation setup (ALGORITHMS.md 5.2, `rmjax.tasks.overopt`): a K-member
                proxy ensemble trained on gold-labelled pairs (with label noise) of the synthetic
                base policy; gold is logged beside it
 """
@@ -18,7 +18,8 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import types
+import dataclasses
+from typing import Any, Callable, Optional
 
 import jax
 import numpy as np
@@ -29,6 +30,11 @@ from rmjax.errors import ConfigError, DataError
 from rmjax.models.llama import Llama, LlamaConfig
 from rmjax.rl import ppo, rollout
 from rmjax.rl import value as value_lib
+from rmjax.tasks import overopt
+from rmjax.data.pairs import write_pairs
+from rmjax.sharding import strip_boxes
+from rmjax import checkpoints
+from rmjax.inference.generate import _render
 
 REWARD_KINDS = ("gold", "token_count", "proxy")
 SHARED_PROMPTS = {
@@ -98,7 +104,6 @@ def label_responses(proxy_config, prompts, seed: int, path: str) -> list:
   """Two base-policy responses per label prompt (`overopt.sample_responses`), cached as JSON at
   `path` under the policy and sampling settings: PPO variants sharing one proxy dir sample the
   SmolLM2 label pairs once (minutes on CPU) instead of once per run."""
-  from rmjax.train import overopt
   o = proxy_config.overopt
   key = {"policy": o.policy, "spec": proxy_config.model.spec, "seed": seed,
          "prompts": list(prompts), "sampling": [o.max_new_tokens, o.temperature, o.top_p]}
@@ -115,8 +120,6 @@ def label_responses(proxy_config, prompts, seed: int, path: str) -> list:
 
 def _proxy_reward(config, workdir):
   """The overopt gold-RM setup: gold-labelled pairs -> K-member proxy -> members_reward_fn."""
-  from rmjax.data.pairs import write_pairs
-  from rmjax.train import overopt
   rc = config.reward
   oc = config.proxy
   n_train, n_eval = oc.overopt.label_prompts, oc.overopt.eval_prompts
@@ -146,23 +149,39 @@ def _proxy_reward(config, workdir):
   return rollout.members_reward_fn(score_fn, "mean")
 
 
-def build(config, workdir: str, mesh) -> types.SimpleNamespace:
-  """Everything `rmjax.train.ppo.Trainer` needs, deterministic in the config (resume-safe)."""
+@dataclasses.dataclass
+class PPOSetup:
+  """Everything `rmjax.tasks.ppo.Trainer` needs; built by `build`, deterministic in the config
+  (so a resumed run rebuilds exactly the same frozen pieces)."""
+  cfg: LlamaConfig = None               # policy (and value) backbone config
+  value_cfg: LlamaConfig = None
+  policy_params: Any = None             # initial policy (host)
+  value_params: Any = None              # initial value model (host)
+  ref_params: Any = None                # frozen reference policy, placed on the mesh
+  encode_prompt: Callable = None        # prompt record -> token ids
+  decode: Callable = None               # response token rows -> texts
+  eos_ids: tuple = ()
+  pad_id: int = 0
+  train_prompts: list = dataclasses.field(default_factory=list)
+  eval_prompts: list = dataclasses.field(default_factory=list)
+  reward_fn: Callable = None            # (prompts, responses, prompt toks, response toks) -> (r, members)
+  gold_fn: Optional[Callable] = None    # (prompts, responses) -> gold rewards, for logging
+
+
+def build(config, workdir: str, mesh) -> PPOSetup:
+  """Models, prompts and the reward function of a PPO config."""
   rc, pc = config.reward, config.ppo
-  s = types.SimpleNamespace()
+  s = PPOSetup()
   if config.model.spec == "words":
     tok = rollout.WordTokenizer()
     cfg = word_policy_config(config.model.get("hidden", 64), config.model.get("layers", 2))
     ids = np.zeros((1, 2), np.int32)
     params = jax.device_get(Llama(cfg).init(jax.random.PRNGKey(config.seed), ids)["params"])
-    from rmjax.sharding import strip_boxes
     params = strip_boxes(params)
     s.encode_prompt = tok.encode_prompt
     s.decode = lambda rows: [tok.decode(r) for r in rows]
     s.eos_ids, s.pad_id = (tok.eos_token_id,), tok.pad_token_id
   else:
-    from rmjax import checkpoints
-    from rmjax.rl.generate import _render
     cfg, params = checkpoints.load_pretrained(config.model.spec, seed=config.seed)
     cfg = cfg.replace(dtype=config.model.dtype, param_dtype=config.model.param_dtype,
                       remat=config.model.remat)

@@ -1,73 +1,24 @@
-"""Frozen-backbone fast path for ensembles: cache pooled embeddings, then train K heads on them.
+"""Heads fitted on cached backbone features ([N, D] arrays, no backbone pass per step).
 
-The backbone runs once over every chosen and rejected sequence (pooled last-token hidden state,
-[N, D] per side, saved as .npz keyed by model spec, data and length); the K linear heads (the
-same stacked [K, D] kernel + [K] bias as `EnsembleHead`, one einsum) then train with optax AdamW
-on those arrays inside one `lax.scan` -- seconds instead of a backbone pass per step. Each
-member keeps its own BT loss, init key fold_in(PRNGKey(seed), k) and bootstrap weights, exactly
-as the full `rmjax.train.ensemble` task.
+  K linear BT heads   `train_heads`: the stacked [K, D] kernel + [K] bias of `EnsembleHead`
+                      (one einsum), each member with its own BT loss, init key and bootstrap
+                      weights, trained with AdamW inside one `lax.scan` (ensembles' fast path).
+  ridge               `fit_ridge`: closed-form per-objective regression with alpha chosen by
+                      validation MSE (ArmoRM stage 1).
+  BT probe            `fit_bt_probe`: an L2 logistic head on tagged pairs (ArmoRM objectives
+                      known only from pairs).
+These are pure array functions; the tasks that call them write their workdirs through
+`rmjax.train.run.Run`.
 """
 
 from __future__ import annotations
-
-import functools
-import hashlib
-import json
-import os
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rmjax.models.heads import pool_last
-from rmjax.models.llama import Llama, LlamaConfig
-
-
-@functools.partial(jax.jit, static_argnames=("cfg",))
-def _pooled(params, ids, mask, cfg: LlamaConfig):
-  hidden = Llama(cfg).apply({"params": params}, ids, mask, output="hidden")
-  return pool_last(hidden, mask).astype(jnp.float32)          # [B, D]
-
-
-def pooled_embeddings(params, cfg: LlamaConfig, seqs, pad_id: int = 0, batch_size: int = 8,
-                      multiple: int = 32, progress: bool = False) -> np.ndarray:
-  """Pooled last-token hidden states [N, D] of right-padded token sequences (list of int lists).
-
-  Rows are processed in length order (few padded tokens; lengths bucketed to `multiple` so jit
-  compiles a handful of shapes) and returned in input order.
-  """
-  from tqdm.auto import tqdm
-  n = len(seqs)
-  out = np.zeros((n, cfg.hidden_size), np.float32)
-  order = np.argsort([len(s) for s in seqs], kind="stable")
-  for start in tqdm(range(0, n, batch_size), desc="embed", disable=not progress):
-    idx = order[start:start + batch_size]
-    t = -(-max(len(seqs[i]) for i in idx) // multiple) * multiple
-    ids = np.full((batch_size, t), pad_id, np.int32)
-    mask = np.zeros((batch_size, t), np.int32)
-    for row, i in enumerate(idx):
-      ids[row, :len(seqs[i])], mask[row, :len(seqs[i])] = seqs[i], 1
-    mask[len(idx):, 0] = 1
-    out[idx] = np.asarray(_pooled(params, ids, mask, cfg))[:len(idx)]
-  return out
-
-
-def cache_key(**parts) -> str:
-  return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def cached(path: str, compute):
-  """Load arrays from `path` (.npz) or compute them (a dict of arrays) and save."""
-  if os.path.exists(path):
-    with np.load(path) as z:
-      return {k: z[k] for k in z.files}
-  arrays = compute()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  np.savez(path, **arrays)
-  return arrays
-
+from rmjax import losses
 
 def init_heads(members: int, dim: int, seed: int = 0) -> dict:
   """Stacked heads like EnsembleHead: kernel [K, D] with member k ~ fold_in(PRNGKey(seed), k)."""
@@ -91,7 +42,6 @@ def train_heads(emb_c, emb_r, members: int, *, steps: int = 300, lr: float = 1e-
   `standardize_inputs`, features are centred/scaled by the chosen+rejected mean/std first and the
   returned head is folded back so it applies to raw embeddings.
   """
-  from rmjax.train.ensemble import member_bt_losses
   ec, er = jnp.asarray(emb_c, jnp.float32), jnp.asarray(emb_r, jnp.float32)
   n, d = ec.shape
   mu = jnp.zeros((d,)) if not standardize_inputs else jnp.concatenate([ec, er]).mean(0)
@@ -104,7 +54,7 @@ def train_heads(emb_c, emb_r, members: int, *, steps: int = 300, lr: float = 1e-
   bs = min(batch_size, n)
 
   def loss(h, idx):
-    per = member_bt_losses(head_scores(h, xc[idx]), head_scores(h, xr[idx]), jnp.ones((bs,)),
+    per = losses.member_bradley_terry(head_scores(h, xc[idx]), head_scores(h, xr[idx]), jnp.ones((bs,)),
                            table[idx], label_smoothing=label_smoothing)
     return jnp.mean(per)
 
@@ -121,70 +71,69 @@ def train_heads(emb_c, emb_r, members: int, *, steps: int = 300, lr: float = 1e-
   return jax.device_get(raw), np.asarray(hist)
 
 
-def tokenized_embeddings(params, cfg, tokenized, batch_size: int = 8, progress: bool = False) -> dict:
-  """{'chosen': [N, D], 'rejected': [N, D]} for rmjax.data.batching.TokenizedPairs."""
-  return {side: pooled_embeddings(params, cfg, [list(s) for s in getattr(tokenized, side)],
-                                  tokenized.pad_id, batch_size, progress=progress)
-          for side in ("chosen", "rejected")}
+RIDGE_ALPHAS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 1e2, 1e3, 1e4)
 
 
-def run(config, workdir: str) -> dict:
-  """Fast-path training for `rmjax train` (ensemble.cached_embeddings): embeddings cached under
-  workdir/embeddings (or ensemble.cache_dir), K heads trained, eval written, and a checkpoint
-  with backbone + heads saved so `rmjax score/eval --workdir` work as for the full task."""
-  from rmjax.data.batching import tokenize_pairs
-  from rmjax.data.tokenize import ChatEncoder
-  from rmjax.train import builders
-  from rmjax.train.checkpoint import Checkpointer
-  from rmjax.train.ensemble import bootstrap_weights, summarize_ensemble
-  from rmjax.train.metrics_writer import MetricWriter
-  e, d = config.ensemble, config.data
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
-  cfg, backbone = builders.backbone(config)
-  with open(os.path.join(workdir, "model_config.json"), "w") as f:
-    json.dump(cfg.to_dict(), f, indent=2)
-  tok = builders.tokenizer(config)
-  train_ex, eval_ex, stats = builders.train_eval_pairs(config)
-  enc = ChatEncoder(tok, d.max_length)
-  cache_dir = e.cache_dir or os.path.join(workdir, "embeddings")
-  t0 = time.perf_counter()
-  embs = {}
-  for split, ex in (("train", train_ex), ("eval", eval_ex)):
-    if not ex:
+def ridge(x, y, alpha):
+  """Closed-form ridge without intercept: (X^T X + alpha I)^{-1} X^T y. x [N, D], y [N] -> [D]."""
+  x, y = jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)
+  return jnp.linalg.solve(x.T @ x + alpha * jnp.eye(x.shape[1], dtype=x.dtype), x.T @ y)
+
+
+def ridge_grid(x, y, alphas):
+  """Ridge weights for every alpha at once (vmap over the grid): [A, D]."""
+  return jax.vmap(lambda a: ridge(x, y, a))(jnp.asarray(alphas, jnp.float32))
+
+
+def split_80_20(n: int, seed: int = 42):
+  """(train idx, val idx): a shuffled 80/20 split (stage-1_train.py's train_test_split)."""
+  perm = np.random.default_rng(seed).permutation(n)
+  cut = int(round(n * 0.8))
+  return perm[:cut], perm[cut:]
+
+
+def fit_ridge(x, ratings, alphas=RIDGE_ALPHAS, seed: int = 42):
+  """Per objective: drop rows without a label, split 80/20, pick alpha by val MSE, keep the fit
+  on the train part. x [N, D], ratings [N, O] (NaN = missing) -> (W [D, O], info per objective).
+  Objectives without labels get a zero column and info None."""
+  x = np.asarray(x, np.float32)
+  w = np.zeros((x.shape[1], ratings.shape[1]), np.float32)
+  info = []
+  for j in range(ratings.shape[1]):
+    keep = ~np.isnan(ratings[:, j])
+    if keep.sum() < 5:
+      info.append(None)
       continue
-    key = cache_key(spec=config.model.spec, source=d.source, eval=d.eval_source, split=split,
-                    n=len(ex), max_length=d.max_length, seed=config.seed, limit=d.limit)
-    tokd, _ = tokenize_pairs(ex, enc, on_overlong="truncate")
-    embs[split] = cached(os.path.join(cache_dir, f"{split}-{key}.npz"),
-                         lambda: tokenized_embeddings(backbone, cfg, tokd, config.train.batch_size))
-  t_embed = time.perf_counter() - t0
-  boot = None
-  if e.bootstrap != "none":
-    boot = bootstrap_weights(len(train_ex), e.members, e.bootstrap, e.seed)
-  t0 = time.perf_counter()
-  head, hist = train_heads(embs["train"]["chosen"], embs["train"]["rejected"], e.members,
-                           steps=e.head_steps, lr=e.head_lr, batch_size=e.head_batch_size,
-                           seed=e.seed, boot=boot, weight_decay=e.head_weight_decay,
-                           label_smoothing=config.loss.label_smoothing)
-  final = {"step": e.head_steps, "loss": float(hist[-1]), "embed_s": t_embed,
-           "head_train_s": time.perf_counter() - t0}
-  writer = MetricWriter(workdir, tensorboard=False)
-  for i in range(0, len(hist), max(config.train.log_every, 1)):
-    writer.write(i + 1, {"loss": float(hist[i])})
-  if "eval" in embs:
-    mc = np.asarray(head_scores(head, embs["eval"]["chosen"]))
-    mr = np.asarray(head_scores(head, embs["eval"]["rejected"]))
-    rep = summarize_ensemble(eval_ex)({"chosen": mc.mean(1), "rejected": mr.mean(1),
-                                       "chosen_members": mc, "rejected_members": mr,
-                                       "weight": np.ones(len(mc))})
-    final.update({k: v for k, v in writer.write(e.head_steps, rep, prefix="eval_").items()
-                  if k != "step"})
-  writer.close()
-  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
-  params = {"backbone": backbone, "reward_head": {"kernel": np.asarray(head["kernel"]),
-                                                  "bias": np.asarray(head["bias"])}}
-  ckpt.save(e.head_steps, {"step": np.int32(e.head_steps), "params": params}, {"step": e.head_steps})
-  ckpt.close()
-  return final
+    xj, yj = x[keep], ratings[keep, j]
+    tr, va = split_80_20(len(yj), seed)
+    ws = np.asarray(ridge_grid(xj[tr], yj[tr], alphas))                # [A, D]
+    mse = ((xj[va] @ ws.T - yj[va, None]) ** 2).mean(axis=0)          # [A]
+    best = int(np.argmin(mse))
+    w[:, j] = ws[best]
+    info.append({"alpha": float(alphas[best]), "val_mse": float(mse[best]),
+                 "val_mse_mean_baseline": float(((yj[va] - yj[tr].mean()) ** 2).mean()),
+                 "n": int(keep.sum())})
+  return w, info
+
+
+def fit_bt_probe(hc, hr, l2: float = 1e-3, steps: int = 300, lr: float = 0.05, seed: int = 0):
+  """Linear BT head on tagged pairs: argmin_w mean softplus(-(h_c - h_r) w) + l2 |w|^2 (Adam,
+  full batch). Returns (w [D], info with val accuracy on a 20% split)."""
+  diff = np.asarray(hc, np.float32) - np.asarray(hr, np.float32)
+  tr, va = split_80_20(len(diff), seed)
+  d = jnp.asarray(diff[tr])
+  loss = lambda w: jnp.mean(jax.nn.softplus(-(d @ w))) + l2 * jnp.sum(w * w)
+  tx = optax.adam(lr)
+  w = jnp.zeros(diff.shape[1])
+  state = tx.init(w)
+
+  @jax.jit
+  def step(w, state):
+    g = jax.grad(loss)(w)
+    u, state = tx.update(g, state)
+    return optax.apply_updates(w, u), state
+  for _ in range(steps):
+    w, state = step(w, state)
+  w = np.asarray(w, np.float32)
+  acc = float(((diff[va] @ w) > 0).mean()) if len(va) else float("nan")
+  return w, {"bt_val_accuracy": acc, "n": int(len(diff))}

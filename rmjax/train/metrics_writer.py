@@ -1,4 +1,8 @@
-"""Metrics to `metrics.jsonl` and TensorBoard event files; process 0 alone writes."""
+"""Metrics to `metrics.jsonl` and TensorBoard event files; process 0 alone writes.
+
+On resume from step S, rows after S (logged by the interrupted run after its last checkpoint)
+are dropped first, so every step appears once.
+"""
 
 from __future__ import annotations
 
@@ -19,14 +23,26 @@ def _scalar(v):
   return float(v) if v.size == 1 else v.tolist()
 
 
+def _drop_rows_after(path: str, step: int) -> None:
+  with open(path) as f:
+    keep = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.writelines(keep)
+  os.replace(tmp, path)
+
+
 class MetricWriter:
-  def __init__(self, workdir: str, tensorboard: bool = True):
+  def __init__(self, workdir: str, tensorboard: bool = True, resume_step=None):
     self.enabled = jax.process_index() == 0
     self._file = None
     self._tb = None
     if not self.enabled:
       return
     os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, "metrics.jsonl")
+    if resume_step is not None and os.path.exists(path):
+      _drop_rows_after(path, int(resume_step))
     self._file = open(os.path.join(workdir, "metrics.jsonl"), "a")
     if tensorboard:
       try:

@@ -1,0 +1,189 @@
+"""The assembly every pair task shares (BT, ensembles, GRM, SALMON, and new pair methods).
+
+`forward_pairs` runs chosen then rejected rows through one forward; `pair_data` turns the
+config's data specs into a resumable train batcher and ordered eval batches; `pair_task` wraps
+a loss into a loop `Task` with the backbone swapped in after init.
+
+Head-only training (`train.freeze_backbone`, a reward head on pooled features, unless
+`train.cache_features` is off): the frozen
+backbone runs once over every chosen and rejected sequence through
+`rmjax.inference.embed.pooled_features` (cached on disk, fingerprinted by the exact token rows
+and the backbone weights), and the batches then carry `chosen_feat` / `rejected_feat` [B, D]
+instead of token ids: a step costs a head's forward and backward, not a backbone pass. The
+params keep the backbone (frozen: no gradients, no optimizer state), so the checkpoint scores
+exactly like a full model.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Optional
+
+import jax.numpy as jnp
+import numpy as np
+
+from rmjax.data.batching import PairBatcher, tokenize_pairs
+from rmjax.data.specs import train_eval_pairs
+from rmjax.data.tokenize import ChatEncoder
+from rmjax.eval.metrics import pair_report
+from rmjax.inference import embed
+from rmjax.models.reward_model import RewardModel
+from rmjax.tasks import common
+from rmjax.train.loop import Task
+
+FEATURE_KEYS = ("chosen_feat", "rejected_feat")
+
+
+def forward_pairs(model, params, batch, *, rng=None):
+  """Chosen rows then rejected rows through one forward (token ids, or cached features for
+  head-only training); returns (out_chosen, out_rejected)."""
+  kw = {} if rng is None else {"rngs": {"dropout": rng}, "deterministic": False}
+  if "chosen_feat" in batch:
+    x = jnp.concatenate([batch["chosen_feat"], batch["rejected_feat"]], axis=0)
+    out = model.apply({"params": params}, x, method=RewardModel.score_features, **kw)
+  else:
+    ids = jnp.concatenate([batch["chosen_ids"], batch["rejected_ids"]], axis=0)
+    mask = jnp.concatenate([batch["chosen_mask"], batch["rejected_mask"]], axis=0)
+    out = model.apply({"params": params}, ids, mask, **kw)
+  b = batch["weight"].shape[0]
+  return {k: v[:b] for k, v in out.items()}, {k: v[b:] for k, v in out.items()}
+
+
+def pair_eval_fn(model):
+  def eval_fn(params, batch):
+    c, r = forward_pairs(model, params, batch)
+    return {"chosen": c["reward"], "rejected": r["reward"], "weight": batch["weight"]}
+  return eval_fn
+
+
+def summarize_pairs(examples):
+  """Eval summary over the fixed, ordered eval examples (padding rows dropped)."""
+  subsets = [e.subset for e in examples]
+  len_c = [len(e.chosen) for e in examples]
+  len_r = [len(e.rejected) for e in examples]
+
+  def summarize(out):
+    keep = out["weight"] > 0
+    rc, rr = out["chosen"][keep], out["rejected"][keep]
+    rep = pair_report(rc, rr, subsets, len_c, len_r)
+    rep["loss"] = float(np.mean(np.logaddexp(0.0, -(rc - rr))))
+    return rep
+  return summarize
+
+
+def pair_data(config, tok):
+  """(train batcher, eval batches fn or None, eval examples, stats) for a pair task."""
+  d = config.data
+  train, evals, stats = train_eval_pairs(config)
+  encoder = ChatEncoder(tok, d.max_length)
+  train_tok, tstats = tokenize_pairs(train, encoder, on_overlong=d.on_overlong)
+  eval_tok, estats = tokenize_pairs(evals, encoder, on_overlong="truncate")
+  stats = dict(stats, train_tokenize=tstats, eval_tokenize=estats)
+  batcher = PairBatcher(train_tok, config.train.batch_size, buckets=tuple(d.buckets),
+                        seed=config.seed)
+  eval_batches = None
+  if evals:
+    eval_batches = PairBatcher(eval_tok, config.train.batch_size, buckets=tuple(d.buckets),
+                               seed=config.seed, shuffle=False).eval_batches
+  return batcher, eval_batches, evals, stats
+
+
+# ------------------------------------------------------------------------ head-only features
+
+class FeatureBatches:
+  """A pair batcher whose batches carry cached features instead of token ids (same order,
+  same position state: resuming is exact)."""
+
+  def __init__(self, batcher, feats: dict):
+    self.batcher, self.feats = batcher, feats
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    return with_features(next(self.batcher), self.feats)
+
+  def state(self):
+    return self.batcher.state()
+
+  def restore(self, state):
+    self.batcher.restore(state)
+
+  @property
+  def data(self):
+    return self.batcher.data
+
+
+def with_features(batch: dict, feats: dict) -> dict:
+  idx = batch["index"]
+  out = {k: v for k, v in batch.items() if not k.endswith(("_ids", "_mask"))}
+  out.update(chosen_feat=feats["chosen"][idx], rejected_feat=feats["rejected"][idx])
+  return out
+
+
+def feature_cache_dir(config) -> str:
+  return (config.data.get("feature_cache", "") or os.environ.get("RMJAX_CACHE")
+          or os.path.join(os.path.expanduser("~"), ".cache", "rmjax", "features"))
+
+
+def pair_features(config, cfg, backbone_params, tokenized, name: str) -> dict:
+  """{'chosen', 'rejected'}: pooled backbone features [N, D] of every pair, cached."""
+  rows = [list(s) for s in tokenized.chosen] + [list(s) for s in tokenized.rejected]
+  settings = {"spec": config.model.spec, "dtype": config.model.dtype,
+              "backbone": embed.params_fingerprint(backbone_params), "kind": "pooled_last"}
+  compute = lambda: {"pooled": embed.pooled_features(  # noqa: E731
+      cfg, backbone_params, rows, batch_size=config.train.batch_size, pad_id=tokenized.pad_id,
+      progress=config.train.progress, desc=f"features {name}")}
+  pooled = embed.cached(feature_cache_dir(config), f"{name}-{embed.fingerprint(rows, settings)[:16]}",
+                        rows, settings, compute)["pooled"]
+  n = len(tokenized)
+  return {"chosen": pooled[:n], "rejected": pooled[n:]}
+
+
+def head_only(config, model) -> bool:
+  """Whether this run trains a head on cached features (a frozen backbone under a pooled head)."""
+  return (bool(config.train.freeze_backbone) and config.train.get("cache_features", True)
+          and isinstance(model, RewardModel) and not model.keep_lm_logits)
+
+
+# ------------------------------------------------------------------------------- the task
+
+def pair_task(config, model, loss_fn, *, eval_fn=None, summarize=None,
+              data: Optional[tuple] = None, backbone=None, info: Optional[dict] = None,
+              load_pretrained: Optional[Callable] = None, init_params: Optional[Callable] = None,
+              frozen: tuple = ()) -> Task:
+  """A loop Task for a pair method: `loss_fn(params, batch, rng)` over `pair_data` batches (or
+  `data` = (batcher, eval batches, eval examples, stats)), the backbone swapped in after init,
+  `frozen` top-level param groups (plus 'backbone' under train.freeze_backbone) not trained.
+  `init_params` / `load_pretrained` replace the defaults (Linen init; backbone swap)."""
+  cfg, backbone_params = backbone or common.backbone(config)
+  if data is None:
+    data = pair_data(config, common.tokenizer(config))
+  batcher, eval_batches, evals, stats = data
+  if head_only(config, model):
+    feats = pair_features(config, cfg, backbone_params, batcher.data, "train")
+    batcher = FeatureBatches(batcher, feats)
+    if eval_batches is not None:
+      source = eval_batches  # PairBatcher.eval_batches: its batcher holds the eval pairs
+      eval_feats = pair_features(config, cfg, backbone_params, source.__self__.data, "eval")
+      eval_batches = lambda: (with_features(b, eval_feats) for b in source())  # noqa: E731
+    stats = dict(stats, head_only="cached backbone features")
+
+  def default_init(rng):
+    ids = jnp.zeros((2, 8), jnp.int32)
+    return model.init(rng, ids, jnp.ones_like(ids))["params"]
+
+  freeze = set(frozen) | ({"backbone"} if config.train.freeze_backbone else set())
+  return Task(
+      init_params=init_params or default_init,
+      loss_fn=loss_fn,
+      train_batches=batcher,
+      eval_fn=(eval_fn or pair_eval_fn(model)) if eval_batches else None,
+      eval_batches=eval_batches,
+      summarize_eval=summarize or summarize_pairs(evals),
+      load_pretrained=load_pretrained or (
+          lambda p, s: common.params_with_backbone(p, backbone_params, s)),
+      trainable=(lambda k: k not in freeze) if freeze else None,
+      info=dict(stats, **(info or {})),
+      model_config=cfg)
+

@@ -1,0 +1,157 @@
+"""The one writer of a workdir: files, checkpoints, metrics, the NaN guard and progress.
+
+Every method goes through `Run`: the supervised loop (`rmjax.train.loop.train`), PPO
+(`rmjax.tasks.ppo`), the ArmoRM stages and the cached-feature head fits. A workdir holds
+
+  config.json          the resolved config (never changed after the run starts)
+  model_config.json    the LlamaConfig fields, plus `"rmjax": {...}` extras scoring needs
+                       (e.g. ArmoRM's prompt-end token pattern)
+  data_stats.json      what the data pipeline read, kept, dropped and truncated
+  checkpoints/         orbax: item 'state' ({'step', 'params', optional 'opt_state', ...}) and
+                       item 'data' (JSON: the data position, so a resumed run continues exactly)
+  metrics.jsonl        one JSON object per logged step (process 0 writes)
+  tensorboard/         the same scalars for TensorBoard
+
+`Run.loop(state, start, step_fn)` drives any `step_fn(state, step) -> (state, metrics)`: it
+stops with `TrainingDiverged` on a non-finite loss (checkpoints already on disk stay intact),
+logs every `train.log_every` steps, evaluates every `train.eval_every`, and checkpoints every
+`train.checkpoint_every` steps and at the end.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from typing import Any, Callable, Optional
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from rmjax.checkpoints.orbax import Checkpointer
+from rmjax.checkpoints.workdir import model_config_fields, write_json_atomic
+from rmjax.errors import TrainingDiverged
+from rmjax.train.metrics_writer import MetricWriter
+
+def is_main() -> bool:
+  return jax.process_index() == 0
+
+
+class Run:
+  """One run in one workdir (see the module docstring for the layout)."""
+
+  def __init__(self, config, workdir: str, *, model_config=None, info: Optional[dict] = None,
+               model_extras: Optional[dict] = None, desc: str = "train",
+               checkpoints: str = "checkpoints"):
+    tc = config.train
+    self.config, self.workdir, self.desc = config, workdir, desc
+    self.model_config, self.info, self.model_extras = model_config, info, model_extras or {}
+    os.makedirs(workdir, exist_ok=True)
+    self.ckpt = Checkpointer(os.path.join(workdir, checkpoints), keep=tc.keep_checkpoints,
+                             best_metric=tc.get("best_metric") or None,
+                             best_mode=tc.get("best_mode", "max"),
+                             async_save=tc.async_checkpoint)
+    self.writer: Optional[MetricWriter] = None
+    self.resumed_from: Optional[int] = None
+
+  # ------------------------------------------------------------------ files
+  def write_files(self) -> None:
+    """config.json, model_config.json (+ extras) and data_stats.json, atomically (process 0)."""
+    if not is_main():
+      return
+    write_json_atomic(os.path.join(self.workdir, "config.json"), None,
+                      text=self.config.to_json_best_effort(indent=2))
+    if self.model_config is not None:
+      write_json_atomic(os.path.join(self.workdir, "model_config.json"),
+                        model_config_fields(self.model_config, self.model_extras))
+    if self.info:
+      write_json_atomic(os.path.join(self.workdir, "data_stats.json"), self.info)
+
+  # ------------------------------------------------------------ checkpoints
+  def restore(self, abstract_state, data_iter=None) -> tuple[Any, int]:
+    """(state, start step) from the latest checkpoint, restoring `data_iter`'s position;
+    (None, 0) when there is none."""
+    start = self.ckpt.latest_step()
+    if start is None:
+      return None, 0
+    state, data = self.ckpt.restore(abstract_state)
+    self.resumed_from = start
+    if data_iter is not None:
+      data_iter.restore(data["data"])
+    print(f"resumed from step {start} ({self.ckpt.directory})", flush=True)
+    return state, start
+
+  def save(self, step: int, state, data_iter=None, metrics: Optional[dict] = None) -> None:
+    data = {"step": int(step), "data": data_iter.state() if data_iter is not None else None}
+    self.ckpt.save(step, state, data, metrics=metrics)
+
+  def save_final(self, step: int, params) -> None:
+    """A one-shot model (ArmoRM, cached-feature heads): params alone, same layout as `save`."""
+    self.write_files()
+    if self.ckpt.latest_step() != step:  # a rerun of a finished run has nothing to add
+      self.save(step, {"step": np.int32(step), "params": params})
+    self.ckpt.wait()
+
+  # ---------------------------------------------------------------- metrics
+  def log(self, step: int, row: dict, prefix: str = "") -> dict:
+    if self.writer is None:
+      self.writer = MetricWriter(self.workdir, tensorboard=self.config.train.tensorboard,
+                                 resume_step=self.resumed_from)
+    return self.writer.write(step, row, prefix=prefix)
+
+  def check_finite(self, step: int, metrics: dict) -> None:
+    """The NaN guard: a non-finite loss (or grad norm) stops the run."""
+    vals = [float(metrics[k]) for k in ("loss", "grad_norm") if k in metrics]
+    if all(math.isfinite(v) for v in vals):
+      return
+    self.ckpt.wait()
+    last = self.ckpt.latest_step()
+    kept = (f"last good checkpoint is step {last} in {self.ckpt.directory}" if last is not None
+            else "no checkpoint was written yet")
+    raise TrainingDiverged(f"non-finite loss ({vals[0]}) at step {step}: training stopped; {kept}")
+
+  # ------------------------------------------------------------------- loop
+  def loop(self, state, start: int, step_fn: Callable[[Any, int], tuple], *,
+           data_iter=None, eval_fn: Optional[Callable[[Any], dict]] = None,
+           postfix: Callable[[dict], dict] = lambda m: {"loss": f"{float(m['loss']):.4f}"},
+           tokens_fn: Optional[Callable[[], int]] = None) -> tuple[dict, Any]:
+    """Drive `step_fn(state, step) -> (state, host metrics)` from `start` to train.steps.
+    Returns (final logged metrics, final state)."""
+    tc = self.config.train
+    delay = float(os.environ.get("RMJAX_DEBUG_STEP_DELAY", "0"))  # test hook: slow steps down
+    final: dict = {}
+    t0 = time.perf_counter()
+    pbar = tqdm(range(start, tc.steps), initial=start, total=tc.steps, desc=self.desc,
+                disable=not is_main() or not tc.progress, dynamic_ncols=True)
+    for step in pbar:
+      state, metrics = step_fn(state, step)
+      done = step + 1
+      self.check_finite(done, metrics)
+      is_last = done == tc.steps
+      row = {}
+      if done % tc.log_every == 0 or is_last:
+        elapsed = time.perf_counter() - t0
+        row.update(metrics, steps_per_s=(done - start) / elapsed)
+        if tokens_fn is not None:
+          row["tokens_per_s"] = tokens_fn() / elapsed
+        pbar.set_postfix(**postfix(metrics))
+      eval_metrics = None
+      if eval_fn is not None and tc.eval_every and (done % tc.eval_every == 0 or is_last):
+        eval_metrics = eval_fn(state)
+        row.update({f"eval_{k}": v for k, v in eval_metrics.items()})
+      if row:  # one JSON object per logged step: train and eval metrics together
+        final.update(self.log(done, row))
+      if done % tc.checkpoint_every == 0 or is_last:
+        best = ({f"eval_{k}": float(v) for k, v in eval_metrics.items()
+                 if isinstance(v, (int, float, np.number))} if eval_metrics else None)
+        self.save(done, state, data_iter, metrics=best)
+      if delay:
+        time.sleep(delay)
+    pbar.close()
+    return final, state
+
+  def close(self) -> None:
+    self.ckpt.close()
+    if self.writer is not None:
+      self.writer.close()
