@@ -6,7 +6,9 @@ that does not fit in HBM fails to compile with RESOURCE_EXHAUSTED; that becomes 
 fits=False and the compiler's figures on one line, never an exception.
 
 Memory (per chip, from `compiled.memory_analysis()`): arguments + outputs - aliased + temporaries,
-the sum MaxText's train_compile prints. `alias_bytes` is the part of the outputs written into
+the sum MaxText's train_compile prints; `peak_bytes` is the compiler's own peak of live buffers,
+which can be well below that sum (a v5e 8B train step: 16.9 GiB summed, 11.2 GiB peak, and it
+compiled for 15.75 GiB usable). `alias_bytes` is the part of the outputs written into
 donated argument buffers (`donate_argnums`): a train step that donates its state holds one copy of
 params and optimizer state, not two. Executable code and the compiler's reserved HBM are not in
 the total (code is reported apart); `fits` is the compiler's verdict.
@@ -29,7 +31,7 @@ import jax
 from jax.sharding import Mesh
 
 from rmjax import sharding as shd
-from rmjax.aot.chips import GiB, chip_of
+from rmjax.aot.chips import chip_of
 
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
@@ -140,10 +142,10 @@ def compile_function(name: str, fn, abstract_args: Sequence[Any], in_shardings, 
                total_bytes=arg + out - alias + temp)
     peak = getattr(mem, "peak_memory_in_bytes", None)
     row["peak_bytes"] = int(peak) if peak else None
-  row["fits"] = row["total_bytes"] is None or row["total_bytes"] <= chip.hbm_bytes
-  if not row["fits"]:
-    row["error"] = (f"compiled, but {row['total_bytes'] / GiB:.2f} GiB per chip exceeds "
-                    f"{chip.hbm_bytes / GiB:.2f} GiB of HBM")
+  # The compiler's verdict: it refuses (RESOURCE_EXHAUSTED) what does not fit its HBM budget.
+  # total_bytes can exceed HBM on a program that compiled (the temporaries' allocation is not
+  # all live beside the arguments; peak_bytes is the compiler's live peak), so it is no verdict.
+  row["fits"] = True
 
   cost = _cost(compiled)
   if cost.get("flops") is not None:
@@ -178,7 +180,7 @@ def _size(x) -> str:
 def format_table(rows: Iterable[dict]) -> str:
   """A fixed-width text table, one line per row, FITS or OOM in the verdict column (sizes per
   chip, binary K/M/G); an OOM row ends with the compiler's one-line message."""
-  head = ("function", "chip", "chips", "mesh", "verdict", "total", "args", "out", "alias", "temp", "HBM",
+  head = ("function", "chip", "chips", "mesh", "verdict", "total", "peak", "args", "out", "alias", "temp", "HBM",
           "compile_s", "TFLOP/chip", "roofline_ms", "MFU@roof", "error")
   lines = []
   for r in rows:
@@ -186,7 +188,7 @@ def format_table(rows: Iterable[dict]) -> str:
     roof = "-" if r.get("roofline_step_s") is None else f"{r['roofline_step_s'] * 1e3:.2f}"
     mfu = "-" if r.get("mfu_at_roofline") is None else f"{r['mfu_at_roofline']:.2f}"
     lines.append((str(r.get("function")), str(r.get("chip")), str(r.get("chips")), str(r.get("mesh")),
-                  "FITS" if r.get("fits") else "OOM", _size(r.get("total_bytes")),
+                  "FITS" if r.get("fits") else "OOM", _size(r.get("total_bytes")), _size(r.get("peak_bytes")),
                   _size(r.get("argument_bytes")), _size(r.get("output_bytes")),
                   _size(r.get("alias_bytes")), _size(r.get("temp_bytes")), _size(r.get("hbm_bytes")),
                   "-" if r.get("compile_s") is None else f"{r['compile_s']:.1f}", tflop, roof, mfu,
