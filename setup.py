@@ -30,6 +30,9 @@ setup(
     extras_require={
         "test": ["pytest>=8", "torch==2.13.0", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6"],
         "notebooks": ["jupyter", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6"],
+        # libtpu matching the installed jax (jax 0.10.2 -> libtpu 0.0.42.*): the splash-attention
+        # kernel's TPU backend. Tests still run on CPU (JAX_PLATFORMS=cpu, Pallas interpret mode).
+        "tpu": ["jax[tpu]>=0.10.0,<0.12"],
     },
     entry_points={"console_scripts": ["rmjax=rmjax.main:run"]},
 )

@@ -19,6 +19,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from rmjax.models import attention as attn_lib
+
 Array = jax.Array
 
 
@@ -44,6 +46,7 @@ class LlamaConfig:
   dtype: str = "float32"         # compute dtype of matmuls
   param_dtype: str = "float32"
   remat: str = "none"            # 'none' | 'full' | 'dots' (save matmul outputs)
+  attention: str = "xla"         # 'xla' | 'dot_product' | 'splash' | 'auto' (rmjax.models.attention)
 
   def __post_init__(self):
     if self.head_dim is None:
@@ -56,6 +59,9 @@ class LlamaConfig:
           f"num_key_value_heads={self.num_key_value_heads}")
     if self.remat not in ("none", "full", "dots"):
       raise ValueError(f"remat must be 'none', 'full' or 'dots', got {self.remat!r}")
+    if self.attention not in attn_lib.BACKENDS:
+      raise ValueError(f"attention must be one of {', '.join(attn_lib.BACKENDS)}, "
+                       f"got {self.attention!r}")
 
   @property
   def rope_scaling_dict(self) -> Optional[dict]:
@@ -162,7 +168,8 @@ def _dense(features, names, cfg, name):
 
 
 class Attention(nn.Module):
-  """Grouped-query attention; K/V are never repeated, queries are grouped per KV head."""
+  """Grouped-query attention; K/V are never repeated. The kernel is `cfg.attention` without a
+  cache; with a cache (prefill into it and decode steps) it is always the 'xla' path."""
   cfg: LlamaConfig
 
   @nn.compact
@@ -186,18 +193,9 @@ class Attention(nn.Module):
     else:
       new_cache = None
 
-    s, g = k.shape[1], nh // nkv
-    # Queries go heads-major, [B, kv, g * T, D]: each KV head's scores are one [g*T, D] x [D, S]
-    # matmul against K/V in their [B, S, kv, D] (cache) layout, which XLA:CPU runs ~2x faster
-    # than the [B, T, kv, g, D] contraction (experiments/benchmarks/RESULTS.md).
-    qg = q.reshape(b, t, nkv, g, hd).transpose(0, 2, 3, 1, 4).reshape(b, nkv, g * t, hd)
-    scores = jnp.einsum("bkqd,bskd->bkqs", qg, k.astype(qg.dtype),
-                        preferred_element_type=jnp.float32).reshape(b, nkv, g, t, s)
-    allowed = (jnp.arange(s)[None, None, :] <= q_slots[:, :, None]) & key_mask[:, None, :]  # [B,T,S]
-    scores = jnp.where(allowed[:, None, None], scores / math.sqrt(hd), jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(b, nkv, g * t, s)
-    out = jnp.einsum("bkqs,bskd->bkqd", probs, v).reshape(b, nkv, g, t, hd)
-    out = out.transpose(0, 3, 1, 2, 4).reshape(b, t, nh * hd)
+    # The cache path (prefill into a cache, decode steps) always runs the xla reference path.
+    backend = "xla" if cache is not None else cfg.attention
+    out = attn_lib.attend(q, k, v, key_mask, q_slots, backend)
     out = _dense(cfg.hidden_size, ("heads", "embed"), cfg, "o_proj")(out.astype(jnp.dtype(cfg.dtype)))
     return out, new_cache
 
