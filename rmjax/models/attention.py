@@ -110,6 +110,7 @@ def splash_block(t: int) -> tuple[int, int]:
 
 def _splash_local(q, k, v, seg, *, block, interpret):
   """Splash on one shard: q [B, n, T, D], k / v [B, kv, T, D], seg [B, T] -> [B, n, T, D]."""
+  # Imported here so the Pallas/Mosaic stack loads only when splash is actually used.
   from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
   from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
   n, t = q.shape[1], q.shape[2]
