@@ -62,7 +62,8 @@ def base_config(arg: mlc.ConfigDict, task: str) -> mlc.ConfigDict:
 
   c.model = mlc.ConfigDict(dict(
       spec=p["spec"], tokenizer=p["tokenizer"], dtype=p["dtype"], param_dtype="float32",
-      remat=p["remat"], head="scalar", head_hidden=1024, head_dropout=0.0))
+      remat=p["remat"], head="scalar", head_hidden=1024, head_dropout=0.0,
+      attention="xla"))  # 'xla' | 'dot_product' | 'splash' | 'auto' (rmjax.models.attention)
 
   c.mesh = mlc.ConfigDict(dict(shape=p["mesh"]))
 

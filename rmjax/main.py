@@ -5,6 +5,7 @@
   rmjax eval  --workdir DIR --data IN.jsonl|shared:NAME
   rmjax convert --from hf:DIR|gguf:FILE --workdir DIR   |   rmjax convert --workdir DIR --to hf:OUT
   rmjax sweep --config configs/<family>.py[:variant] --workdir DIR [--dry_run]
+  rmjax compile --config CFG --topology v5e:4x4 [--num_slices N]   (AOT for a TPU slice)
 
 Bad input exits with status 2 and one line naming what is wrong.
 """
@@ -31,7 +32,7 @@ from rmjax.eval.armorm_report import objective_accuracies
 from rmjax.eval.metrics import pair_report
 from rmjax.eval.uncertainty import uncertainty_report
 
-COMMANDS = ("train", "score", "eval", "convert", "collect", "sweep")
+COMMANDS = ("train", "score", "eval", "convert", "collect", "sweep", "compile")
 
 FLAGS = flags.FLAGS
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file[:arg]",
@@ -48,6 +49,8 @@ flags.DEFINE_string("coordinator", None, "multi-process: coordinator address HOS
                     "(jax.distributed; TPU pods and SLURM are detected without flags)")
 flags.DEFINE_integer("num_processes", None, "multi-process: number of processes")
 flags.DEFINE_integer("process_id", None, "multi-process: this process's index")
+flags.DEFINE_string("topology", None, "compile: TPU slice to compile for (v5e:4x4, v5p:2x2x1, v5e-16)")
+flags.DEFINE_integer("num_slices", 1, "compile: number of slices (the mesh's 'data' axis spans them)")
 flags.DEFINE_string("principles", None, "score (SALMON): principle file (JSON list of "
                     "{dimension, definition}) to condition the reward model on")
 
@@ -195,6 +198,12 @@ def cmd_sweep():
       subprocess.run(cmd, check=True)
 
 
+def cmd_compile():
+  """The train steps of --config compiled for --topology from abstract inputs (rmjax.tasks.aot)."""
+  from rmjax.tasks import aot  # lazy: only this command needs libtpu's compile-only devices
+  aot.compile_config(_config(), _require("topology"), FLAGS.num_slices, FLAGS.workdir)
+
+
 def main(argv):
   logging.set_verbosity(logging.WARNING)  # orbax/jax INFO chatter hides the results
   if len(argv) < 2 or argv[1] not in COMMANDS:
@@ -202,7 +211,7 @@ def main(argv):
       raise ConfigError(f"unknown command {argv[1]!r}; use one of: {', '.join(COMMANDS)}")
     argv = argv + ["train"]  # bare `rmjax` runs the built-in default
   {"train": cmd_train, "score": cmd_score, "eval": cmd_eval, "convert": cmd_convert,
-   "collect": cmd_collect, "sweep": cmd_sweep}[argv[1]]()
+   "collect": cmd_collect, "sweep": cmd_sweep, "compile": cmd_compile}[argv[1]]()
 
 
 def _parse_flags(argv):

@@ -12,11 +12,13 @@ Cloud accelerator types 'v5e-16' / 'v5litepod-16' (chips) and 'v4-8' / 'v5p-8' (
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import math
 import os
 import re
+import sys
 from typing import Sequence
 
 from jax.sharding import Mesh
@@ -71,13 +73,31 @@ def _require_libtpu():
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 
+@contextlib.contextmanager
+def _quiet_stderr():
+  """Silence file descriptor 2 (libtpu's C++ start-up chatter about GCE metadata, worker
+  hostnames and host bounds, which does not apply to compile-only devices); Python exceptions
+  raised inside still propagate."""
+  sys.stderr.flush()
+  saved = os.dup(2)
+  try:
+    with open(os.devnull, "w") as null:
+      os.dup2(null.fileno(), 2)
+      yield
+  finally:
+    sys.stderr.flush()
+    os.dup2(saved, 2)
+    os.close(saved)
+
+
 @functools.lru_cache(maxsize=None)
 def _devices(libtpu_name: str, chip_config: str, host_bounds: tuple, num_slices: int) -> tuple:
   from jax.experimental.topologies import get_topology_desc
   try:
-    desc = get_topology_desc(topology_name=libtpu_name, platform="tpu",
-                             chip_config_name=chip_config, chips_per_host_bounds=host_bounds,
-                             num_slices=num_slices)
+    with _quiet_stderr():
+      desc = get_topology_desc(topology_name=libtpu_name, platform="tpu",
+                               chip_config_name=chip_config, chips_per_host_bounds=host_bounds,
+                               num_slices=num_slices)
   except Exception as e:  # libtpu's JaxRuntimeError / RuntimeError: one line for the user
     first = " ".join(str(e).split())[:300]
     if "not installed" in first:

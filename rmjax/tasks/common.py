@@ -13,7 +13,7 @@ def backbone(config) -> tuple[LlamaConfig, dict]:
   """(LlamaConfig with the config's numeric policy, pretrained params on host)."""
   cfg, params = checkpoints.load_pretrained(config.model.spec, seed=config.seed)
   cfg = cfg.replace(dtype=config.model.dtype, param_dtype=config.model.param_dtype,
-                    remat=config.model.remat)
+                    remat=config.model.remat, attention=config.model.get("attention", "xla"))
   return cfg, params
 
 
