@@ -13,13 +13,13 @@ held-out eval. XSTest prompts (each with 5 model completions) are split by promp
 rows, gate pairs and eval pairs. The gate trains on the mixed set: hh harmless + hh helpful +
 XSTest pairs. Eval: held-out hh-rlhf, XSTest held-out prompts, LLMBar and RM-Bench (same-style
 pairs) subsamples; reported beside each single objective, the uniform mixture, a linear BT head
-on the same embeddings (`embedding_cache.train_heads`, 1 member, trained on all hh pairs stage 1
+on the same embeddings (`rmjax.train.head_fit.train_heads`, 1 member, trained on all hh pairs stage 1
 and 2 saw) and the longer-wins baseline, plus the mean gate weight per set.
 
   # GPU / full size (defaults): every pair of every split, 512 tokens
-  HF_HUB_OFFLINE=1 python experiments/armorm_shared.py --workdir runs/armorm_shared
+  HF_HUB_OFFLINE=1 python -m experiments.armorm_shared --workdir runs/armorm_shared
   # reduced CPU run (the one in experiments/RESULTS.md)
-  HF_HUB_OFFLINE=1 python experiments/armorm_shared.py --workdir /tmp/armorm_shared \\
+  HF_HUB_OFFLINE=1 python -m experiments.armorm_shared --workdir /tmp/armorm_shared \\
       --max_length 128 --n_probe 120 --n_gate 80 --n_eval 100 --n_ood 80 --n_usr 200 \\
       --n_xstest_prompts 50 --stage2_steps 300 --stage2_batch 256
   # ... the same + --rescale_probes: BT-probe logits scaled to the rated objectives' spread
@@ -35,12 +35,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pathlib
 import shutil
 import sys
 import time
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
@@ -139,14 +137,15 @@ def load_data(a):
 
 def embed_all(a, config, data):
   """{name: (h_response, h_prompt)} for every pair side and rated row set, cached."""
-  from rmjax.train import builders
+  from rmjax.tasks import common as builders
   from rmjax.data.tokenize import ChatEncoder
-  from rmjax.train import embeddings as emb
+  from rmjax.inference import embed as emb
   cfg, params = builders.backbone(config)
   tok = builders.tokenizer(config)
   enc = ChatEncoder(tok, a.max_length)
   pattern = tuple(emb.prompt_end_pattern(tok))
-  settings = {"spec": a.spec, "max_length": a.max_length, "pattern": list(pattern)}
+  settings = {"spec": a.spec, "max_length": a.max_length, "pattern": list(pattern),
+              "params": emb.params_fingerprint(params)}
   jobs = {"usr": [(e.messages, e.response) for e in data["usr"]],
           "xstest": [(e.messages, e.response) for e in data["xs_rows"]]}
   for name, ps in data["pairs"].items():
@@ -158,10 +157,11 @@ def embed_all(a, config, data):
   for name, items in jobs.items():
     rows = emb.encode_rows(enc, items)
     t0 = time.perf_counter()
-    out[name] = emb.cached(os.path.join(a.workdir, "embeddings"), name, [str(i) for i in range(len(rows))],
-                           rows, settings, lambda rows=rows, name=name: emb.embed_rows(
-                               cfg, params, rows, pattern, batch_size=a.embed_batch,
-                               pad_id=enc.pad_id, progress=True, desc=f"embed {name}"))
+    f = emb.cached(os.path.join(a.workdir, "embeddings"), name, rows, settings,
+                   lambda rows=rows, name=name: emb.armo_features(
+                       cfg, params, rows, pattern, batch_size=a.embed_batch,
+                       pad_id=enc.pad_id, progress=True, desc=f"embed {name}"))
+    out[name] = (f["h_response"], f["h_prompt"])
     seconds[name], tokens[name] = round(time.perf_counter() - t0, 1), int(sum(map(len, rows)))
     print(f"[armorm_shared] {name}: {len(rows)} rows, {tokens[name]} tokens, {seconds[name]} s",
           flush=True)
@@ -185,7 +185,7 @@ def cat(*parts):
 def stage1(config, data, h):
   """W [D, O]: ridge on USR / XSTest ratings and verbosity, BT probes for the pair objectives."""
   from rmjax.data.ratings import length_rating
-  from rmjax.train import armorm
+  from rmjax.train import head_fit
   o = len(NAMES)
   xs = data["xs_split"]["ratings"]
   probe = [data["pairs"][f"probe_{k}"] for k in ("harmless", "helpful")]
@@ -197,12 +197,12 @@ def stage1(config, data, h):
   r[:len(data["usr"])] = np.stack([e.ratings for e in data["usr"]])
   r[len(data["usr"]):len(data["usr"]) + len(xs)] = np.stack([data["xs_rows"][i].ratings for i in xs])
   r[:, NAMES.index("verbosity")] = length_rating(texts)
-  w, info = armorm.fit_ridge(x, r, tuple(config.armorm.ridge_alphas))
+  w, info = head_fit.fit_ridge(x, r, tuple(config.armorm.ridge_alphas))
   for name, kind in (("helpfulness", "helpful"), ("harmlessness", "harmless")):
     j = NAMES.index(name)
-    w[:, j], info[j] = armorm.fit_bt_probe(h[f"probe_{kind}_c"][0], h[f"probe_{kind}_r"][0],
-                                           l2=config.armorm.bt_probe_l2,
-                                           steps=config.armorm.bt_probe_steps)
+    w[:, j], info[j] = head_fit.fit_bt_probe(h[f"probe_{kind}_c"][0], h[f"probe_{kind}_r"][0],
+                                             l2=config.armorm.bt_probe_l2,
+                                             steps=config.armorm.bt_probe_steps)
   return w, dict(zip(NAMES, info))
 
 
@@ -220,7 +220,7 @@ def rescale_probes(w, r_ref):
 
 def stage2(config, workdir, w, t, train_arrays, eval_arrays, apply_t: bool):
   """Gate + beta through the generic loop on cached embeddings; a fresh workdir each run."""
-  from rmjax.train import armorm
+  from rmjax.tasks import armorm
   from rmjax.train.loop import train
   import jax
   with config.unlocked():
@@ -238,7 +238,7 @@ def stage2(config, workdir, w, t, train_arrays, eval_arrays, apply_t: bool):
 def evaluate(heads, params, bt_head, h, data, sets):
   from rmjax.eval.armorm_report import pair_eval
   from rmjax.eval.metrics import pair_report
-  from rmjax.train import embedding_cache as ec
+  from rmjax.train import head_fit as ec
   out = {}
   for name in sets:
     arr, ps = arrays(h, name), data["pairs"][name]
@@ -286,8 +286,8 @@ def main():
     print(e)
     return 0
   from configs import armorm as armorm_conf
-  from rmjax.train import armorm
-  from rmjax.train import embedding_cache as ec
+  from rmjax.tasks import armorm
+  from rmjax.train import head_fit as ec
   t_start = time.perf_counter()
   c = armorm_conf.get_config("smollm2")
   c.objectives.names, c.objectives.verbosity = list(NAMES), "verbosity"

@@ -13,18 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pathlib
-import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from configs import bt as bt_config  # noqa: E402
 from rmjax.data import sources  # noqa: E402
 from rmjax.eval.metrics import pair_report  # noqa: E402
-from rmjax.eval.scorer import Scorer  # noqa: E402
-from rmjax.train import bt  # noqa: E402
-from rmjax.train.builders import train_eval_pairs  # noqa: E402
+from rmjax.tasks import bt, load_scorer  # noqa: E402
+from rmjax.data.specs import train_eval_pairs  # noqa: E402
 from rmjax.train.loop import train  # noqa: E402
 
 
@@ -68,7 +64,7 @@ def main():
   c.optim.lr = args.lr or (1e-3 if args.freeze_backbone else 1e-5)
   final = train(c, args.workdir, bt.build(c))
 
-  scorer = Scorer(args.workdir, batch_size=16, max_length=args.max_length)
+  scorer = load_scorer(args.workdir, batch_size=16, max_length=args.max_length)
   _, held_out, _ = train_eval_pairs(c)
   results = {"in_distribution_hh_rlhf": evaluate(scorer, held_out)}
   for name, spec in (("llmbar", "shared:llmbar"), ("rm_bench", "shared:rm_bench?format=rm_bench_diag")):

@@ -7,13 +7,9 @@ message; `python experiments/data_shared.py` prints the counts (or the skip reas
 """
 
 import json
-import pathlib
 import sys
 
-if __package__ in (None, ''):  # run as a script: make the repo importable
-  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-
-from rmjax.data import load_source, shared_data_root, split_by_prompt_hash  # noqa: E402
+from rmjax.data import load_source, shared_data_root, split_by_prompt_hash
 
 HH_SOURCES = ('shared:hh_rlhf_harmless_test', 'shared:hh_rlhf_helpful_test')
 OOD_SOURCES = {'llmbar': 'shared:llmbar', 'rm_bench': 'shared:rm_bench'}

@@ -4,7 +4,7 @@ Members differ by head-init seed (bootstrap 'none') or by seed + Poisson bootstr
 Reports accuracy, mean spread (std over members of the per-member margin) on held-out ID pairs
 vs OOD pairs (LLMBar, RM-Bench), and the AUROC of that spread for predicting a wrong ordering.
 
-  HF_HUB_OFFLINE=1 python experiments/ensemble_hh.py --n_train 500 --n_eval 200 --n_ood 150 \
+  HF_HUB_OFFLINE=1 python -m experiments.ensemble_hh --n_train 500 --n_eval 200 --n_ood 150 \
       --max_length 192 --out /tmp/ensemble_hh.json
 
 CPU note: the backbone pass is the cost (embeddings cached in --cache_dir); head training is
@@ -13,16 +13,12 @@ seconds. Prints one JSON object last.
 
 import argparse
 import json
-import os
-import pathlib
 import sys
 import time
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from experiments import data_shared  # noqa: E402
+from experiments import data_shared
 
 
 def main():
@@ -49,8 +45,9 @@ def main():
   from rmjax.data.batching import tokenize_pairs
   from rmjax.data.tokenize import ChatEncoder
   from rmjax.eval.uncertainty import uncertainty_report
-  from rmjax.train import embedding_cache as ec
-  from rmjax.train.ensemble import bootstrap_weights
+  from rmjax.inference import embed as emb
+  from rmjax.train import head_fit as ec
+  from rmjax.tasks.ensemble import bootstrap_weights
 
   rng = np.random.default_rng(0)
   pick = lambda ex, n: [ex[i] for i in sorted(rng.choice(len(ex), min(n, len(ex)), replace=False))]
@@ -61,12 +58,16 @@ def main():
   cfg, params = checkpoints.load_pretrained(a.spec)
   tok = checkpoints.load_tokenizer(a.spec)
   enc = ChatEncoder(tok, a.max_length)
+  settings = {"spec": a.spec, "max_length": a.max_length, "params": emb.params_fingerprint(params)}
   embs = {}
   for name, ex in sets.items():
-    key = ec.cache_key(spec=a.spec, name=name, n=len(ex), max_length=a.max_length, seed=0)
     tokd, _ = tokenize_pairs(ex, enc, on_overlong="truncate")
-    embs[name] = ec.cached(os.path.join(a.cache_dir, f"{name}-{key}.npz"),
-                           lambda: ec.tokenized_embeddings(params, cfg, tokd, a.batch_size, progress=True))
+    rows = {side: [list(s) for s in getattr(tokd, side)] for side in ("chosen", "rejected")}
+    embs[name] = emb.cached(
+        a.cache_dir, name, rows["chosen"] + rows["rejected"], settings,
+        lambda rows=rows, tokd=tokd: {side: emb.pooled_features(
+            cfg, params, rows[side], pad_id=tokd.pad_id, batch_size=a.batch_size, progress=True)
+            for side in ("chosen", "rejected")})
   t_embed = time.perf_counter() - t0
   result = {"config": vars(a), "embed_s": round(t_embed, 1),
             "sizes": {k: len(v) for k, v in sets.items()}, "runs": {}}

@@ -5,9 +5,9 @@ L_reg) on the hh-rlhf 90% split of ../shared/data, then evaluates both on the 10
 hh-rlhf pairs (in distribution) and per subset on the OOD sets LLMBar, RM-Bench, Auto-J pairwise,
 JudgeBench and PandaLM.
 
-  python experiments/grm_ood.py --workdir runs/grm_ood --variant smollm2 --steps 150 \
+  python -m experiments.grm_ood --workdir runs/grm_ood --variant smollm2 --steps 150 \
       --batch_size 8 --max_length 256 --ood_limit 100 --eval_limit 300      # reduced CPU run
-  python experiments/grm_ood.py --workdir /tmp/grm_ood_smoke --variant tiny --steps 5  # smoke
+  python -m experiments.grm_ood --workdir /tmp/grm_ood_smoke --variant tiny --steps 5  # smoke
 
 Writes <workdir>/<run>/ (a normal rmjax workdir; `rmjax eval --workdir` works on it too) and
 <workdir>/results.json; prints one JSON object last. Re-running resumes finished runs.
@@ -18,12 +18,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pathlib
 import sys
 import time
-
-if __package__ in (None, ''):
-  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 OOD_SETS = ("llmbar", "rm_bench", "autoj_pairwise_test", "judgebench", "pandalm_testset")
 
@@ -52,19 +48,18 @@ def make_config(variant: str, run: str, args):
 
 
 def train_run(config, workdir):
-  from rmjax.main import task_module
-  from rmjax.train.loop import train
+  from rmjax import tasks
   t0 = time.time()
-  final = train(config, workdir, task_module(config.task).build(config))
+  final = tasks.get(config.task).train(config, workdir)
   return final, time.time() - t0
 
 
 def evaluate_run(config, workdir, args):
   from experiments.grm_eval import WorkdirModel, subsample
   from rmjax.data import load_source
-  from rmjax.train import builders
+  from rmjax.data import specs
   model = WorkdirModel(workdir)
-  _, held_out, _ = builders.train_eval_pairs(config)
+  _, held_out, _ = specs.train_eval_pairs(config)
   out = {"in_distribution": model.evaluate(held_out, args.eval_batch_size)}
   for name in args.sets:
     examples, _ = load_source(f"shared:{name}")

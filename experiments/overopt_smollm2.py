@@ -1,8 +1,8 @@
 """Gold-RM best-of-n study at SmolLM2-135M scale (configs/overopt.py:smollm2).
 
 SmolLM2-135M-Instruct samples responses to the synthetic prompts ("Say something kind about
-cats.") with rmjax.rl.generate; the synthetic gold reward (which scores any text: sentiment words,
-topic, length) labels pairs with 25% label noise; K=5 heads train on cached frozen SmolLM2
+cats.") with rmjax.inference.generate; the synthetic gold reward (which scores any text:
+sentiment words, topic, length) labels pairs with 25% label noise; K=5 heads train on cached frozen SmolLM2
 embeddings; best-of-n curves for single / mean / UWO / WCO / LCB go to <workdir>/eval/.
 
   HF_HUB_OFFLINE=1 python experiments/overopt_smollm2.py --workdir /tmp/overopt_smollm2 \
@@ -13,13 +13,10 @@ Prints one JSON object last. On 2 CPU cores use the reduced sizes above or small
 
 import argparse
 import json
-import pathlib
 import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-
-from configs import overopt as overopt_config  # noqa: E402
-from rmjax.train import overopt  # noqa: E402
+from configs import overopt as overopt_config
+from rmjax.tasks import overopt
 
 
 def main():

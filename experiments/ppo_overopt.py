@@ -88,7 +88,7 @@ def main():
   a = ap.parse_args()
   from configs import ppo as ppo_config
   from rmjax.data.synthetic import gold_reward
-  from rmjax.train import ppo, ppo_setup
+  from rmjax.tasks import ppo, ppo_setup
   last = []
   ppo_setup.build = _recording(ppo_setup.build, last)
   curves, times = {}, {}

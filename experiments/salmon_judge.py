@@ -2,7 +2,7 @@
 
   python experiments/salmon_judge.py --workdir /tmp/salmon_judge --n_alpaca 12 --n_mt 12
 
-Runs `rmjax.train.salmon.collect` with the smollm2 config: prompts = the first n AlpacaEval
+Runs `rmjax.tasks.salmon_collect.collect` with the smollm2 config: prompts = the first n AlpacaEval
 instructions + the first n MT-Bench first turns (../shared/data), two samples each (T=0.7, seeds
 42/43), every pair judged under each of the 11 principles of SALMON's
 principle_collection_rm.json in both orders. Prints one JSON object: per-principle
@@ -31,7 +31,7 @@ def main():
 
   from configs import salmon as salmon_config
   from rmjax.data import salmon_aggregate as agg
-  from rmjax.train import salmon
+  from rmjax.tasks import salmon_collect
   c = salmon_config.get_config("smollm2")
   c.collect.prompts = "shared:alpaca_eval_prompts+shared:mt_bench"
   c.collect.limit = 0
@@ -39,8 +39,8 @@ def main():
   c.collect.max_new_tokens = args.max_new_tokens
   c.collect.judge_max_length = 1024
   # per-source limits: load both sources, then keep n of each
-  prompts = (salmon.load_prompts("shared:alpaca_eval_prompts", limit=args.n_alpaca) +
-             salmon.load_prompts("shared:mt_bench", limit=args.n_mt))
+  prompts = (salmon_collect.load_prompts("shared:alpaca_eval_prompts", limit=args.n_alpaca) +
+             salmon_collect.load_prompts("shared:mt_bench", limit=args.n_mt))
   os.makedirs(args.workdir, exist_ok=True)
   spec = os.path.join(args.workdir, "prompts.jsonl")
   with open(spec, "w") as f:
@@ -48,7 +48,7 @@ def main():
       f.write(json.dumps({"prompt": m}) + "\n")
   c.collect.prompts = f"json:{spec}"
   t0 = time.time()
-  stats = salmon.collect(c, args.workdir)
+  stats = salmon_collect.collect(c, args.workdir)
   elapsed = time.time() - t0
 
   from rmjax.data.pairs import iter_records

@@ -40,14 +40,10 @@ import argparse
 import hashlib
 import json
 import os
-import pathlib
 import re
-import sys
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-if __package__ in (None, ""):
-  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
@@ -235,7 +231,9 @@ def main():
     ap.error("--dims must include Concise")
 
   from rmjax import checkpoints
-  from rmjax.train import loop, salmon
+  from rmjax.data.salmon_aggregate import get_principles
+  from rmjax.tasks import salmon
+  from rmjax.train import loop
   times = {}
   t0 = time.time()
   os.makedirs(args.workdir, exist_ok=True)
@@ -268,7 +266,7 @@ def main():
   t1 = time.time()
   score = salmon.reward_fn(salmon.make_model(config, task.model_config), state.params, tok, config,
                            batch_size=args.score_batch)
-  table = {p.dimension: p for p in salmon.get_principles(config.salmon.principles)}
+  table = {p.dimension: p for p in get_principles(config.salmon.principles)}
   conditions = {"concise": [table["Concise"].definition],
                 "not_concise": [table["Concise"].negative_definition],
                 "control": [table[d].definition for d in CONTROL_DIMS]}

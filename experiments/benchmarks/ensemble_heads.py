@@ -7,24 +7,20 @@ parameters and a [B, D] x [D, K] product to a 135M-parameter forward/backward, s
 should be ~1 (target <= 1.05). Timings alternate single / ensemble calls so machine noise hits
 both alike. Prints one JSON object last.
 
-  HF_HUB_OFFLINE=1 python experiments/benchmarks/ensemble_heads.py --batch 8 --seq 256
+  HF_HUB_OFFLINE=1 python -m experiments.benchmarks.ensemble_heads --batch 8 --seq 256
 """
 
 import argparse
-import pathlib
 import statistics
-import sys
 import time
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections as mlc
+import numpy as np
 
-import flax.linen as nn  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import ml_collections as mlc  # noqa: E402
-import numpy as np  # noqa: E402
-
-from experiments.benchmarks import _common  # noqa: E402
+from experiments.benchmarks import _common
 
 
 def main():
@@ -40,8 +36,8 @@ def main():
   from configs import ensemble as ensemble_config
   from rmjax.checkpoints.presets import PRESET_CONFIGS
   from rmjax.models.reward_model import RewardModel
-  from rmjax.train.bt import bt_loss_fn
-  from rmjax.train.ensemble import ensemble_loss_fn
+  from rmjax.tasks.bt import bt_loss_fn
+  from rmjax.tasks.ensemble import ensemble_loss_fn
   from rmjax.train.state import TrainState, make_optimizer, make_train_step
 
   cfg = PRESET_CONFIGS[a.preset]

@@ -4,25 +4,22 @@ Random weights of a preset architecture (default smollm2-135m-config) are initia
 converted to a torch state dict through `rmjax.checkpoints.hf`, so both sides compute the same
 function (the logits are compared once as a sanity check). Prints one JSON object last.
 
-  python experiments/benchmarks/forward.py                    # CPU: float32, batch 8 x 256
-  python experiments/benchmarks/forward.py --dtype bf16       # GPU
+  python -m experiments.benchmarks.forward                    # CPU: float32, batch 8 x 256
+  python -m experiments.benchmarks.forward --dtype bf16       # GPU
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [_HERE, os.path.dirname(os.path.dirname(_HERE))]
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-import _common  # noqa: E402
+from experiments.benchmarks import _common  # noqa: E402
 from rmjax.checkpoints import hf as hf_ckpt  # noqa: E402
 from rmjax.checkpoints.presets import load_pretrained  # noqa: E402
 from rmjax.models.llama import Llama  # noqa: E402

@@ -4,25 +4,22 @@ Where a train step's time goes, block by block (attention, MLP, RMSNorm, whole l
 layer of the chosen preset. CPU time of the process (all XLA threads) is used instead of wall
 time because it moves little when other jobs share the machine. Prints one JSON object last.
 
-  python experiments/benchmarks/layer_costs.py                 # smollm2-135m-config, 8 x 256
+  python -m experiments.benchmarks.layer_costs                 # smollm2-135m-config, 8 x 256
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [_HERE, os.path.dirname(os.path.dirname(_HERE))]
 
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-import _common  # noqa: E402
+from experiments.benchmarks import _common  # noqa: E402
 from rmjax.checkpoints.presets import preset_config  # noqa: E402
 from rmjax.models import llama  # noqa: E402
 

@@ -1,6 +1,6 @@
 """Rollout throughput (KV-cache sampler vs transformers generate) and a PPO iteration's time split.
 
-1. Rollout: rmjax's jitted KV-cache sampler (`rmjax.rl.generate.generate`, the one PPO calls
+1. Rollout: rmjax's jitted KV-cache sampler (`rmjax.inference.generate.generate`, the one PPO calls
    through `rmjax.rl.rollout.generate_responses`) vs transformers `LlamaForCausalLM.generate`
    (its dynamic KV cache), on the same weights (rmjax init, converted with `rmjax.checkpoints.hf`)
    and the same left-padded batch of random prompts (lengths in [P/2, P]). Greedy, EOS stopping
@@ -9,7 +9,7 @@
    and the rows diverge after it: `prefix_agreement` is the fraction before the first mismatch).
    New tokens/s = B * N / seconds per generate call; compile time is excluded (first call
    reported apart).
-2. PPO iteration: `rmjax.train.ppo.Trainer` built from `configs/ppo.py:smollm2` with the model
+2. PPO iteration: `rmjax.tasks.ppo.Trainer` built from `configs/ppo.py:smollm2` with the model
    set to `--preset`, synthetic prompts, gold reward, batch/lengths from the flags, run as
    `ppo.run` runs it: `experience` then `update`. The phases are timed by wrapping, in this
    process only, the module functions `Trainer.experience` calls (no library change):
@@ -20,8 +20,8 @@
    The first iteration (compiles) is reported apart; the others give mean seconds per phase and
    its fraction of the iteration. Prints one JSON object last.
 
-  python experiments/benchmarks/rollout.py                     # smollm2-135m-config, 8 x 64 + 64
-  python experiments/benchmarks/rollout.py --preset tiny --ppo-iters 2
+  python -m experiments.benchmarks.rollout                     # smollm2-135m-config, 8 x 64 + 64
+  python -m experiments.benchmarks.rollout --preset tiny --ppo-iters 2
 """
 
 from __future__ import annotations
@@ -30,23 +30,20 @@ import argparse
 import contextlib
 import os
 import statistics
-import sys
 import tempfile
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [_HERE, os.path.dirname(os.path.dirname(_HERE))]
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-import _common  # noqa: E402
-from forward import DTYPES, torch_model  # noqa: E402
+from experiments.benchmarks import _common  # noqa: E402
+from experiments.benchmarks.forward import DTYPES, torch_model  # noqa: E402
 from rmjax.checkpoints.presets import load_pretrained  # noqa: E402
 from rmjax.rl import rollout as rollout_lib  # noqa: E402
-from rmjax.rl.generate import SamplingConfig, generate, left_pad  # noqa: E402
+from rmjax.inference.generate import SamplingConfig, generate, left_pad  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -204,7 +201,7 @@ def ppo_iteration(trainer, state, prompts, clock):
 def ppo_split(args, dtype):
   """First (compiling) iteration and the mean split of `args.ppo_iters` more."""
   from rmjax import sharding as shd
-  from rmjax.train import ppo, ppo_setup
+  from rmjax.tasks import ppo, ppo_setup
   c = ppo_config(args, dtype)
   ppo_setup.check(c)
   mesh = shd.make_mesh(tuple(c.mesh.shape))

@@ -5,31 +5,28 @@ rmjax: `RewardModel` (backbone + scalar head) with the real BT loss and `make_tr
 (num_labels=1) + torch AdamW + the same BT loss. Batch = `--pairs` chosen/rejected pairs, i.e.
 2 x pairs sequences of `--seq` tokens (default 4 pairs = 8 x 256). Prints one JSON object last.
 
-  python experiments/benchmarks/train_step.py --preset smollm2-135m-config
-  python experiments/benchmarks/train_step.py --preset tiny
+  python -m experiments.benchmarks.train_step --preset smollm2-135m-config
+  python -m experiments.benchmarks.train_step --preset tiny
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [_HERE, os.path.dirname(os.path.dirname(_HERE))]
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import ml_collections as mlc  # noqa: E402
 import numpy as np  # noqa: E402
 
-import _common  # noqa: E402
-from forward import DTYPES  # noqa: E402
+from experiments.benchmarks import _common  # noqa: E402
+from experiments.benchmarks.forward import DTYPES  # noqa: E402
 from rmjax.checkpoints import hf as hf_ckpt  # noqa: E402
 from rmjax.checkpoints.presets import load_pretrained  # noqa: E402
 from rmjax.models.reward_model import RewardModel  # noqa: E402
-from rmjax.train.bt import bt_loss_fn  # noqa: E402
+from rmjax.tasks.bt import bt_loss_fn  # noqa: E402
 from rmjax.train.state import TrainState, make_optimizer, make_train_step  # noqa: E402
 
 
