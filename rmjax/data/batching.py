@@ -10,9 +10,17 @@ Batch (all numpy, B = batch_size, T = bucket length shared by chosen and rejecte
   index                       int32 [B]     example index into TokenizedPairs (filler rows repeat
                                             a real row, so every row is a valid sequence)
 Bucketing keeps a handful of shapes, so jit compiles a handful of times.
+
+Several processes (multi-host): batch_size is the GLOBAL batch size G and each process emits
+B = G / n rows: every process walks the same global order and keeps only its contiguous block
+of each global batch (rows [p * B, (p + 1) * B) for process p of n), which
+`rmjax.sharding.shard_batch` assembles into the global array. The bucket length T is taken over
+the whole global batch, so all processes emit the same shapes.
 """
 
 import dataclasses
+import json
+import os
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -99,21 +107,60 @@ class PairBatcher:
   order when shuffle=False). `state()` -> {'epoch', 'index'} (plain ints, for the checkpoint);
   `restore(state)` continues with exactly the next batch. drop_remainder=False emits the last
   partial batch of an epoch, filled with weight-0 rows.
+
+  Multi-process: `batch_size` is the global batch; `process_index` / `process_count` (default
+  `jax.process_index()` / `jax.process_count()`) pick this process's contiguous block of
+  `batch_size // process_count` rows of every global batch (train and eval). Design: the simple
+  one -- every process reads the same tokenized data and walks the same global order, which
+  depends on (seed, epoch) only, never on the process count, so the 2-process run sees exactly
+  the 1-process run's global batches and a run reproduces and resumes on a slice of another
+  size. The position (epoch, index) counts GLOBAL examples and is identical in every process,
+  so the one data position in the checkpoint restores every process (and any process count).
+  Grain's ShardByJaxProcess would shard the records per process instead (each process reads
+  only its shard, and its order and position depend on the process count); it is the better
+  fit when the data does not fit every host, but it loses the exact cross-process-count
+  resume and this module's file:line validation of the whole set, so it is not used here.
+  The process block must be the rows whose devices belong to this process on the mesh:
+  `rmjax.sharding.batch_shard(mesh)` gives (index, count) read off the device placement; it
+  equals (process_index, process_count) for `rmjax.sharding.make_mesh` meshes whose tensor axis
+  fits inside one process.
+
+  Test hook: env RMJAX_DEBUG_BATCH_LOG=PATH appends one JSON line per training batch to
+  PATH.<process_index>: {process, epoch, start, index (example ids of the local rows), weight}.
   """
 
   def __init__(self, tokenized, batch_size, *, buckets=(64, 128, 256, 512, 1024, 2048), seed=0,
-               shuffle=True, drop_remainder=True, pad_multiple=1):
+               shuffle=True, drop_remainder=True, pad_multiple=1, process_index=None,
+               process_count=None):
     n = len(tokenized)
     if batch_size < 1:
       raise ConfigError(f'batch_size must be >= 1, got {batch_size}')
     if n == 0 or (drop_remainder and n < batch_size):
       raise ConfigError(f'{n} examples cannot fill one batch of {batch_size} '
                         '(lower the batch size or set drop_remainder=False)')
+    if process_index is None or process_count is None:
+      import jax
+      process_index = jax.process_index() if process_index is None else process_index
+      process_count = jax.process_count() if process_count is None else process_count
+    if not 0 <= process_index < process_count:
+      raise ConfigError(f'process_index {process_index} is not in [0, {process_count})')
+    if batch_size % process_count:
+      raise ConfigError(f'global batch_size {batch_size} does not split over {process_count} '
+                        'processes')
     self.data, self.batch_size = tokenized, int(batch_size)
     self.buckets, self.seed, self.shuffle = tuple(buckets or ()), int(seed), shuffle
     self.drop_remainder, self.pad_multiple = drop_remainder, int(pad_multiple)
+    self.process_index, self.process_count = int(process_index), int(process_count)
+    self.local_batch_size = self.batch_size // self.process_count
     self.epoch, self.index = 0, 0
     self._order_epoch, self._order = None, None
+    self._log = os.environ.get('RMJAX_DEBUG_BATCH_LOG') or None
+
+  @property
+  def local_rows(self):
+    """This process's rows of each global batch, as a slice."""
+    lo = self.process_index * self.local_batch_size
+    return slice(lo, lo + self.local_batch_size)
 
   @property
   def steps_per_epoch(self):
@@ -129,6 +176,7 @@ class PairBatcher:
     return self._order
 
   def state(self):
+    """Global position (identical in every process): {'epoch', 'index'}."""
     return {'epoch': int(self.epoch), 'index': int(self.index)}
 
   def restore(self, state):
@@ -141,34 +189,47 @@ class PairBatcher:
     n, b = len(self.data), self.batch_size
     if self.index >= n or (self.drop_remainder and self.index + b > n):
       self.epoch, self.index = self.epoch + 1, 0
-    idx = self._epoch_order(self.epoch)[self.index:self.index + b]
+    start = self.index
+    idx = self._epoch_order(self.epoch)[start:start + b]
     self.index += len(idx)
-    return self.make_batch(idx)
+    batch = self.make_batch(idx)
+    if self._log:
+      with open(f'{self._log}.{self.process_index}', 'a') as f:
+        f.write(json.dumps({'process': self.process_index, 'epoch': int(self.epoch),
+                            'start': int(start), 'index': batch['index'].tolist(),
+                            'weight': batch['weight'].tolist()}) + '\n')
+    return batch
 
   def eval_batches(self):
-    """Every example exactly once, in order; the last batch is filled with weight-0 rows."""
+    """Every example exactly once, in order; the last batch is filled with weight-0 rows.
+    Several processes: this process's rows of each global eval batch."""
     n, b = len(self.data), self.batch_size
     for start in range(0, n, b):
       yield self.make_batch(np.arange(start, min(start + b, n)))
 
   def make_batch(self, idx):
-    """Batch for example indices `idx` (len <= batch_size; the rest become filler rows)."""
+    """This process's rows of the global batch for example indices `idx` (len <= batch_size;
+    the rest become weight-0 filler rows). One process: the whole batch."""
     b, d = self.batch_size, self.data
     idx = np.asarray(idx, np.int64)
     valid = len(idx)
     full = np.concatenate([idx, np.resize(idx, b - valid)]) if valid < b else idx
+    # the bucket comes from the GLOBAL batch, so every process emits the same shape
     longest = max(max(len(d.chosen[i]), len(d.rejected[i])) for i in full)
     t = bucket_length(longest, self.buckets, self.pad_multiple)
+    weight = np.zeros((b,), np.float32)
+    weight[:valid] = 1.0
+    rows = self.local_rows
+    full, weight = full[rows], weight[rows]
+    lb = len(full)
     batch = {}
     for side, seqs in (('chosen', d.chosen), ('rejected', d.rejected)):
-      ids = np.full((b, t), d.pad_id, np.int32)  # [B, T]
-      mask = np.zeros((b, t), np.int32)
+      ids = np.full((lb, t), d.pad_id, np.int32)  # [B_local, T]
+      mask = np.zeros((lb, t), np.int32)
       for row, i in enumerate(full):
         ids[row, :len(seqs[i])] = seqs[i]
         mask[row, :len(seqs[i])] = 1
       batch[f'{side}_ids'], batch[f'{side}_mask'] = ids, mask
-    weight = np.zeros((b,), np.float32)
-    weight[:valid] = 1.0
     batch.update(prompt_len=d.prompt_len[full].astype(np.int32),
                  margin=d.margin[full].astype(np.float32), weight=weight,
                  index=full.astype(np.int32))
