@@ -56,7 +56,7 @@ class WorkdirModel:
     parts = []
     with jax.set_mesh(self.mesh), nn.logical_axis_rules(shd.DEFAULT_RULES):
       for batch in batcher.eval_batches():
-        parts.append(jax.device_get(self._eval(self.params, shd.shard_batch(batch, self.mesh))))
+        parts.append(jax.device_get(self._eval(self.params, shd.shard_batch(batch, self.mesh, global_batch=True))))
     out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     return summarize_pairs(examples)(out)
 

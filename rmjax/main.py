@@ -47,6 +47,7 @@ flags.DEFINE_integer("step", None, "checkpoint step for score/eval (default: lat
 flags.DEFINE_bool("dry_run", False, "sweep: print one command per run instead of running")
 flags.DEFINE_string("coordinator", None, "multi-process: coordinator address HOST:PORT "
                     "(jax.distributed; TPU pods and SLURM are detected without flags)")
+flags.DEFINE_bool("debug", False, "show the traceback of an unexpected error")
 flags.DEFINE_integer("num_processes", None, "multi-process: number of processes")
 flags.DEFINE_integer("process_id", None, "multi-process: this process's index")
 flags.DEFINE_string("topology", None, "compile: TPU slice to compile for (v5e:4x4, v5p:2x2x1, v5e-16)")
@@ -225,12 +226,20 @@ def _parse_flags(argv):
 
 
 def run():
-  """Console-script entry point: user errors become one line and exit status 2."""
+  """Console-script entry point: user errors become one line and exit status 2; any other
+  exception one line and exit 1 (the traceback only with --debug or RMJAX_DEBUG=1)."""
   try:
     app.run(main, flags_parser=_parse_flags)
   except RmjaxError as e:
     print(f"rmjax: error: {e}".splitlines()[0], file=sys.stderr)
     sys.exit(2)
+  except Exception as e:  # noqa: BLE001 -- the last resort: one line, not a traceback
+    if os.environ.get("RMJAX_DEBUG") or "--debug" in sys.argv:
+      raise
+    msg = (str(e).strip().splitlines() or [""])[0]
+    print(f"rmjax: error: {type(e).__name__}: {msg} (rerun with --debug for the traceback)",
+          file=sys.stderr)
+    sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from rmjax import sharding as shd
+from rmjax.models.llama import Llama
 
 
 def abstract_sharded(boxed_tree: Any, mesh: Mesh, rules=shd.DEFAULT_RULES) -> tuple:
@@ -34,7 +35,6 @@ def abstract_from_init(init_fn: Callable, *args, mesh: Mesh, rules=shd.DEFAULT_R
 
 def llama_abstract_params(cfg, mesh: Mesh, rules=shd.DEFAULT_RULES) -> tuple:
   """(abstract sharded params, shardings) of `rmjax.models.llama.Llama(cfg)`; no weights."""
-  from rmjax.models.llama import Llama
   ids = jnp.zeros((1, 2), jnp.int32)
   boxed = jax.eval_shape(lambda: Llama(cfg).init(jax.random.PRNGKey(0), ids))["params"]
   return abstract_sharded(boxed, mesh, rules)

@@ -28,6 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from rmjax import sharding as shd
@@ -79,12 +80,19 @@ def batched_forward(fn: Callable, params: Any, rows: Sequence[Sequence[int]], *,
       if max_length:
         t = min(t, max_length)
       ids, mask = pad_rows([rows[i] for i in idx], batch_size, t, pad_id, side)
-      b = shd.shard_batch({"ids": ids, "mask": mask}, mesh)
-      res = jax.device_get(fn(params, b["ids"], b["mask"]))
+      b = shd.shard_batch({"ids": ids, "mask": mask}, mesh, global_batch=True)
+      res = _to_host(fn(params, b["ids"], b["mask"]))
       if out is None:
         out = jax.tree_util.tree_map(lambda x: np.zeros((n,) + x.shape[1:], x.dtype), res)
       jax.tree_util.tree_map(lambda o, x: o.__setitem__(idx, x[:len(idx)]), out, res)
   return out
+
+
+def _to_host(tree):
+  """Outputs as numpy; on several processes each holds only its rows, so gather them first."""
+  if jax.process_count() > 1:
+    return multihost_utils.process_allgather(tree, tiled=True)
+  return jax.device_get(tree)
 
 
 # ------------------------------------------------------------------------------- features

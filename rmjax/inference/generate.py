@@ -293,7 +293,7 @@ def generate(params: Any, cfg: LlamaConfig, prompt_ids, prompt_mask, rng: Array,
       prompt_ids = np.concatenate([prompt_ids, np.repeat(prompt_ids[:1], extra, 0)])
       prompt_mask = np.concatenate([prompt_mask, np.repeat(prompt_mask[:1], extra, 0)])
     params = _on_mesh(params, cfg, mesh)
-    batch = rsharding.shard_batch({"ids": prompt_ids, "mask": prompt_mask}, mesh)
+    batch = rsharding.shard_batch({"ids": prompt_ids, "mask": prompt_mask}, mesh, global_batch=True)
     prompt_ids, prompt_mask = batch["ids"], batch["mask"]
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     rng, knobs = jax.device_put((rng, knobs), replicated)

@@ -147,7 +147,7 @@ def stage2_task(config, heads: ArmoHeads, w, t, train_arrays, eval_arrays) -> Ta
               eval_fn=eval_fn if has_eval else None,
               eval_batches=fixed_batches(eval_arrays, bs) if has_eval else None,
               summarize_eval=summarize, load_pretrained=load,
-              trainable=lambda k: k in ("gate", "beta"))
+              trainable=lambda k: k in ("gate", "beta"), global_batches=True)
 
 
 def stage2_config(config):
@@ -218,7 +218,7 @@ def e2e_task(config, cfg, backbone_params, ratings_rows, ratings, pair_rows, pai
 
   return Task(init_params=init_params, loss_fn=loss_fn, train_batches=Mixed(arrays, bs, config.seed),
               load_pretrained=lambda p, s: common.params_with_backbone(p, backbone_params, s),
-              model_config=cfg)
+              model_config=cfg, global_batches=True)
 
 
 # ----------------------------------------------------------------------------------- driver

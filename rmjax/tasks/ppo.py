@@ -206,7 +206,8 @@ class Trainer:
                                               pc.uwo_lam, pc.lcb_beta, pc.w_min, pc.w_max)
     norm = {k: np.float32(v) for k, v in jax.device_get(state.norm).items()}
     score_n, norm = rollout.normalize_rewards(score, norm, pc.reward_norm)
-    batch = shd.shard_batch({"ids": ids, "mask": mask, "resp_mask": resp_mask}, self.mesh)
+    batch = shd.shard_batch({"ids": ids, "mask": mask, "resp_mask": resp_mask}, self.mesh,
+                            global_batch=True)
     with jax.set_mesh(self.mesh):
       scored = rollout.score_sequences(state.policy, self.setup.ref_params, state.value,
                                        batch["ids"], batch["mask"], batch["resp_mask"],

@@ -43,13 +43,15 @@ class Task:
   info: dict = dataclasses.field(default_factory=dict)
   model_config: Any = None  # LlamaConfig, written to workdir/model_config.json for score/eval
   model_extras: dict = dataclasses.field(default_factory=dict)  # e.g. ArmoRM's prompt pattern
+  global_batches: bool = False  # batches are whole global batches in every process (not blocks)
 
 
 def run_eval(params, task: Task, mesh, eval_jit) -> dict:
   """Run `task.eval_fn` over every eval batch and summarise the concatenated outputs."""
   parts = []
   for batch in task.eval_batches():
-    parts.append(jax.device_get(eval_jit(params, shd.shard_batch(batch, mesh))))
+    b = shd.shard_batch(batch, mesh, global_batch=task.global_batches)
+    parts.append(jax.device_get(eval_jit(params, b)))
   cat = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
   return task.summarize_eval(cat)
 
@@ -103,7 +105,8 @@ def train(config, workdir: str, task: Task, mesh=None, return_state: bool = Fals
       batch = next(task.train_batches)
       if "chosen_ids" in batch:
         tokens[0] += int(batch["chosen_mask"].sum() + batch["rejected_mask"].sum())
-      state, metrics = train_step(state, shd.shard_batch(batch, mesh))
+      state, metrics = train_step(state, shd.shard_batch(batch, mesh,
+                                                         global_batch=task.global_batches))
       return state, jax.device_get(metrics)
 
     final, state = run.loop(state, start, one_step, data_iter=task.train_batches,

@@ -20,22 +20,50 @@ logs every `train.log_every` steps, evaluates every `train.eval_every`, and chec
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
 from typing import Any, Callable, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
 from rmjax.checkpoints.orbax import Checkpointer
 from rmjax.checkpoints.workdir import model_config_fields, write_json_atomic
-from rmjax.errors import TrainingDiverged
+from rmjax.errors import ConfigError, TrainingDiverged
 from rmjax.train.metrics_writer import MetricWriter
 
 def is_main() -> bool:
   return jax.process_index() == 0
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)
+            if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+def check_workdir(config, workdir: str) -> None:
+  """Refuse a workdir that holds another method's or another model's run (its config.json
+  says so) before anything in it is touched."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return
+  try:
+    with open(path) as f:
+      old = json.load(f)
+  except (OSError, ValueError):
+    raise ConfigError(f"{path} is unreadable: not a workdir this run can resume; use another "
+                      f"--workdir") from None
+  for key, new in (("task", config.task), ("model.spec", config.model.spec)):
+    prev = old.get("task") if key == "task" else old.get("model", {}).get("spec")
+    if prev is not None and prev != new:
+      raise ConfigError(f"{workdir} holds a run with {key}={prev!r}, not {new!r}: resume it with "
+                        f"its own config or use another --workdir")
 
 
 class Run:
@@ -45,6 +73,7 @@ class Run:
                model_extras: Optional[dict] = None, desc: str = "train",
                checkpoints: str = "checkpoints"):
     tc = config.train
+    check_workdir(config, workdir)
     self.config, self.workdir, self.desc = config, workdir, desc
     self.model_config, self.info, self.model_extras = model_config, info, model_extras or {}
     os.makedirs(workdir, exist_ok=True)
@@ -83,6 +112,15 @@ class Run:
     return state, start
 
   def save(self, step: int, state, data_iter=None, metrics: Optional[dict] = None) -> None:
+    """Checkpoint `state` with the data position; only finite state is ever saved, so the
+    newest checkpoint on disk is always a good one."""
+    if not bool(_all_finite(state)):
+      self.ckpt.wait()
+      last = self.ckpt.latest_step()
+      kept = (f"last good checkpoint is step {last} in {self.ckpt.directory}" if last is not None
+              else "no checkpoint was written")
+      raise TrainingDiverged(f"non-finite parameters after step {step} (diverging update): "
+                             f"training stopped, nothing saved; {kept}")
     data = {"step": int(step), "data": data_iter.state() if data_iter is not None else None}
     self.ckpt.save(step, state, data, metrics=metrics)
 

@@ -8,6 +8,7 @@ updates and no optimizer state.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -50,6 +51,10 @@ def _decay_mask(params):
 def make_optimizer(optim, total_steps: int, trainable: Callable[[str], bool] | None = None):
   """(optax transform, schedule). `trainable(top_level_key)` freezes whole subtrees (e.g. the
   backbone for head-only training): frozen leaves get zero updates and no Adam moments."""
+  for key in ("lr", "weight_decay", "clip_norm", "eps"):
+    v = float(optim[key])
+    if not math.isfinite(v) or v < 0:
+      raise ConfigError(f"optim.{key} must be a finite number >= 0, got {optim[key]}")
   schedule = make_schedule(optim, total_steps)
   tx = optax.chain(
       optax.clip_by_global_norm(optim.clip_norm) if optim.clip_norm else optax.identity(),
