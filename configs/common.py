@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ml_collections as mlc
 
-VARIANTS = ("tiny", "smollm2", "llama3-8b")
+VARIANTS = ("tiny", "smollm2", "llama3-8b", "llama3-70b")
 
 # What each size variant means: model spec for rmjax.checkpoints, tokenizer, lengths, batch, mesh.
 MODEL_PRESETS = {
@@ -17,10 +17,17 @@ MODEL_PRESETS = {
                  remat="none", mesh=(-1, 1, 1), lr=1e-3, steps=300),
     "smollm2": dict(spec="smollm2-135m", tokenizer="smollm2-135m", max_length=512, batch_size=8,
                     dtype="float32", remat="none", mesh=(-1, 1, 1), lr=1e-5, steps=1000),
+    # llama3-8b / llama3-70b: mesh, remat, attention and batch from `rmjax compile` (the TPU memory
+    # plan in experiments/benchmarks/RESULTS.md: an 8B BT RM fits v5e:4x4 / v5p:2x2x1, 70B
+    # v5e:8x16 with tensor=2; other tasks and slices may need optim.accum_steps, see there)
     "llama3-8b": dict(spec="hf:/checkpoints/Meta-Llama-3.1-8B-Instruct",
                       tokenizer="hf:/checkpoints/Meta-Llama-3.1-8B-Instruct", max_length=2048,
-                      batch_size=64, dtype="bfloat16", remat="full", mesh=(1, -1, 1), lr=2e-6,
-                      steps=2000),
+                      batch_size=64, dtype="bfloat16", remat="full", mesh=(1, -1, 1),
+                      attention="splash", lr=2e-6, steps=2000),
+    "llama3-70b": dict(spec="hf:/checkpoints/Meta-Llama-3.1-70B-Instruct",
+                       tokenizer="hf:/checkpoints/Meta-Llama-3.1-70B-Instruct", max_length=2048,
+                       batch_size=64, dtype="bfloat16", remat="full", mesh=(1, -1, 2),
+                       attention="splash", lr=1e-6, steps=2000),
 }
 
 
@@ -63,7 +70,7 @@ def base_config(arg: mlc.ConfigDict, task: str) -> mlc.ConfigDict:
   c.model = mlc.ConfigDict(dict(
       spec=p["spec"], tokenizer=p["tokenizer"], dtype=p["dtype"], param_dtype="float32",
       remat=p["remat"], head="scalar", head_hidden=1024, head_dropout=0.0,
-      attention="xla"))  # 'xla' | 'dot_product' | 'splash' | 'auto' (rmjax.models.attention)
+      attention=p.get("attention", "xla")))  # xla | dot_product | splash | auto (models/attention)
 
   c.mesh = mlc.ConfigDict(dict(shape=p["mesh"]))
 
