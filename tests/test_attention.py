@@ -75,8 +75,8 @@ def _get(tree, path):
   return tree
 
 
-@pytest.mark.parametrize("backend", ["dot_product", "splash"])
-@pytest.mark.parametrize("t", [128, 256])
+# splash at T=128 runs on the (2,2,2) mesh below (one interpret-mode compile fewer)
+@pytest.mark.parametrize("backend,t", [("dot_product", 128), ("dot_product", 256), ("splash", 256)])
 def test_backend_matches_xla_logits_and_grads(params, backend, t):
   ids, mask, ref = _reference(t)
   got = _logits_and_grads(params, CFG.replace(attention=backend), ids, mask)
