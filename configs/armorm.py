@@ -66,6 +66,9 @@ def get_config(arg=None):
     c.stage2.update(steps=500, batch_size=256)
   if arg.stage1:
     c.armorm.stage1 = arg.stage1
+  if arg.runlocal:  # the documented 20-step smoke run: every stage, not only the base loop
+    c.armorm.update(e2e_steps=20, bt_probe_steps=20)
+    c.stage2.steps = 20
   if arg.smoke:  # test size
     c.data.ratings = "synthetic_multi:300"
     c.data.objective_pairs = "synthetic_multi:100=>safety" if arg.variant == "tiny" else c.data.objective_pairs

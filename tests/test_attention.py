@@ -141,4 +141,3 @@ def test_config_field_defaults_and_validation():
     CFG.replace(attention="flash")
   assert [attn.resolve("auto", p) for p in ("tpu", "gpu", "cpu")] == ["splash", "dot_product", "xla"]
   assert attn.resolve("splash", "cpu") == "splash"
-

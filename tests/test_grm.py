@@ -134,17 +134,3 @@ def test_bad_loss_config_is_a_one_line_error(override, match):
   with pytest.raises(ConfigError, match=match) as e:
     grm.build(config)
   assert "\n" not in str(e.value)
-
-
-def test_notebook_executes(tmp_path):
-  nbformat = pytest.importorskip("nbformat")
-  nbclient = pytest.importorskip("nbclient")
-  nb = nbformat.read(REPO / "notebooks" / "grm.ipynb", as_version=4)
-  env_cwd = str(tmp_path)
-  os.environ["GRM_NOTEBOOK_SMOKE"] = "1"
-  os.environ["GRM_NOTEBOOK_REPO"] = str(REPO)
-  client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
-                                   resources={"metadata": {"path": env_cwd}})
-  client.execute()
-  outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
-  assert not any(o.get("output_type") == "error" for o in outputs)

@@ -2,7 +2,6 @@
 scoring under a principle file, the notebook."""
 
 import json
-import os
 import pathlib
 
 import jax
@@ -124,16 +123,3 @@ def test_principle_steering_concise_vs_negation(tmp_path):
   # default principles (first `score_principles` of the collection, none negated)
   ids = salmon.score_ids(scorer.encoder, scorer.config, [{"role": "user", "content": "q"}], "r")
   assert ByteTokenizer().decode(ids).count("\n- ") == len(agg.SYNTHETIC_PRINCIPLES)
-
-
-def test_notebook_executes(tmp_path):
-  nbformat = pytest.importorskip("nbformat")
-  nbclient = pytest.importorskip("nbclient")
-  nb = nbformat.read(str(REPO / "notebooks" / "salmon.ipynb"), as_version=4)
-  env_cell = nbformat.v4.new_code_cell(
-      "import os; os.environ['RMJAX_SMOKE'] = '1'; os.environ['JAX_PLATFORMS'] = 'cpu'")
-  nb.cells.insert(0, env_cell)
-  nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
-                          resources={"metadata": {"path": str(REPO)}}).execute()
-  outputs = [o for cell in nb.cells for o in cell.get("outputs", [])]
-  assert not any(o.get("output_type") == "error" for o in outputs)

@@ -1,0 +1,60 @@
+"""Execute the notebooks at smoke size and store their outputs, so a reader sees results on GitHub.
+
+  python -m experiments.notebooks                 # all notebooks, outputs written in place
+  python -m experiments.notebooks armorm grm      # some of them
+  RMJAX_SMOKE=0 python -m experiments.notebooks   # the full-size runs (slow on CPU)
+
+`execute(name)` is what tests/test_notebooks.py runs (without writing). One switch for all:
+`RMJAX_SMOKE` (default 1).
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import sys
+
+import nbformat
+from nbclient import NotebookClient
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+NOTEBOOKS = ("armorm", "grm", "ppo_uncertainty", "salmon", "uncertainty")
+
+
+def execute(name: str, smoke: bool = True, timeout: int = 600):
+  """The executed notebook `notebooks/<name>.ipynb` (kernel cwd = the repo root)."""
+  nb = nbformat.read(REPO / "notebooks" / f"{name}.ipynb", as_version=4)
+  env = {"RMJAX_SMOKE": "1" if smoke else "0", "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu"),
+         "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join(
+             [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
+  saved = {k: os.environ.get(k) for k in env}
+  os.environ.update(env)  # the kernel inherits this process's environment
+  try:
+    NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                   resources={"metadata": {"path": str(REPO)}}).execute()
+  finally:
+    for k, v in saved.items():
+      if v is None:
+        os.environ.pop(k, None)
+      else:
+        os.environ[k] = v
+  return nb
+
+
+def errors(nb) -> list:
+  return [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+          if o.get("output_type") == "error"]
+
+
+def main(names):
+  smoke = os.environ.get("RMJAX_SMOKE", "1") != "0"
+  for name in names or NOTEBOOKS:
+    nb = execute(name, smoke=smoke)
+    if errors(nb):
+      raise SystemExit(f"{name}: a cell failed: {errors(nb)[0].get('ename')}")
+    nbformat.write(nb, REPO / "notebooks" / f"{name}.ipynb")
+    print(f"executed notebooks/{name}.ipynb ({'smoke' if smoke else 'full'} size)", flush=True)
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])
