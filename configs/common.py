@@ -1,13 +1,16 @@
 """Shared config pieces: arg parsing, model presets, mesh, optimizer, train-loop defaults.
 
 Configs are code (big_vision style): `get_config("tiny,runlocal")` or
-`get_config("variant=smollm2,steps=200")`. The returned ConfigDict is locked by the CLI so a
+`get_config("variant=smollm2,runlocal")`. Unknown variants and keys are refused (a typo must
+not silently train the default size). The returned ConfigDict is locked by the CLI so a
 mistyped `--config.key=value` override fails instead of being silently ignored.
 """
 
 from __future__ import annotations
 
 import ml_collections as mlc
+
+from rmjax.errors import ConfigError
 
 VARIANTS = ("tiny", "smollm2", "llama3-8b", "llama3-70b")
 
@@ -32,31 +35,44 @@ MODEL_PRESETS = {
 
 
 def parse_arg(arg: str | None, **defaults) -> mlc.ConfigDict:
-  """'tiny,runlocal,steps=50' -> ConfigDict(variant='tiny', runlocal=True, steps=50).
+  """'tiny,runlocal' -> ConfigDict(variant='tiny', runlocal=True).
 
-  A bare word that names a variant sets `variant`; other bare words set a bool to True;
-  `k=v` values take the type of the default (bool, int, float, str).
+  A bare word names a variant or sets a bool key to True; `k=v` values take the type of the
+  default (bool, int, float, str). Keys are `variant`, `runlocal` and the family's `defaults`:
+  anything else raises ConfigError naming the known variants and keys.
   """
   out = dict(variant="tiny", runlocal=False)
   out.update(defaults)
+  known = (f"known variants: {', '.join(VARIANTS)}; keys: "
+           f"{', '.join(k for k in out if k != 'variant')}")
   for token in filter(None, (arg or "").split(",")):
     if "=" not in token:
       if token in VARIANTS:
         out["variant"] = token
-      else:
+      elif isinstance(out.get(token), bool):
         out[token] = True
+      else:
+        raise ConfigError(f"unknown variant or flag {token!r} ({known})")
       continue
     key, value = token.split("=", 1)
-    default = out.get(key)
-    if isinstance(default, bool):
-      value = value.lower() in ("1", "true", "yes")
-    elif isinstance(default, int):
-      value = int(value)
-    elif isinstance(default, float):
-      value = float(value)
+    if key not in out:
+      raise ConfigError(f"unknown config argument {key!r} ({known})")
+    default = out[key]
+    try:
+      if isinstance(default, bool):
+        if value.lower() not in ("1", "true", "yes", "0", "false", "no"):
+          raise ValueError(value)
+        value = value.lower() in ("1", "true", "yes")
+      elif isinstance(default, int):
+        value = int(value)
+      elif isinstance(default, float):
+        value = float(value)
+    except ValueError:
+      raise ConfigError(f"config argument {key}={value!r}: expected a "
+                        f"{type(default).__name__}") from None
     out[key] = value
   if out["variant"] not in VARIANTS:
-    raise ValueError(f"unknown variant {out['variant']!r}; choose from {', '.join(VARIANTS)}")
+    raise ConfigError(f"unknown variant {out['variant']!r} ({known})")
   return mlc.ConfigDict(out)
 
 

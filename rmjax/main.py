@@ -77,16 +77,40 @@ def _print_help_and_exit(argv):
   sys.exit(0)
 
 
+def _flag_error(e: BaseException) -> str:
+  """One line for a flag / config parse failure: a config file's own error (unknown variant,
+  syntax error) is named with its file and line, absl's wrapping removed."""
+  chain, cause = [], e
+  while cause is not None and len(chain) < 10:
+    chain.append(cause)
+    cause = cause.__cause__ or cause.__context__
+  user = [c for c in chain if isinstance(c, RmjaxError)]
+  if user:  # the innermost: ml_collections re-raises it with a traceback in the message
+    return f"--config: {user[-1]}"
+  if isinstance(e, SyntaxError):
+    return f"config file {e.filename}:{e.lineno}: syntax error: {e.msg}"
+  msg = str(e).replace("\\n", " ").replace("\n", " ").replace("\\'", "").strip("'\" ")
+  if isinstance(e, flags.Error):
+    return f"bad flag: {msg}"
+  if isinstance(e, (AttributeError, KeyError, TypeError, ValueError)):
+    return f"bad flag or config override: {msg}"
+  return f"bad --config: {type(e).__name__}: {msg}"
+
+
 def _parse_flags(argv):
   if any(a in HELP_FLAGS for a in argv[1:]) or argv[1:2] == ["help"]:
     _print_help_and_exit(argv)
   try:
-    return FLAGS(argv)
-  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
-    msg = str(e).replace("\\n", " ").replace("\n", " ").replace("\\'", "").strip("'\" ")
-    kind = "bad flag or config override" if not isinstance(e, flags.Error) else "bad flag"
-    print(f"rmjax: error: {kind}: {msg}", file=sys.stderr)
+    parsed = FLAGS(argv)
+    error = common.config_load_error()
+  except Exception as e:  # noqa: BLE001 -- flags and config files are user input: one line, exit 2
+    if "--debug" in argv:
+      raise
+    error = _flag_error(e)
+  if error:
+    print(f"rmjax: error: {' '.join(error.split())}", file=sys.stderr)
     sys.exit(2)
+  return parsed
 
 
 def run():
@@ -96,6 +120,11 @@ def run():
     app.run(main, flags_parser=_parse_flags)
   except RmjaxError as e:
     print(f"rmjax: error: {e}".splitlines()[0], file=sys.stderr)
+    sys.exit(2)
+  except OSError as e:  # a path the user named: unwritable, a directory, on a full disk...
+    if e.filename is None or os.environ.get("RMJAX_DEBUG") or "--debug" in sys.argv:
+      raise
+    print(f"rmjax: error: {e.filename}: {e.strerror or e}", file=sys.stderr)
     sys.exit(2)
   except Exception as e:  # noqa: BLE001 -- the last resort: one line, not a traceback
     if os.environ.get("RMJAX_DEBUG") or "--debug" in sys.argv:

@@ -69,6 +69,11 @@ class Checkpointer:
     out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore()))
     return jax.tree_util.tree_map(np.asarray, out["state"])
 
+  def delete(self, step: int) -> None:
+    """Remove the checkpoint of `step` (e.g. one whose parameters turned out to diverge)."""
+    self.manager.delete(step)
+    self.manager.reload()
+
   def wait(self) -> None:
     self.manager.wait_until_finished()
 

@@ -46,6 +46,13 @@ class Task:
   global_batches: bool = False  # batches are whole global batches in every process (not blocks)
 
 
+def batch_finite(batch: dict) -> bool:
+  """Whether every float in a host batch is finite (the NaN guard tells bad data from bad
+  parameters by it)."""
+  return all(np.isfinite(v).all() for v in batch.values()
+             if isinstance(v, np.ndarray) and np.issubdtype(v.dtype, np.floating))
+
+
 def run_eval(params, task: Task, mesh, eval_jit) -> dict:
   """Run `task.eval_fn` over every eval batch and summarise the concatenated outputs."""
   parts = []
@@ -107,7 +114,7 @@ def train(config, workdir: str, task: Task, mesh=None, return_state: bool = Fals
         tokens[0] += int(batch["chosen_mask"].sum() + batch["rejected_mask"].sum())
       state, metrics = train_step(state, shd.shard_batch(batch, mesh,
                                                          global_batch=task.global_batches))
-      return state, jax.device_get(metrics)
+      return state, dict(jax.device_get(metrics), batch_finite=batch_finite(batch))
 
     final, state = run.loop(state, start, one_step, data_iter=task.train_batches,
                             eval_fn=eval_fn, tokens_fn=lambda: tokens[0])

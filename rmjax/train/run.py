@@ -13,7 +13,9 @@ Every method goes through `Run`: the supervised loop (`rmjax.train.loop.train`),
   tensorboard/         the same scalars for TensorBoard
 
 `Run.loop(state, start, step_fn)` drives any `step_fn(state, step) -> (state, metrics)`: it
-stops with `TrainingDiverged` on a non-finite loss (checkpoints already on disk stay intact),
+stops with `TrainingDiverged` on a non-finite loss (only finite state is ever saved, and a
+checkpoint whose parameters gave the non-finite loss is removed, so the newest checkpoint left
+on disk is a good one),
 logs every `train.log_every` steps, evaluates every `train.eval_every`, and checkpoints every
 `train.checkpoint_every` steps and at the end.
 """
@@ -35,6 +37,7 @@ from rmjax.checkpoints.orbax import Checkpointer
 from rmjax.checkpoints.workdir import model_config_fields, write_json_atomic
 from rmjax.errors import ConfigError, TrainingDiverged
 from rmjax.train.metrics_writer import MetricWriter
+from rmjax.train.validate import check_workdir_writable, validate_config
 
 def is_main() -> bool:
   return jax.process_index() == 0
@@ -49,7 +52,7 @@ def _all_finite(tree) -> jax.Array:
 
 def check_workdir(config, workdir: str) -> None:
   """Refuse a workdir that holds another method's or another model's run (its config.json
-  says so) before anything in it is touched."""
+  says so) before anything in it is touched (`rmjax train --overwrite` replaces such a run)."""
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     return
@@ -58,12 +61,12 @@ def check_workdir(config, workdir: str) -> None:
       old = json.load(f)
   except (OSError, ValueError):
     raise ConfigError(f"{path} is unreadable: not a workdir this run can resume; use another "
-                      f"--workdir") from None
+                      f"--workdir (or --overwrite to replace it)") from None
   for key, new in (("task", config.task), ("model.spec", config.model.spec)):
     prev = old.get("task") if key == "task" else old.get("model", {}).get("spec")
     if prev is not None and prev != new:
       raise ConfigError(f"{workdir} holds a run with {key}={prev!r}, not {new!r}: resume it with "
-                        f"its own config or use another --workdir")
+                        f"its own config, use another --workdir, or --overwrite to replace it")
 
 
 class Run:
@@ -73,6 +76,8 @@ class Run:
                model_extras: Optional[dict] = None, desc: str = "train",
                checkpoints: str = "checkpoints"):
     tc = config.train
+    validate_config(config)
+    check_workdir_writable(workdir)
     check_workdir(config, workdir)
     self.config, self.workdir, self.desc = config, workdir, desc
     self.model_config, self.info, self.model_extras = model_config, info, model_extras or {}
@@ -139,15 +144,25 @@ class Run:
     return self.writer.write(step, row, prefix=prefix)
 
   def check_finite(self, step: int, metrics: dict) -> None:
-    """The NaN guard: a non-finite loss (or grad norm) stops the run."""
+    """The NaN guard: a non-finite loss (or grad norm) stops the run. The loss of `step` is
+    computed with the parameters of step - 1: when the batch itself was finite
+    (`metrics['batch_finite']`, popped here; absent = finite) those parameters are to blame
+    (finite but poisoned, e.g. weights of 1e28 after an lr=1e30 update), so a checkpoint of
+    step - 1 is removed and the newest checkpoint left is a good one."""
+    batch_finite = bool(metrics.pop("batch_finite", True))
     vals = [float(metrics[k]) for k in ("loss", "grad_norm") if k in metrics]
     if all(math.isfinite(v) for v in vals):
       return
     self.ckpt.wait()
+    note = "" if batch_finite else " (the batch holds non-finite values)"
+    if batch_finite and self.ckpt.latest_step() == step - 1 and is_main():
+      self.ckpt.delete(step - 1)
+      note = f"; checkpoint {step - 1}, whose parameters gave it, removed"
     last = self.ckpt.latest_step()
     kept = (f"last good checkpoint is step {last} in {self.ckpt.directory}" if last is not None
-            else "no checkpoint was written yet")
-    raise TrainingDiverged(f"non-finite loss ({vals[0]}) at step {step}: training stopped; {kept}")
+            else "no good checkpoint was written")
+    raise TrainingDiverged(f"non-finite loss ({vals[0]}) at step {step}{note}: training "
+                           f"stopped; {kept}")
 
   # ------------------------------------------------------------------- loop
   def loop(self, state, start: int, step_fn: Callable[[Any, int], tuple], *,
