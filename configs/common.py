@@ -87,6 +87,10 @@ def base_config(arg: mlc.ConfigDict, task: str) -> mlc.ConfigDict:
       spec=p["spec"], tokenizer=p["tokenizer"], dtype=p["dtype"], param_dtype="float32",
       remat=p["remat"], head="scalar", head_hidden=1024, head_dropout=0.0,
       attention=p.get("attention", "xla")))  # xla | dot_product | splash | auto (models/attention)
+  # LoRA / QLoRA (rmjax.models.lora): rank 0 = off. targets: q_proj,k_proj,v_proj,o_proj,lm_head
+  # (not the MLP: its SwiGLU VJP is hand-written); quant: '' | nf4 | int8 | int4 (QLoRA base)
+  c.model.lora = mlc.ConfigDict(dict(rank=0, alpha=16.0, targets="q_proj,k_proj,v_proj,o_proj",
+                                     dropout=0.0, quant=""))
 
   c.mesh = mlc.ConfigDict(dict(shape=p["mesh"]))
 
