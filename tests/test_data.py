@@ -60,7 +60,7 @@ def test_parse_hh_diverging_transcripts():
     ('{"prompt": "q", "chosen": "a", "rejected": ', None, 'malformed JSON'),
     ('[1, 2]', None, 'expected a JSON object'),
     ('{"prompt": "q", "chosen": "a"}', 'rejected', 'missing field'),
-    ('{"prompt": "q", "chosen": "  ", "rejected": "b"}', 'chosen', 'empty text'),
+    ('{"prompt": "q", "chosen": [], "rejected": "b"}', 'chosen', 'expected a string, got list'),
     ('{"prompt": "", "chosen": "a", "rejected": "b"}', 'prompt', 'empty text'),
     ('{"prompt": "q", "chosen": "a", "rejected": 3}', 'rejected', 'expected a string, got int'),
     ('{"question": "q", "answer": "a"}', None, "unknown pair format: found keys ['answer', "
@@ -89,9 +89,14 @@ def test_read_pairs_identical_gz_json_and_skip(tmp_path):
   assert len(read_pairs(gz, on_identical='keep')[0]) == 2
   js = tmp_path / 'p.json'
   js.write_text(json.dumps(rows))
+  ex, stats = read_pairs(js)  # an empty response is a valid, counted response
+  assert len(ex) == 2 and stats['empty_response'] == 1 and stats['dropped'] == {'identical': 1}
+  rows[2] = {'prompt': 'q', 'chosen': None, 'rejected': 'b'}
+  js.write_text(json.dumps(rows))
   ex, stats = read_pairs(js, on_invalid='skip')
-  assert stats['invalid'] == 1 and "p.json:3: field 'chosen': empty text" in (
+  assert stats['invalid'] == 1 and "p.json:3: field 'chosen': expected a string" in (
       stats['invalid_examples'][0])
+  assert stats['n_in'] == stats['kept'] + sum(stats['dropped'].values()) == 3
   assert read_pairs(js, on_identical='keep', on_invalid='skip', limit=1)[1]['kept'] == 1
 
 
@@ -304,5 +309,6 @@ def test_shared_sets(shared_data, monkeypatch, name, rows):
   monkeypatch.setenv('RMJAX_SHARED_DATA', str(shared_data))
   ex, stats = load_source(f'shared:{name}')
   assert stats['read'] == rows and len(ex) > 0.6 * rows
-  assert all(e.chosen.strip() and e.rejected.strip() and e.subset for e in ex)
+  assert all(e.subset for e in ex) and stats['n_in'] == len(ex) + sum(stats['dropped'].values())
+  assert stats['empty_response'] == sum(not e.chosen.strip() or not e.rejected.strip() for e in ex)
   assert all(math.isfinite(e.margin) for e in ex if e.margin is not None)

@@ -1,14 +1,28 @@
-"""Preference pairs: one record type, the three input formats, and a line-numbered reader.
+"""Preference pairs: one record type, the input layouts, and line-numbered reading with stats.
 
-Formats recognised per record by `parse_pair` (DESIGN.md section 5):
-  explicit   {"prompt": str | [messages], "chosen": str, "rejected": str, "subset"?, "margin"?}
-             (chosen/rejected may also be assistant message lists appended to the prompt)
-  TRL        {"chosen": [messages], "rejected": [messages]}: prompt = the shared prefix,
-             responses = the final assistant contents
-  hh-rlhf    {"chosen": "\\n\\nHuman: ...\\n\\nAssistant: ...", "rejected": ...}: transcripts
-             split into the shared multi-turn prompt and the two final Assistant turns
-Every problem is a DataError naming `path:line: field`, so a bad row in a 60K-line file can be
-found and fixed.
+Layouts recognised per record by `parse_pair` (TRL's four, each read as TRL reads it, plus
+hh-rlhf transcripts):
+  standard, explicit prompt      {"prompt": str | [messages], "chosen": str, "rejected": str}
+  standard, implicit prompt      {"chosen": str, "rejected": str}: prompt = the longest common
+                                 prefix of the two texts (TRL `extract_prompt`; a space right
+                                 before the split goes to the responses)
+  conversational, explicit       {"prompt": [messages], "chosen": [messages], "rejected": [...]}
+  conversational, implicit       {"chosen": [messages], "rejected": [messages]}: prompt = the
+                                 longest common message prefix, responses = the remaining
+                                 assistant turn(s) (several are joined with a blank line)
+  string prompt + conversations  UltraFeedback-binarized: "prompt" is a string and chosen /
+                                 rejected are full conversations holding the user turn; as in
+                                 TRL (`maybe_extract_prompt`) the conversations' own common
+                                 prefix is the prompt, so the user turn is not duplicated
+                                 (assistant-only lists are completions appended to the prompt)
+  hh-rlhf                        {"chosen": "\\n\\nHuman: ...\\n\\nAssistant: ...", ...}:
+                                 transcripts split into the shared multi-turn prompt and the two
+                                 final Assistant turns
+Optional keys: subset (str), margin (finite number). An empty response ("") is valid (counted
+as empty_response); a missing field, a wrong type, an empty prompt, or conversations without a
+shared prompt are not. Every problem is a DataError naming `path:line: field`, and
+`collect_pairs` reports every bad record of a file in one error, so a bad row in a 60K-line
+file can be found and fixed.
 """
 
 import dataclasses
@@ -17,8 +31,11 @@ import json
 import math
 import re
 
+from rmjax.data.records import iter_records  # re-exported: the reader of pair files
 from rmjax.data.tokenize import normalize_prompt
 from rmjax.errors import DataError
+
+MAX_REPORTED = 20  # bad records named in one error; the rest are counted
 
 _HH_TURN = re.compile(r'(?:^|\n\n)(Human|Assistant): ?')
 _HH_ROLES = {'Human': 'user', 'Assistant': 'assistant'}
@@ -48,7 +65,7 @@ def make_pair(prompt, chosen, rejected, *, subset=None, margin=None, path='<data
   """Validates and builds a PairExample; `fields` name the inputs in error messages."""
   messages = normalize_prompt(prompt, path, line, fields[0])
   for name, text in zip(fields[1:], (chosen, rejected)):
-    check_text(text, path, line, name)
+    check_response(text, path, line, name)
   if subset is not None and not isinstance(subset, str):
     raise DataError(path, line, 'subset', f'expected a string, got {type(subset).__name__}')
   if margin is not None:
@@ -63,11 +80,18 @@ def make_pair(prompt, chosen, rejected, *, subset=None, margin=None, path='<data
 
 
 def check_text(text, path, line, field):
-  """A response must be a non-blank string."""
+  """A text that must say something (a transcript, an instruction): a non-blank string."""
   if not isinstance(text, str):
     raise DataError(path, line, field, f'expected a string, got {type(text).__name__}')
   if not text.strip():
     raise DataError(path, line, field, 'empty text')
+  return text
+
+
+def check_response(text, path, line, field):
+  """A response must be a string; an empty one is a valid (if poor) answer."""
+  if not isinstance(text, str):
+    raise DataError(path, line, field, f'expected a string, got {type(text).__name__}')
   return text
 
 
@@ -80,25 +104,68 @@ def split_hh_transcript(text, path, line, field):
   return [(_HH_ROLES[r], c.strip()) for r, c in zip(parts[1::2], parts[2::2])]
 
 
+def _common_prefix(a, b):
+  n = 0
+  while n < min(len(a), len(b)) and a[n] == b[n]:
+    n += 1
+  return n
+
+
 def _split_conversations(chosen, rejected, path, line):
-  """Two turn lists -> (shared prompt turns, chosen reply, rejected reply)."""
-  for name, turns in (('chosen', chosen), ('rejected', rejected)):
-    if not turns or turns[-1][0] != 'assistant':
-      raise DataError(path, line, name, 'the conversation does not end with an assistant turn')
-  if chosen[:-1] != rejected[:-1]:
-    raise DataError(path, line, 'rejected',
-                    'chosen and rejected differ before the final assistant turn')
-  if not chosen[:-1]:
-    raise DataError(path, line, 'chosen', 'no prompt before the final assistant turn')
-  return chosen[:-1], chosen[-1][1], rejected[-1][1]
+  """Two turn lists -> (prompt turns = their longest common prefix, chosen reply, rejected
+  reply); each reply is the remaining assistant turn(s). Equal conversations give an identical
+  pair (counted by `collect_pairs`), not an error."""
+  n = _common_prefix(chosen, rejected)
+  if n == len(chosen) == len(rejected):
+    n -= 1
+  if n <= 0:
+    raise DataError(path, line, 'rejected', 'chosen and rejected differ from the first message '
+                    '(no shared prompt)')
+  replies = []
+  for name, rest in (('chosen', chosen[n:]), ('rejected', rejected[n:])):
+    if not rest:
+      raise DataError(path, line, name, f'no reply after the shared prompt of {n} messages '
+                      '(the other side continues the conversation)')
+    role = next((r for r, _ in rest if r != 'assistant'), None)
+    if role is not None:
+      raise DataError(path, line, 'rejected', f'chosen and rejected differ before the final '
+                      f'assistant turn (a {role} turn follows the shared prompt of {n} messages)')
+    replies.append('\n\n'.join(c for _, c in rest))
+  return chosen[:n], replies[0], replies[1]
 
 
 def _message_turns(value, path, line, field):
   return [(m['role'], m['content']) for m in normalize_prompt(value, path, line, field)]
 
 
+def _is_hh(text):
+  return text.lstrip().startswith('Human:')
+
+
+def extract_prompt_text(chosen, rejected):
+  """TRL `extract_prompt` on two full texts: (prompt = longest common prefix, chosen rest,
+  rejected rest); a space right before the split stays with the responses."""
+  n = _common_prefix(chosen, rejected)
+  if 0 < n < min(len(chosen), len(rejected)) and chosen[n - 1] == ' ':
+    n -= 1
+  return chosen[:n], chosen[n:], rejected[n:]
+
+
+def _conversational(obj, path, line, extra):
+  chosen = _message_turns(obj['chosen'], path, line, 'chosen')
+  rejected = _message_turns(obj['rejected'], path, line, 'rejected')
+  prompt = obj.get('prompt')
+  completions = all(r == 'assistant' for r, _ in chosen + rejected)
+  if isinstance(prompt, list) or (prompt is not None and completions):  # explicit prompt
+    prefix = _message_turns(prompt, path, line, 'prompt')
+    chosen, rejected = prefix + chosen, prefix + rejected
+  # else: implicit, or a string prompt beside full conversations (UltraFeedback): TRL takes the
+  # conversations' own prefix, which already holds the user turn
+  return make_pair(*_split_conversations(chosen, rejected, path, line), **extra)
+
+
 def parse_pair(obj, path='<data>', line=None):
-  """One decoded JSON record -> PairExample (format detected from its keys)."""
+  """One decoded JSON record -> PairExample (layout detected from its keys and types)."""
   if not isinstance(obj, dict):
     raise DataError(path, line, None, f'expected a JSON object, got {type(obj).__name__}')
   extra = {'subset': obj.get('subset'), 'margin': obj.get('margin'), 'path': path, 'line': line}
@@ -112,111 +179,116 @@ def parse_pair(obj, path='<data>', line=None):
                     f'unknown pair format: found keys {sorted(keys)}; expected prompt/chosen/'
                     'rejected, TRL message lists, or hh-rlhf transcripts')
   chosen, rejected = obj['chosen'], obj['rejected']
-  if 'prompt' in obj:
-    if isinstance(chosen, list) and isinstance(rejected, list):  # TRL with explicit prompt
-      prefix = _message_turns(obj['prompt'], path, line, 'prompt')
-      turns = _split_conversations(prefix + _message_turns(chosen, path, line, 'chosen'),
-                                   prefix + _message_turns(rejected, path, line, 'rejected'),
-                                   path, line)
-      return make_pair(turns[0], turns[1], turns[2], **extra)
+  if isinstance(chosen, list) and isinstance(rejected, list):
+    return _conversational(obj, path, line, extra)
+  if 'prompt' in obj:  # standard, explicit prompt (make_pair names a side of the wrong type)
     return make_pair(obj['prompt'], chosen, rejected, **extra)
-  if isinstance(chosen, list) and isinstance(rejected, list):  # TRL implicit prompt
-    turns = _split_conversations(_message_turns(chosen, path, line, 'chosen'),
-                                 _message_turns(rejected, path, line, 'rejected'), path, line)
-    return make_pair(*turns, **extra)
-  if isinstance(chosen, str) and isinstance(rejected, str):  # hh-rlhf transcripts
-    turns = _split_conversations(split_hh_transcript(chosen, path, line, 'chosen'),
-                                 split_hh_transcript(rejected, path, line, 'rejected'), path, line)
-    return make_pair(*turns, **extra)
+  if isinstance(chosen, str) and isinstance(rejected, str):
+    if _is_hh(chosen) or _is_hh(rejected):  # hh-rlhf transcripts
+      turns = _split_conversations(split_hh_transcript(chosen, path, line, 'chosen'),
+                                   split_hh_transcript(rejected, path, line, 'rejected'),
+                                   path, line)
+      return make_pair(*turns, **extra)
+    prompt, chosen, rejected = extract_prompt_text(chosen, rejected)  # standard, implicit
+    if not prompt.strip():
+      raise DataError(path, line, 'rejected', 'chosen and rejected share no prompt (an '
+                      'implicit-prompt record must start with the same prompt text)')
+    return make_pair(prompt, chosen, rejected, **extra)
   bad = 'chosen' if not isinstance(chosen, (str, list)) else 'rejected'
   raise DataError(path, line, bad, f'expected a string or a message list, got '
                   f'{type(obj[bad]).__name__} (and both sides must have the same type)')
 
 
-def iter_records(path):
-  """Yields (line, obj) from .jsonl / .jsonl.gz (1-based line numbers, blank lines skipped) or
-  a .json list (line = 1-based element index)."""
-  path = str(path)
-  opener = gzip.open if path.endswith('.gz') else open
-  stem = path[:-3] if path.endswith('.gz') else path
-  try:
-    with opener(path, 'rt', encoding='utf-8') as f:
-      if stem.endswith('.json'):
-        try:
-          data = json.load(f)
-        except json.JSONDecodeError as e:
-          raise DataError(path, e.lineno, None, f'malformed JSON: {e.msg}') from None
-        if not isinstance(data, list):
-          raise DataError(path, None, None, 'a .json file must hold a list of records')
-        yield from enumerate(data, start=1)
-        return
-      for number, text in enumerate(f, start=1):
-        if not text.strip():
-          continue
-        try:
-          obj = json.loads(text)
-        except json.JSONDecodeError as e:
-          raise DataError(path, number, None,
-                          f'malformed JSON: {e.msg} (column {e.colno})') from None
-        yield number, obj
-  except FileNotFoundError:
-    raise DataError(path, None, None, 'file not found') from None
+class BadRecords(DataError):
+  """Several bad records in one error, on one line, the first culprit first:
+  '3 bad records: f.jsonl:2: field 'chosen': missing field; f.jsonl:5: ...; ... and N more'.
+  `errors` holds the reported DataErrors; path/line/field are the first one's."""
+
+  def __init__(self, errors, total):
+    first = errors[0]
+    self.path, self.line, self.field, self.errors = first.path, first.line, first.field, errors
+    more = f'; ... and {total - len(errors)} more' if total > len(errors) else ''
+    ValueError.__init__(self, f'{total} bad records: ' + '; '.join(map(str, errors)) + more)
+
+
+def new_stats():
+  """The read accounting: n_in (records in, a record that yields k pairs counting k) = kept +
+  sum(dropped); `read` counts records, `empty_response` kept pairs with an empty response.
+  The flat identical/skipped/invalid counts mirror `dropped` (identical: also when kept)."""
+  return {'read': 0, 'n_in': 0, 'kept': 0, 'identical': 0, 'skipped': 0, 'invalid': 0,
+          'empty_response': 0, 'dropped': {}, 'invalid_examples': []}
+
+
+def _drop(stats, reason, n=1):
+  stats['dropped'][reason] = stats['dropped'].get(reason, 0) + n
 
 
 def collect_pairs(records, path, parser=None, *, on_identical='drop', on_invalid='fail',
                   limit=None):
   """(line, obj) records -> (examples, stats). `parser(obj, path, line)` returns a PairExample,
-  a list of them, or [] to skip (e.g. a tie); the default is `parse_pair`.
+  a list of them, or [] to skip (e.g. a tie); the default is `parse_pair`. A record may be a
+  DataError (a malformed line from `iter_records(bad='yield')`): it counts as invalid.
 
   on_identical: 'drop' | 'keep' | 'fail' for chosen == rejected (counted either way).
-  on_invalid: 'fail' raises the DataError; 'skip' counts it (real data sets have a few broken
-  rows: empty responses, transcripts that diverge early) and keeps the first messages.
-  limit: stop after this many kept examples.
+  on_invalid: 'fail' raises after reading everything, one `BadRecords` error naming every bad
+  record (the plain DataError when there is one); 'skip' counts them (real data sets have a few
+  broken rows: transcripts that diverge early) and keeps the first messages.
+  limit: stop after this many kept examples. stats: see `new_stats`.
   """
   if on_identical not in ('drop', 'keep', 'fail'):
     raise ValueError(f'on_identical must be drop|keep|fail, got {on_identical!r}')
   if on_invalid not in ('fail', 'skip'):
     raise ValueError(f'on_invalid must be fail|skip, got {on_invalid!r}')
   parser = parser or parse_pair
-  stats = {'read': 0, 'kept': 0, 'identical': 0, 'skipped': 0, 'invalid': 0, 'invalid_examples': []}
-  out = []
+  stats, out, fatal = new_stats(), [], []  # fatal: the errors to raise (all counted)
   for line, obj in records:
     if limit is not None and len(out) >= limit:
       break
     stats['read'] += 1
     try:
+      if isinstance(obj, DataError):
+        raise obj
       got = parser(obj, path, line)
     except DataError as e:
-      if on_invalid == 'fail':
-        raise
+      stats['n_in'] += 1
       stats['invalid'] += 1
+      _drop(stats, 'invalid')
       if len(stats['invalid_examples']) < 5:
         stats['invalid_examples'].append(str(e))
+      if on_invalid == 'fail':
+        fatal.append(e)
       continue
     got = [got] if isinstance(got, PairExample) else list(got)
+    stats['n_in'] += len(got) or 1
     if not got:
       stats['skipped'] += 1
+      _drop(stats, 'skipped')
     for ex in got:
       if ex.chosen.strip() == ex.rejected.strip():
         stats['identical'] += 1
         if on_identical == 'fail':
-          raise DataError(path, line, 'rejected', 'identical to chosen')
-        if on_identical == 'drop':
+          fatal.append(DataError(path, line, 'rejected', 'identical to chosen'))
+        if on_identical != 'keep':
+          _drop(stats, 'identical')
           continue
       out.append(ex)
-  if limit is not None:
+  if fatal:
+    raise fatal[0] if len(fatal) == 1 else BadRecords(fatal[:MAX_REPORTED], len(fatal))
+  if limit is not None and len(out) > limit:
+    _drop(stats, 'over_limit', len(out) - limit)
     out = out[:limit]
   stats['kept'] = len(out)
+  stats['empty_response'] = sum(1 for ex in out if not ex.chosen.strip() or not ex.rejected.strip())
   return out, stats
 
 
 def read_pairs(path, *, on_identical='drop', on_invalid='fail', limit=None, parser=None):
   """Reads a pairs file (.jsonl, .jsonl.gz, .json list) -> (list[PairExample], stats dict).
 
-  stats: read (records), kept, identical, skipped (parser returned nothing), invalid.
+  stats: see `new_stats` (read, n_in, kept, dropped by reason, empty_response, ...).
   """
-  return collect_pairs(iter_records(path), str(path), parser, on_identical=on_identical,
-                       on_invalid=on_invalid, limit=limit)
+  return collect_pairs(iter_records(path, bad='yield'), str(path), parser,
+                       on_identical=on_identical, on_invalid=on_invalid, limit=limit)
 
 
 def pair_to_json(ex):

@@ -7,11 +7,13 @@ Spec strings (`config.data.source`, CLI `--data`), each optionally followed by `
   shared:NAME[/STEM] a directory of the shared data root (all its files, or one file by stem);
                      subset = file stem unless the converter sets one; format = directory name
   parquet:PATH       a local parquet file through `datasets.load_dataset('parquet')`
-  hub:NAME           `datasets.load_dataset(NAME, split=split)`; a local directory written by
-                     `save_to_disk` is read with `load_from_disk`
+  hub:NAME[:SPLIT]   `datasets.load_dataset(NAME, split=SPLIT)` (offline: only cached sets); a
+                     local folder written by `save_to_disk` is read with `load_from_disk` (a
+                     DatasetDict, e.g. train_prefs/test_prefs, needs its SPLIT unless it has one)
 Options: format=NAME (a key of SHARED_FORMATS or 'auto'), on_identical=drop|keep|fail,
 on_invalid=fail|skip (default: fail for json/parquet/hub, skip for shared, whose real rows
-include a few empty responses), limit=N, subset=NAME (sets every example's subset).
+include a few broken transcripts), limit=N, subset=NAME (sets every example's subset),
+split=SPLIT (parquet/hub, the same as the :SPLIT suffix).
 The shared data root is $RMJAX_SHARED_DATA, else ../shared/data beside the repo or the cwd.
 """
 
@@ -24,6 +26,7 @@ import urllib.parse
 
 from rmjax.data.pairs import (
     check_text, collect_pairs, iter_records, make_pair, parse_pair, prompt_key)
+from rmjax.data.hub import dataset_records
 from rmjax.errors import ConfigError, DataError
 
 
@@ -208,17 +211,48 @@ def _parser(name):
   return SHARED_FORMATS[name]
 
 
+SPEC_OPTIONS = ('format', 'on_identical', 'on_invalid', 'limit', 'subset', 'split')
+
+
+def _split_suffix(target):
+  """'NAME:SPLIT' -> (NAME, SPLIT); a suffix with '/' or '.' is part of a path, not a split."""
+  name, sep, split = target.rpartition(':')
+  if sep and name and split and split.replace('_', '').replace('-', '').isalnum():
+    return name, split
+  return target, None
+
+
 def parse_spec(spec):
-  """'kind:target?k=v' -> (kind, target, options dict)."""
+  """'kind:target?k=v' -> (kind, target, options dict); hub:NAME:SPLIT becomes options['split'];
+  option values are checked here (limit a whole number >= 0, known modes)."""
   kind, sep, rest = str(spec).partition(':')
   if not sep or kind not in ('json', 'shared', 'parquet', 'hub') or not rest:
     raise ConfigError(f'bad data source {spec!r}: expected json:PATH, shared:NAME, parquet:PATH '
-                      'or hub:NAME')
+                      'or hub:NAME[:SPLIT]')
   target, _, query = rest.partition('?')
   options = dict(urllib.parse.parse_qsl(query, keep_blank_values=True))
-  unknown = set(options) - {'format', 'on_identical', 'on_invalid', 'limit', 'subset'}
+  unknown = set(options) - set(SPEC_OPTIONS)
   if unknown:
-    raise ConfigError(f'bad data source {spec!r}: unknown options {sorted(unknown)}')
+    raise ConfigError(f'bad data source {spec!r}: unknown options {sorted(unknown)}; known: '
+                      f'{list(SPEC_OPTIONS)}')
+  if kind == 'hub':
+    target, split = _split_suffix(target)
+    if split and options.get('split', split) != split:
+      raise ConfigError(f'bad data source {spec!r}: two splits ({split!r} and '
+                        f'{options["split"]!r})')
+    if split:
+      options['split'] = split
+  if 'limit' in options and not options['limit'].isdigit():
+    raise ConfigError(f'bad data source {spec!r}: limit must be a whole number >= 0, got '
+                      f'{options["limit"]!r}')
+  for key, allowed in (('on_identical', ('drop', 'keep', 'fail')), ('on_invalid', ('fail', 'skip'))):
+    if key in options and options[key] not in allowed:
+      raise ConfigError(f'bad data source {spec!r}: {key} must be one of {list(allowed)}, got '
+                        f'{options[key]!r}')
+  if options.get('split') is not None and kind in ('json', 'shared'):
+    raise ConfigError(f'bad data source {spec!r}: split applies to parquet:/hub: sources only')
+  if not target:
+    raise ConfigError(f'bad data source {spec!r}: no path or name')
   return kind, target, options
 
 
@@ -239,22 +273,13 @@ def _shared_files(target):
 
 
 def _merge(total, stats):
+  """Adds read stats (numbers, lists, and the `dropped` dict) into `total`."""
   for k, v in stats.items():
-    total[k] = total.get(k, [] if isinstance(v, list) else 0) + v
+    if isinstance(v, dict):
+      _merge(total.setdefault(k, {}), v)
+    else:
+      total[k] = total.get(k, [] if isinstance(v, list) else 0) + v
   return total
-
-
-def _dataset_records(kind, target, split):
-  import datasets  # pylint: disable=g-import-not-at-top  (slow import, only when used)
-  if kind == 'parquet':
-    ds = datasets.load_dataset('parquet', data_files=target, split=split or 'train')
-  elif pathlib.Path(target).is_dir() and (pathlib.Path(target) / 'dataset_dict.json').exists():
-    ds = datasets.load_from_disk(target)[split or 'train']
-  elif pathlib.Path(target).is_dir() and any(pathlib.Path(target).glob('*.arrow')):
-    ds = datasets.load_from_disk(target)
-  else:
-    ds = datasets.load_dataset(target, split=split or 'train')
-  return enumerate(ds, start=1)
 
 
 def load_source(spec, split=None, *, on_identical=None, on_invalid=None, limit=None):
@@ -270,6 +295,7 @@ def load_source(spec, split=None, *, on_identical=None, on_invalid=None, limit=N
   kw = dict(on_identical=on_identical, on_invalid=on_invalid, limit=limit)
   if split is not None and kind in ('json', 'shared'):
     raise ConfigError(f'split={split!r} applies to parquet:/hub: sources only ({spec!r})')
+  split = split or opts.get('split')
   if kind == 'shared':
     name, files = _shared_files(target)
     parser = _parser(opts.get('format', SHARED_DIR_FORMATS.get(name, name)))
@@ -278,15 +304,15 @@ def load_source(spec, split=None, *, on_identical=None, on_invalid=None, limit=N
       kw['limit'] = None if limit is None else limit - len(examples)
       if kw['limit'] == 0:
         break
-      got, s = collect_pairs(iter_records(f), str(f), parser, **kw)
+      got, s = collect_pairs(iter_records(f, bad='yield'), str(f), parser, **kw)
       stem = f.name.split('.')[0]
       examples += [e if e.subset else e.with_subset(stem) for e in got]
       _merge(stats, s)
   elif kind == 'json':
-    examples, stats = collect_pairs(iter_records(target), target,
+    examples, stats = collect_pairs(iter_records(target, bad='yield'), target,
                                     _parser(opts.get('format', 'auto')), **kw)
   else:
-    examples, stats = collect_pairs(_dataset_records(kind, target, split), f'{kind}:{target}',
+    examples, stats = collect_pairs(dataset_records(kind, target, split), f'{kind}:{target}',
                                     _parser(opts.get('format', 'auto')), **kw)
   if opts.get('subset'):
     examples = [e.with_subset(opts['subset']) for e in examples]

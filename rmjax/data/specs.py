@@ -1,8 +1,10 @@
 """The source-spec grammar of pair data, in one place.
 
-  json:PATH / PATH.jsonl[.gz]   a local file (see `rmjax.data.sources`)
+  json:PATH / parquet:PATH      a local file (see `rmjax.data.sources`)
+  PATH                          a bare path, by extension: .jsonl[.gz] .json[.gz] .parquet, or a
+                                save_to_disk folder (anything else is refused)
   shared:NAME                   a set under ../shared/data
-  hub:NAME                      a Hugging Face dataset
+  hub:NAME[:SPLIT]              a Hugging Face dataset, or a save_to_disk folder
   synthetic:N                   the built-in pairs with a known gold reward
   A+B                           several sources joined (a bare B takes A's prefix)
   SPEC@train / SPEC@eval        one side of the 90/10 prompt-hash split of the whole
@@ -12,6 +14,7 @@ objective-tagged pairs: 'SOURCE=>objective' joined with ';'.
 
 from __future__ import annotations
 
+import pathlib
 from typing import Sequence
 
 from rmjax.data import rating_sources, sources, synthetic, synthetic_multi
@@ -19,48 +22,113 @@ from rmjax.data.ratings import read_ratings, tag_pairs
 from rmjax.errors import ConfigError, DataError
 
 
+PATH_KINDS = ((".jsonl", "json"), (".jsonl.gz", "json"), (".json", "json"), (".json.gz", "json"),
+              (".parquet", "parquet"))
+
+
+def resolve_spec(spec: str) -> str:
+  """A bare path -> its spec by extension (.jsonl[.gz] / .json[.gz] -> json:, .parquet ->
+  parquet:, a `save_to_disk` folder -> hub:); a spec with a kind is returned as is; anything
+  else is a ConfigError naming what is accepted."""
+  spec = str(spec)
+  kind = spec.split(":", 1)[0] if ":" in spec.split("/")[0] else None
+  if kind is not None:
+    return spec
+  path, _, query = spec.partition("?")
+  for ext, kind in PATH_KINDS:
+    if path.endswith(ext):
+      return f"{kind}:{spec}"
+  if pathlib.Path(path).is_dir() and any(
+      (pathlib.Path(path) / f).exists() for f in ("dataset_dict.json", "state.json")):
+    return f"hub:{spec}"
+  what = "a folder that is not a saved dataset" if pathlib.Path(path).is_dir() else (
+      "no such file" if not pathlib.Path(path).exists() else "unknown file type")
+  raise ConfigError(f"{path}: {what}; expected a .jsonl, .jsonl.gz, .json or .parquet file, a "
+                    "save_to_disk folder, or a spec (json:PATH, parquet:PATH, hub:NAME[:SPLIT], "
+                    "shared:NAME, synthetic:N)")
+
+
+def _synthetic_count(spec: str) -> int:
+  arg = spec.split(":", 1)[1]
+  if arg and not arg.isdigit():
+    raise ConfigError(f"bad data source {spec!r}: synthetic:N takes a whole number of pairs")
+  return int(arg or 2000)
+
+
+def _sum_stats(parts: dict) -> dict:
+  """The accounting totals of several sources' stats (n_in, kept, dropped, empty_response)."""
+  total = {"n_in": 0, "kept": 0, "empty_response": 0, "dropped": {}}
+  for s in parts.values():
+    for k in ("n_in", "kept", "empty_response"):
+      total[k] += s.get(k, 0)
+    for reason, n in s.get("dropped", {}).items():
+      total["dropped"][reason] = total["dropped"].get(reason, 0) + n
+  return total
+
+
+def _drop(stats: dict, reason: str, n: int) -> dict:
+  dropped = dict(stats.get("dropped", {}))
+  if n:
+    dropped[reason] = dropped.get(reason, 0) + n
+  return dict(stats, dropped=dropped)
+
+
 def load_pairs(spec: str, seed: int = 0, limit: int = 0):
   """Pair examples and read stats for a data spec; 'synthetic:N' is the built-in gold-reward set,
   several specs may be joined with '+'; a trailing '@train' / '@eval' keeps one side of the
-  90/10 prompt-hash split of the whole (`sources.hash_side`)."""
+  90/10 prompt-hash split of the whole (`sources.hash_side`); a bare path is read by its
+  extension (`resolve_spec`). stats always hold the accounting n_in == kept + sum(dropped)
+  (dropped by reason: identical, invalid, skipped, over_limit, other_split_side) and
+  empty_response (kept pairs with an empty response)."""
   spec, side = sources.split_side(spec)
   if side is not None:
     examples, stats = load_pairs(spec, seed, 0)
-    examples = sources.hash_side(examples, side)
-    stats = dict(stats, split_side=side, kept_side=len(examples))
+    kept = sources.hash_side(examples, side)
+    stats = _drop(dict(stats, split_side=side, kept_side=len(kept)), "other_split_side",
+                  len(examples) - len(kept))
+    examples = kept
   elif "+" in spec:  # several sources joined
-    examples, stats = [], {}
+    examples, parts = [], {}
+    prefix = spec.split(":", 1)[0] if ":" in spec.split("/")[0] else None
     for part in spec.split("+"):
-      part = part if ":" in part else f"{spec.split(':', 1)[0]}:{part}"
+      part = part if ":" in part or prefix is None else f"{prefix}:{part}"
       got, s = load_pairs(part, seed, 0)
       examples += got
-      stats[part] = {k: v for k, v in s.items() if k != "invalid_examples"}
+      parts[part] = {k: v for k, v in s.items() if k != "invalid_examples"}
+    stats = dict(_sum_stats(parts), parts=parts)
   elif spec.startswith("synthetic:"):
-    n = int(spec.split(":", 1)[1] or 2000)
+    n = _synthetic_count(spec)
     examples = synthetic.make_pairs(n, seed=seed)
-    stats = {"read": n, "kept": n}
+    stats = {"read": n, "n_in": n, "kept": n, "dropped": {}, "empty_response": 0}
   else:
-    examples, stats = sources.load_source(spec)
-  if limit:
+    examples, stats = sources.load_source(resolve_spec(spec))
+  if limit and len(examples) > limit:
+    stats = _drop(stats, "over_limit", len(examples) - limit)
     examples = examples[:limit]
-  return examples, stats
+  return examples, dict(stats, kept=len(examples))
 
 
 def train_eval_pairs(config):
   """(train examples, eval examples, stats): eval from `data.eval_source`, else a held-out
-  fraction of the train source split by prompt hash (a prompt never lands on both sides)."""
+  fraction of the train source split by prompt hash (a prompt never lands on both sides);
+  data.eval_fraction=0 without an eval_source trains without eval (no eval examples)."""
   d = config.data
   train, stats = load_pairs(d.source, config.seed, d.limit)
+  eval_stats = None
   if d.eval_source:
-    evals, _ = load_pairs(d.eval_source, config.seed + 1)
+    evals, eval_stats = load_pairs(d.eval_source, config.seed + 1)
   else:
     train, evals = sources.split_by_prompt_hash(train, eval_fraction=d.eval_fraction, seed=config.seed)
     if d.eval_fraction and not (train and evals):
       raise ConfigError(f"splitting {d.source} by prompt hash left {len(train)} train and "
                         f"{len(evals)} eval pairs (too few distinct prompts): set data.eval_source")
-  if d.max_eval_examples:
-    evals = evals[:d.max_eval_examples]
+  cut = max(len(evals) - d.max_eval_examples, 0) if d.max_eval_examples else 0
+  evals = evals[:len(evals) - cut]
   stats = dict(stats, train_pairs=len(train), eval_pairs=len(evals))
+  if cut:
+    stats["eval_pairs_beyond_max_eval_examples"] = cut
+  if eval_stats is not None:
+    stats["eval_source_stats"] = {k: v for k, v in eval_stats.items() if k != "invalid_examples"}
   return train, evals, stats
 
 

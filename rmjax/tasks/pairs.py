@@ -72,7 +72,9 @@ def summarize_pairs(examples):
 
 
 def pair_data(config, tok):
-  """(train batcher, eval batches fn or None, eval examples, stats) for a pair task."""
+  """(train batcher, eval batches fn or None, eval examples, stats) for a pair task; no eval
+  examples (data.eval_fraction=0 and no eval_source) -> no eval batches, the run trains
+  without eval; an eval set smaller than one batch is padded with weight-0 rows."""
   d = config.data
   train, evals, stats = train_eval_pairs(config)
   encoder = ChatEncoder(tok, d.max_length)
@@ -84,7 +86,8 @@ def pair_data(config, tok):
   eval_batches = None
   if evals:
     eval_batches = PairBatcher(eval_tok, config.train.batch_size, buckets=tuple(d.buckets),
-                               seed=config.seed, shuffle=False).eval_batches
+                               seed=config.seed, shuffle=False,  # fewer than a batch is fine
+                               drop_remainder=False).eval_batches
   return batcher, eval_batches, evals, stats
 
 
