@@ -1,16 +1,20 @@
-"""Evaluate a reward model on preference pairs: accuracy (per subset, vs the length baseline)."""
+"""Evaluate a reward model on preference pairs: accuracy (per subset, vs the length baseline),
+with the n accounting, written as JSON + PNG + Markdown (`rmjax.eval.report_files`)."""
 
 from __future__ import annotations
 
 import json
 import os
 
+import numpy as np
+
 from rmjax.commands.common import FLAGS, require
 from rmjax.commands.score import load_scorer
 from rmjax.data.specs import load_pairs
 from rmjax.errors import ConfigError
 from rmjax.eval.armorm_report import objective_accuracies
-from rmjax.eval.metrics import pair_report
+from rmjax.eval.metrics import calibration_bins, pair_report
+from rmjax.eval.report_files import write_report_files
 from rmjax.eval.uncertainty import uncertainty_report
 
 SUMMARY = "accuracy of a trained RM (or an HF RM via --model) on preference pairs"
@@ -18,27 +22,57 @@ EXAMPLE = "rmjax eval --workdir /tmp/bt --data shared:hh_rlhf_test"
 USES = ("workdir", "model", "data", "out", "batch_size", "step")
 
 
+def accounting(stats: dict, n_scored: int, n_truncated) -> dict:
+  """n_in = n_scored + sum(n_dropped) (by reason: identical, invalid, skipped, ...), the kept
+  pairs with an empty response, and the pairs the scorer's encoder cut to max_length."""
+  dropped = {k: int(v) for k, v in stats.get("dropped", {}).items() if v}
+  return {"n_in": int(stats.get("n_in", n_scored + sum(dropped.values()))), "n_scored": n_scored,
+          "n_dropped": dropped, "n_empty_response": int(stats.get("empty_response", 0)),
+          "n_truncated": n_truncated}
+
+
+def count_truncated(scorer, pairs):
+  """Pairs with a side longer than the scorer's max_length (the encoder cuts them before
+  scoring); None when the model renders its own inputs (TaskSpec.score_ids) or has no encoder."""
+  encoder = getattr(scorer, "encoder", None)
+  if encoder is None or getattr(getattr(scorer, "spec", None), "score_ids", None) is not None:
+    return None
+  return sum(1 for p in pairs if any(encoder.encode_pair(p.messages, text)[2]
+                                     for text in (p.chosen, p.rejected)))
+
+
+def out_dir() -> str:
+  """--out, else <workdir>/eval; an HF model (--model) has no workdir, so it needs --out."""
+  if FLAGS.out:
+    return FLAGS.out
+  if FLAGS.model:
+    raise ConfigError("--out is required for `rmjax eval --model` (there is no workdir to "
+                      "write the report into)")
+  return os.path.join(require("workdir"), "eval")
+
+
 def main():
   data = require("data")
-  spec = data if ":" in data.split("/")[0] else f"json:{data}"
-  pairs, _ = load_pairs(spec)
+  directory = out_dir()
+  pairs, stats = load_pairs(data)
+  acc = accounting(stats, len(pairs), None)
   if not pairs:
-    raise ConfigError(f"{data}: no pairs to evaluate")
+    raise ConfigError(f"{data}: no pairs to evaluate ({acc['n_in']} read, dropped: "
+                      f"{acc['n_dropped'] or 'none'})")
   scorer = load_scorer()
   prompts = [p.messages for p in pairs]
   res_c = scorer.score(prompts, [p.chosen for p in pairs])
   res_r = scorer.score(prompts, [p.rejected for p in pairs])
   report = pair_report(res_c["reward"], res_r["reward"], [p.subset for p in pairs],
                        [len(p.chosen) for p in pairs], [len(p.rejected) for p in pairs])
+  margins = np.asarray(res_c["reward"], np.float64) - np.asarray(res_r["reward"], np.float64)
+  report["calibration"] = calibration_bins(1.0 / (1.0 + np.exp(-margins)))
   if "objectives" in res_c:  # ArmoRM: how each objective alone orders the pairs
     report["objective_accuracy"] = objective_accuracies(
         res_c["objectives"], res_r["objectives"], list(scorer.config.objectives.names))
   if "members" in res_c:  # ensembles: is the spread informative about errors?
     report["uncertainty"] = uncertainty_report(res_c["members"], res_r["members"])
-  report.update(data=data, step=scorer.step)
-  out_dir = FLAGS.out or os.path.join(require("workdir"), "eval")
-  os.makedirs(out_dir, exist_ok=True)
-  name = os.path.basename(data.rstrip("/")).split(".")[0].replace(":", "_") or "eval"
-  with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
-    json.dump(report, f, indent=2)
+  report.update(data=data, step=scorer.step, model=FLAGS.model or FLAGS.workdir,
+                accounting=accounting(stats, len(pairs), count_truncated(scorer, pairs)))
+  report["files"] = write_report_files(directory, data, report, margins)
   print(json.dumps(report))

@@ -21,22 +21,34 @@ REWARDBENCH_SECTIONS = {
 }
 
 
-def expected_calibration_error(p_chosen: np.ndarray, bins: int = 10) -> float:
-  """ECE of sigmoid(r_c - r_r) read as P(chosen preferred): confidence = max(p, 1-p), a pair is
-  right when p > 0.5; the bin-count-weighted gap between accuracy and confidence."""
+def calibration_bins(p_chosen, bins: int = 10) -> dict:
+  """The reliability table of sigmoid(r_c - r_r) read as P(chosen preferred): confidence =
+  max(p, 1-p) in `bins` equal bins over [0.5, 1]; per non-empty bin its mean confidence, its
+  accuracy (a pair is right when p > 0.5) and its pair count."""
   p = np.asarray(p_chosen, np.float64)
-  if p.size == 0:
-    return float("nan")
   conf = np.maximum(p, 1 - p)
   correct = (p > 0.5).astype(np.float64)
   edges = np.linspace(0.5, 1.0, bins + 1)
   idx = np.clip(np.digitize(conf, edges[1:-1]), 0, bins - 1)
-  ece = 0.0
+  out = {"confidence": [], "accuracy": [], "n": []}
   for b in range(bins):
     sel = idx == b
     if sel.any():
-      ece += sel.mean() * abs(correct[sel].mean() - conf[sel].mean())
-  return float(ece)
+      out["confidence"].append(float(conf[sel].mean()))
+      out["accuracy"].append(float(correct[sel].mean()))
+      out["n"].append(int(sel.sum()))
+  return out
+
+
+def expected_calibration_error(p_chosen: np.ndarray, bins: int = 10) -> float:
+  """ECE of sigmoid(r_c - r_r) read as P(chosen preferred) (`calibration_bins`): the
+  bin-count-weighted gap between accuracy and confidence."""
+  table = calibration_bins(p_chosen, bins)
+  total = sum(table["n"])
+  if not total:
+    return float("nan")
+  return float(sum(n * abs(a - c) for n, a, c in zip(table["n"], table["accuracy"],
+                                                      table["confidence"])) / total)
 
 
 def rewardbench_sections(per_subset: dict) -> Optional[dict]:
@@ -74,6 +86,9 @@ def pair_report(r_c, r_r, subsets: Sequence[Optional[str]], len_c=None, len_r=No
     len_c, len_r = np.asarray(len_c), np.asarray(len_r)
     longer = np.where(len_c > len_r, 1.0, np.where(len_c == len_r, 0.5, 0.0))
     report["length_baseline_accuracy"] = float(longer.mean())
+    if "per_subset" in report:
+      report["length_baseline_per_subset"] = {s: float(longer[idx].mean())
+                                              for s, idx in sorted(groups.items())}
     for name, sel in (("chosen_longer", len_c > len_r), ("chosen_shorter", len_c < len_r)):
       report[f"accuracy_when_{name}"] = float(right[sel].mean()) if sel.any() else float("nan")
       report[f"n_{name}"] = int(sel.sum())

@@ -1,0 +1,107 @@
+"""`rmjax eval` on a tiny trained BT: JSON + PNG + Markdown per data spec, names that never
+collide, and the accounting n_in == n_scored + sum(n_dropped)."""
+
+import gzip
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from configs import bt as bt_config
+from rmjax import main as rmjax_main  # defines every command's flags
+from rmjax import tasks
+from rmjax.commands import eval as eval_cmd
+from rmjax.errors import ConfigError
+from rmjax.eval import report_files
+from _util import fast_config
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+ROWS = [{"prompt": "Say something kind about dogs.", "chosen": "good great dogs. " * (i + 1),
+         "rejected": "bad dogs.", "subset": f"s{i % 2}"} for i in range(6)]
+ROWS += [{"prompt": "q", "chosen": "same", "rejected": "same"},  # identical: dropped, counted
+         {"prompt": "Say something kind about cats.", "chosen": "great cats.", "rejected": ""}]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+  wd = tmp_path_factory.mktemp("eval_report") / "bt"
+  c = fast_config(bt_config.get_config("tiny"), steps=2, train_pairs=32, eval_pairs=8)
+  tasks.get("bt").train(c, str(wd))
+  return wd
+
+
+def run_eval(*argv):
+  """`rmjax eval ARGV` in this process (absl flags parsed, then reset) -> the report dict."""
+  flags = rmjax_main.FLAGS
+  flags(["rmjax", "eval", *map(str, argv)])
+  try:
+    eval_cmd.main()
+  finally:
+    flags.unparse_flags()
+  return flags
+
+
+def write_pairs(path, rows):
+  opener = gzip.open if str(path).endswith(".gz") else open
+  with opener(path, "wt") as f:
+    f.write("".join(json.dumps(r) + "\n" for r in rows))
+  return path
+
+
+def test_eval_writes_json_png_md_without_collisions(workdir, tmp_path, capsys):
+  plain = write_pairs(tmp_path / "plain.jsonl", ROWS)
+  gz = write_pairs(tmp_path / "plain.jsonl.gz", ROWS[:6])
+  reports = []
+  for data in (plain, gz):
+    run_eval(f"--workdir={workdir}", f"--data={data}")
+    reports.append(json.loads(capsys.readouterr().out.strip().splitlines()[-1]))
+  a, b = reports
+  assert a["files"]["json"] != b["files"]["json"]
+  for rep in reports:
+    for kind in ("json", "png", "md"):
+      path = pathlib.Path(rep["files"][kind])
+      assert path.parent == workdir / "eval" and path.stat().st_size > 0, kind
+    assert pathlib.Path(rep["files"]["png"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    saved = json.loads(pathlib.Path(rep["files"]["json"]).read_text())
+    assert saved["accuracy"] == rep["accuracy"] and saved["accounting"] == rep["accounting"]
+    acc = rep["accounting"]
+    assert acc["n_in"] == acc["n_scored"] + sum(acc["n_dropped"].values())
+    assert acc["n_scored"] == rep["n"] and 1 <= acc["n_truncated"] < rep["n"]  # long chosen
+    assert set(rep["length_baseline_per_subset"]) == set(rep["per_subset"])
+    assert sum(rep["calibration"]["n"]) == rep["n"]
+  assert {k: v for k, v in a["accounting"].items() if k != "n_truncated"} == {
+      "n_in": 8, "n_scored": 7, "n_dropped": {"identical": 1}, "n_empty_response": 1}
+  assert b["accounting"]["n_in"] == 6 and b["accounting"]["n_dropped"] == {}
+  md = pathlib.Path(a["files"]["md"]).read_text()
+  assert "| overall | 7 |" in md and "| dropped: identical | 1 |" in md and "| s0 | 3 |" in md
+  assert not list((workdir / "eval").glob(".tmp-*"))  # atomic writes leave nothing behind
+
+
+def test_report_names_are_safe_and_distinct():
+  specs = ["plain.jsonl", "plain.jsonl.gz", "/a/plain.jsonl", "json:plain.jsonl",
+           "hub:HuggingFaceH4/ultrafeedback_binarized:test_prefs", "shared:x@eval",
+           "plain.jsonl?limit=3"]
+  names = [report_files.report_name(s) for s in specs]
+  assert len(set(names)) == len(names)
+  assert all("/" not in n and ":" not in n and "?" not in n for n in names)
+  assert names[0].startswith("plain.jsonl-") and names[4].startswith("hub_ultrafeedback")
+
+
+def test_eval_with_model_needs_out(tmp_path):
+  with pytest.raises(ConfigError, match="--out is required"):
+    run_eval(f"--model=hf:{tmp_path}", f"--data={tmp_path / 'x.jsonl'}")
+
+
+def test_eval_cli_bad_data_is_one_line_exit_2(workdir, tmp_path):
+  bad = tmp_path / "bad.jsonl"
+  bad.write_text('{"prompt": "q", "chosen": "a"}\n{"prompt": "q", "chosen": "a", "rejected": 1}\n'
+                 '{"prompt": "q", "chosen": "a", "rejected": "b"}\n')
+  proc = subprocess.run([sys.executable, "-m", "rmjax", "eval", f"--workdir={workdir}",
+                         f"--data={bad}"], cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2, proc.stdout + proc.stderr
+  lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
+  assert len(lines) == 1 and lines[0].startswith("rmjax: error: 2 bad records:"), proc.stderr
+  assert f"{bad}:1: field 'rejected': missing field" in lines[0]
+  assert f"{bad}:2: field 'rejected': expected a string" in lines[0]
