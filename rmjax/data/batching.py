@@ -23,8 +23,8 @@ import json
 import os
 
 import numpy as np
-from tqdm.auto import tqdm
 
+from rmjax.data.encode_batch import cached_encode_many
 from rmjax.errors import ConfigError, DataError
 
 BATCH_KEYS = ('chosen_ids', 'chosen_mask', 'rejected_ids', 'rejected_mask', 'prompt_len',
@@ -56,20 +56,23 @@ def _where(source):
   return (path, int(line)) if line.isdigit() else (str(source), None)
 
 
-def tokenize_pairs(examples, encoder, *, on_overlong='truncate', progress=None):
+def tokenize_pairs(examples, encoder, *, on_overlong='truncate', progress=None, token_cache=''):
   """PairExamples -> (TokenizedPairs, stats) with ChatEncoder `encoder`.
 
   on_overlong: 'truncate' (prompt cut left, responses right; counted), 'drop' (counted) or
   'fail' (DataError naming the example's file:line). stats: pairs, kept, truncated, dropped,
-  identical (chosen and rejected token ids equal after tokenization, kept but useless).
+  identical (chosen and rejected token ids equal after tokenization, kept but useless),
+  token_cache_hit. Ids come from the batched, cached encoder (`rmjax.data.encode_batch`;
+  token_cache: its directory, '' = the default, 'off' = none).
   """
   if on_overlong not in ('truncate', 'drop', 'fail'):
     raise ValueError(f'on_overlong must be truncate|drop|fail, got {on_overlong!r}')
   stats = {'pairs': len(examples), 'kept': 0, 'truncated': 0, 'dropped': 0, 'identical': 0}
   chosen, rejected, prompt_len, margin, subsets, sources = [], [], [], [], [], []
   show = progress if progress is not None else len(examples) >= 2000
-  for ex in tqdm(examples, desc='tokenize', disable=not show, leave=False):
-    prompt, responses = encoder.encode_untruncated(ex.messages, [ex.chosen, ex.rejected])
+  encoded, stats['token_cache_hit'] = cached_encode_many(
+      encoder, [(ex.messages, [ex.chosen, ex.rejected]) for ex in examples], token_cache, show)
+  for ex, (prompt, responses) in zip(examples, encoded):
     prompt, (c, r), cut = encoder.cut(prompt, responses)
     if cut:
       if on_overlong == 'fail':
