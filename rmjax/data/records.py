@@ -51,10 +51,10 @@ def _decode(raw, path, line):
 
 
 def _json_list(raw, path):
-  text = _decode(raw, path, None)
-  if isinstance(text, DataError):
-    start = raw.decode('utf-8', errors='replace').find('\ufffd')
-    raise DataError(path, raw[:max(start, 0)].count(b'\n') + 1, None, 'invalid UTF-8') from None
+  try:
+    text = raw.decode('utf-8')
+  except UnicodeDecodeError as e:
+    raise DataError(path, raw[:e.start].count(b'\n') + 1, None, 'invalid UTF-8') from None
   try:
     data = json.loads(text.lstrip('\ufeff'))
   except json.JSONDecodeError as e:
