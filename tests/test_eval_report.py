@@ -7,6 +7,7 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from configs import bt as bt_config
@@ -15,6 +16,7 @@ from rmjax import tasks
 from rmjax.commands import eval as eval_cmd
 from rmjax.errors import ConfigError
 from rmjax.eval import report_files
+from rmjax.eval.metrics import calibration_bins, pair_report
 from _util import fast_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -105,3 +107,22 @@ def test_eval_cli_bad_data_is_one_line_exit_2(workdir, tmp_path):
   assert len(lines) == 1 and lines[0].startswith("rmjax: error: 2 bad records:"), proc.stderr
   assert f"{bad}:1: field 'rejected': missing field" in lines[0]
   assert f"{bad}:2: field 'rejected': expected a string" in lines[0]
+
+
+def test_report_files_for_multi_objective_and_ensemble_reports(tmp_path):
+  """The writers take any RM kind's report: objectives get their own panel and table, ensemble
+  uncertainty its table (no model needed: numbers made up)."""
+  rng = np.random.default_rng(0)
+  rc, rr = rng.normal(1, 1, 40), rng.normal(0, 1, 40)
+  report = pair_report(rc, rr, ["a", "b"] * 20, [5] * 40, [3] * 40)
+  report.update(calibration=calibration_bins(1 / (1 + np.exp(-(rc - rr)))), data="x", step=1,
+                objective_accuracy={"helpful": 0.7, "safe": 0.6},
+                uncertainty={"auroc_std_vs_error": 0.61, "ece": 0.05},
+                accounting={"n_in": 41, "n_scored": 40, "n_dropped": {"invalid": 1},
+                            "n_empty_response": 0, "n_truncated": None})
+  files = report_files.write_report_files(str(tmp_path), "x", report, rc - rr)
+  md = pathlib.Path(files["md"]).read_text()
+  assert "| helpful | 0.700 |" in md and "| auroc_std_vs_error | 0.610 |" in md
+  assert "| n_truncated | n/a |" in md and "| dropped: invalid | 1 |" in md
+  assert pathlib.Path(files["png"]).stat().st_size > 10_000
+  assert json.loads(pathlib.Path(files["json"]).read_text())["files"] == files

@@ -127,8 +127,8 @@ def markdown(report: dict) -> str:
   lines += [f"| {s} | {n} | {_fmt(a)} | {_fmt(b)} |" for s, n, a, b in _subset_rows(report)]
   acc = report.get("accounting", {})
   lines += ["", "## Accounting", "", "| count | n |", "|---|---:|"]
-  lines += [f"| {k} | {acc[k]} |" for k in ("n_in", "n_scored", "n_empty_response",
-                                            "n_truncated") if k in acc]
+  lines += [f"| {k} | {'n/a' if acc[k] is None else acc[k]} |"
+            for k in ("n_in", "n_scored", "n_empty_response", "n_truncated") if k in acc]
   lines += [f"| dropped: {k} | {v} |" for k, v in sorted(acc.get("n_dropped", {}).items())]
   for key, title in (("rewardbench", "RewardBench sections"),
                      ("objective_accuracy", "Accuracy of each objective alone"),
