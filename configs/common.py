@@ -108,7 +108,10 @@ def base_config(arg: mlc.ConfigDict, task: str) -> mlc.ConfigDict:
       source="synthetic:2000", eval_source="synthetic:256", eval_fraction=0.1, max_length=p["max_length"],
       max_eval_examples=512, on_overlong="truncate", on_identical="drop",
       buckets=(64, 128, 256, 512, 1024, 2048), limit=0,
-      feature_cache=""))  # head-only features cache dir ("" = $RMJAX_CACHE or ~/.cache/rmjax)
+      feature_cache="",  # head-only features cache dir ("" = $RMJAX_CACHE or ~/.cache/rmjax)
+      token_cache="",    # tokenized data cache dir ("" = $RMJAX_CACHE/tokens; "off" = none)
+      packing=False,     # pair tasks: pack sequences into rows (rmjax/data/packing.py)
+      pack_length=0))    # packed row length (0 = 2 * max_length)
 
   if arg.get("runlocal", False):  # a quick local smoke run of any variant
     c.train.steps = 20

@@ -3,6 +3,9 @@
 Layouts: q [B, T, N, D], k / v [B, S, K, D] with N a multiple of K (grouped-query attention; query
 head h reads KV head h // (N // K), the HF order). `key_mask` [B, S] marks real tokens (left or
 right padding), `q_slots` [B, T] the cache slot of each query. Every backend returns [B, T, N * D].
+Packed rows: an INTEGER `key_mask` holds segment ids (0 = padding, k >= 1 = the k-th sequence of
+the row; no cache, T == S) and a query sees causally earlier keys of its own segment only; a
+boolean `key_mask` is the padding mask (one sequence per row).
 
 - 'xla': the reference einsum path (scores in float32, masked with finfo.min); handles any
   `q_slots`, so it is the one the KV-cache path (prefill into a cache and decode steps) uses.
@@ -82,7 +85,9 @@ def xla_attention(q, k, v, key_mask, q_slots):
   qg = q.reshape(b, t, nkv, g, hd).transpose(0, 2, 3, 1, 4).reshape(b, nkv, g * t, hd)
   scores = jnp.einsum("bkqd,bskd->bkqs", qg, k.astype(qg.dtype),
                       preferred_element_type=jnp.float32).reshape(b, nkv, g, t, s)
-  allowed = (jnp.arange(s)[None, None, :] <= q_slots[:, :, None]) & key_mask[:, None, :]  # [B,T,S]
+  allowed = (jnp.arange(s)[None, None, :] <= q_slots[:, :, None]) & (key_mask[:, None, :] > 0)
+  if key_mask.dtype != jnp.bool_:  # packed: segment ids, T == S
+    allowed = allowed & (key_mask[:, :, None] == key_mask[:, None, :])  # [B, T, S]
   scores = jnp.where(allowed[:, None, None], scores / math.sqrt(hd), jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(b, nkv, g * t, s)
   out = jnp.einsum("bkqs,bskd->bkqd", probs, v).reshape(b, nkv, g, t, hd)
@@ -90,7 +95,7 @@ def xla_attention(q, k, v, key_mask, q_slots):
 
 
 def segment_ids(key_mask: Array) -> Array:
-  """[B, T] int32: 1 for real tokens, 0 for padding."""
+  """[B, T] int32: 0 for padding, else the segment (1 for every real token when unpacked)."""
   return key_mask.astype(jnp.int32)
 
 

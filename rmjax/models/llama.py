@@ -126,6 +126,16 @@ def positions_from_mask(attention_mask: Array) -> Array:
   return jnp.maximum(jnp.cumsum(attention_mask.astype(jnp.int32), axis=-1) - 1, 0)
 
 
+def positions_from_segments(segment_ids: Array) -> Array:
+  """Packed rows: each segment's positions count from 0 at its first token (0 on padding).
+  segment_ids [B, T] int: 0 = padding, k >= 1 = the k-th sequence of the row."""
+  t = segment_ids.shape[-1]
+  idx = jnp.broadcast_to(jnp.arange(t), segment_ids.shape)
+  prev = jnp.pad(segment_ids[:, :-1], ((0, 0), (1, 0)), constant_values=-1)
+  start = jax.lax.cummax(jnp.where(segment_ids != prev, idx, 0), axis=1)
+  return jnp.where(segment_ids > 0, idx - start, 0)
+
+
 class RMSNorm(nn.Module):
   eps: float
   param_dtype: Any = jnp.float32
@@ -301,6 +311,9 @@ class Llama(nn.Module):
   (from `init_cache`), `attention_mask` covers all cache slots [B, S] and `positions` must be
   given; the call returns `(output, new_cache)`.
   `output`: 'logits' | 'hidden' (after the final norm) | 'both' -> (logits, hidden).
+  Packed rows (several sequences per row): `segment_ids` [B, T] (0 = padding, k >= 1 = the
+  k-th sequence) instead of `attention_mask`; a token attends causally within its own segment
+  and positions restart at each segment (no cache).
   """
   cfg: LlamaConfig
 
@@ -318,10 +331,18 @@ class Llama(nn.Module):
     if not cfg.tie_word_embeddings:
       self.lm_head = _dense(cfg.vocab_size, ("embed", "vocab"), cfg, "lm_head")
 
-  def hidden_states(self, input_ids, attention_mask=None, positions=None, cache=None):
+  def hidden_states(self, input_ids, attention_mask=None, positions=None, cache=None,
+                    segment_ids=None):
     """Final hidden states [B, T, D] after the last norm (and the new cache)."""
     b, t = input_ids.shape
-    if cache is None:
+    if segment_ids is not None:  # packed: the int key mask carries the segments (attention.py)
+      if cache is not None:
+        raise ValueError("packed rows (segment_ids) cannot decode with a cache")
+      key_mask = segment_ids.astype(jnp.int32)
+      positions = positions_from_segments(key_mask) if positions is None else positions
+      q_slots = jnp.broadcast_to(jnp.arange(t), (b, t))
+      layer_cache = None
+    elif cache is None:
       key_mask = (jnp.ones((b, t), bool) if attention_mask is None else attention_mask.astype(bool))
       if positions is None:
         positions = positions_from_mask(key_mask)
@@ -351,8 +372,9 @@ class Llama(nn.Module):
       logits = self.lm_head(x)
     return nn.with_logical_constraint(logits.astype(jnp.float32), ("act_batch", "act_length", "act_vocab"))
 
-  def __call__(self, input_ids, attention_mask=None, positions=None, cache=None, output="logits"):
-    x, new_cache = self.hidden_states(input_ids, attention_mask, positions, cache)
+  def __call__(self, input_ids, attention_mask=None, positions=None, cache=None, output="logits",
+               segment_ids=None):
+    x, new_cache = self.hidden_states(input_ids, attention_mask, positions, cache, segment_ids)
     if output == "hidden":
       out = x
     elif output == "logits":

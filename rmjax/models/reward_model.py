@@ -37,15 +37,22 @@ class RewardModel(nn.Module):
     else:
       raise ValueError(f"unknown head {self.head!r} (scalar, mlp, ensemble)")
 
-  def __call__(self, input_ids, attention_mask, deterministic: bool = True) -> dict:
+  def __call__(self, input_ids, attention_mask, deterministic: bool = True,
+               segment_ids=None, pool_at=None) -> dict:
+    """Packed rows (`rmjax.data.packing`): `segment_ids` [R, L] replaces the mask and the
+    rewards are read at `pool_at` [P, 2] (row, column of each sequence's last token)."""
     out = {}
+    kw = {} if segment_ids is None else {"segment_ids": segment_ids}
     if self.keep_lm_logits or self.is_initializing():  # params always hold the full backbone
-      logits, hidden = self.backbone(input_ids, attention_mask, output="both")
+      logits, hidden = self.backbone(input_ids, attention_mask, output="both", **kw)
       if self.keep_lm_logits:
         out["logits"] = logits
     else:
-      hidden = self.backbone(input_ids, attention_mask, output="hidden")
-    pooled = pool_last(hidden, attention_mask)
+      hidden = self.backbone(input_ids, attention_mask, output="hidden", **kw)
+    if pool_at is None:
+      pooled = pool_last(hidden, attention_mask)
+    else:
+      pooled = hidden[pool_at[:, 0], pool_at[:, 1]]
     if self.stop_backbone_grad:
       pooled = jax.lax.stop_gradient(pooled)
     return dict(out, **self.score_features(pooled, deterministic=deterministic))

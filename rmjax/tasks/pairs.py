@@ -19,12 +19,16 @@ from __future__ import annotations
 import os
 from typing import Callable, Optional
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rmjax import sharding as shd
 from rmjax.data.batching import PairBatcher, tokenize_pairs
+from rmjax.data.packing import PackedBatches
 from rmjax.data.specs import train_eval_pairs
 from rmjax.data.tokenize import ChatEncoder
+from rmjax.errors import ConfigError
 from rmjax.eval.metrics import pair_report
 from rmjax.inference import embed
 from rmjax.models.reward_model import RewardModel
@@ -35,12 +39,18 @@ FEATURE_KEYS = ("chosen_feat", "rejected_feat")
 
 
 def forward_pairs(model, params, batch, *, rng=None):
-  """Chosen rows then rejected rows through one forward (token ids, or cached features for
-  head-only training); returns (out_chosen, out_rejected)."""
+  """Chosen rows then rejected rows through one forward (token ids, packed rows, or cached
+  features for head-only training); returns (out_chosen, out_rejected)."""
   kw = {} if rng is None else {"rngs": {"dropout": rng}, "deterministic": False}
   if "chosen_feat" in batch:
     x = jnp.concatenate([batch["chosen_feat"], batch["rejected_feat"]], axis=0)
     out = model.apply({"params": params}, x, method=RewardModel.score_features, **kw)
+  elif "segment_ids" in batch:  # packed rows (rmjax.data.packing): rewards at segment ends
+    at = jnp.concatenate([batch["chosen_at"], batch["rejected_at"]], axis=0)
+    seg = batch["segment_ids"]
+    out = model.apply({"params": params}, batch["input_ids"], seg > 0, segment_ids=seg,
+                      pool_at=at, **kw)
+    out = {k: v for k, v in out.items() if k != "logits"}
   else:
     ids = jnp.concatenate([batch["chosen_ids"], batch["rejected_ids"]], axis=0)
     mask = jnp.concatenate([batch["chosen_mask"], batch["rejected_mask"]], axis=0)
@@ -78,17 +88,35 @@ def pair_data(config, tok):
   d = config.data
   train, evals, stats = train_eval_pairs(config)
   encoder = ChatEncoder(tok, d.max_length)
-  train_tok, tstats = tokenize_pairs(train, encoder, on_overlong=d.on_overlong)
-  eval_tok, estats = tokenize_pairs(evals, encoder, on_overlong="truncate")
+  cache = d.get("token_cache", "")
+  train_tok, tstats = tokenize_pairs(train, encoder, on_overlong=d.on_overlong, token_cache=cache)
+  eval_tok, estats = tokenize_pairs(evals, encoder, on_overlong="truncate", token_cache=cache)
   stats = dict(stats, train_tokenize=tstats, eval_tokenize=estats)
   batcher = PairBatcher(train_tok, config.train.batch_size, buckets=tuple(d.buckets),
                         seed=config.seed)
+  if d.get("packing", False):
+    batcher = packed_batches(config, batcher)
+    stats["packing"] = {"row_length": batcher.row_length}
   eval_batches = None
   if evals:
     eval_batches = PairBatcher(eval_tok, config.train.batch_size, buckets=tuple(d.buckets),
                                seed=config.seed, shuffle=False,  # fewer than a batch is fine
                                drop_remainder=False).eval_batches
   return batcher, eval_batches, evals, stats
+
+
+def packed_batches(config, batcher) -> PackedBatches:
+  """`data.packing`: the train batches packed into rows of `data.pack_length` tokens (default
+  2 x max_length: any pair fits one row), the row count a multiple of the mesh's batch shards."""
+  if jax.process_count() > 1:
+    raise ConfigError("config key data.packing: packed batches are single-process for now "
+                      "(each process would pack a different row count)")
+  if config.train.freeze_backbone and config.train.get("cache_features", True):
+    raise ConfigError("config key data.packing: head-only training on cached features has no "
+                      "token batches to pack; set train.cache_features=False or packing=False")
+  length = config.data.get("pack_length", 0) or 2 * config.data.max_length
+  divisor = shd.batch_divisor(shd.make_mesh(tuple(config.mesh.shape)))
+  return PackedBatches(batcher, length, divisor)
 
 
 # ------------------------------------------------------------------------ head-only features

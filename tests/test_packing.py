@@ -1,0 +1,131 @@
+"""Packed pair batches give the padded batches' rewards, BT loss and gradients (GQA tiny Llama,
+left and right padding), sharded packed == single device, and a packed run trains like a padded
+one on the same pairs."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import bt as bt_config
+from rmjax import losses
+from rmjax import sharding as shd
+from rmjax.data.batching import PairBatcher, TokenizedPairs
+from rmjax.data.packing import pack_batch
+from rmjax.models.llama import positions_from_segments
+from rmjax.models.reward_model import RewardModel
+from rmjax.tasks import get
+from rmjax.tasks.pairs import forward_pairs
+from rmjax.checkpoints.presets import preset_config
+from tests._util import fast_config
+
+
+def _pairs(n=10, seed=0, vocab=512):
+  rng = np.random.default_rng(seed)
+  chosen, rejected, plen = [], [], []
+  for _ in range(n):
+    p = rng.integers(3, 20)
+    prompt = rng.integers(3, vocab, p)
+    chosen.append(np.concatenate([prompt, rng.integers(3, vocab, rng.integers(1, 30))]).astype(np.int32))
+    rejected.append(np.concatenate([prompt, rng.integers(3, vocab, rng.integers(1, 30))]).astype(np.int32))
+    plen.append(p)
+  return TokenizedPairs(chosen, rejected, np.asarray(plen, np.int32), np.zeros(n, np.float32),
+                        [None] * n, [None] * n, pad_id=0)
+
+
+def _left_pad(batch):
+  """The same rows, padding moved to the left."""
+  out = dict(batch)
+  for side in ("chosen", "rejected"):
+    ids, mask = batch[f"{side}_ids"].copy(), batch[f"{side}_mask"].copy()
+    for i in range(len(ids)):
+      n = int(mask[i].sum())
+      ids[i] = np.roll(ids[i], ids.shape[1] - n)
+      mask[i] = np.roll(mask[i], ids.shape[1] - n)
+    out[f"{side}_ids"], out[f"{side}_mask"] = ids, mask
+  return out
+
+
+@pytest.fixture(scope="module")
+def model_and_params():
+  model = RewardModel(preset_config("tiny"))
+  ids = jnp.zeros((2, 8), jnp.int32)
+  return model, model.init(jax.random.PRNGKey(0), ids, jnp.ones_like(ids))["params"]
+
+
+def _loss(model):
+  def f(params, batch):
+    c, r = forward_pairs(model, params, batch)
+    return losses.bradley_terry(c["reward"], r["reward"], weight=batch["weight"])
+  return f
+
+
+def test_positions_restart_per_segment():
+  seg = jnp.array([[1, 1, 1, 2, 2, 3, 0, 0]])
+  np.testing.assert_array_equal(positions_from_segments(seg), [[0, 1, 2, 0, 1, 0, 0, 0]])
+
+
+def test_pack_batch_keeps_pairs_in_one_row_and_every_pair_placed():
+  data = _pairs(12)
+  batch = next(PairBatcher(data, 8, buckets=(64,), seed=0))
+  batch["weight"][-1] = 0.0  # a filler row is not packed
+  packed = pack_batch(batch, data, row_length=64, row_multiple=4)
+  assert packed["input_ids"].shape[0] % 4 == 0
+  for i in range(7):
+    (rc, cc), (rr, cr) = packed["chosen_at"][i], packed["rejected_at"][i]
+    assert rc == rr  # chosen and rejected of a pair share a row
+    seq = data.chosen[batch["index"][i]]
+    np.testing.assert_array_equal(packed["input_ids"][rc, cc - len(seq) + 1:cc + 1], seq)
+  assert (packed["segment_ids"] > 0).sum() == sum(
+      len(data.chosen[j]) + len(data.rejected[j]) for j in batch["index"][:7])
+  with pytest.raises(ValueError, match="does not fit"):
+    pack_batch(batch, data, row_length=16)
+
+
+@pytest.mark.parametrize("padding", ["right", "left"])
+def test_packed_equals_padded_rewards_loss_and_gradients(model_and_params, padding):
+  model, params = model_and_params
+  data = _pairs(10, seed=1)
+  batch = next(PairBatcher(data, 8, buckets=(64,), seed=0))
+  packed = pack_batch(batch, data, row_length=96)
+  padded = _left_pad(batch) if padding == "left" else batch
+  c0, r0 = forward_pairs(model, params, padded)
+  c1, r1 = forward_pairs(model, params, packed)
+  np.testing.assert_allclose(c1["reward"], c0["reward"], atol=1e-5)
+  np.testing.assert_allclose(r1["reward"], r0["reward"], atol=1e-5)
+  (l0, g0), (l1, g1) = (jax.value_and_grad(_loss(model))(params, b) for b in (padded, packed))
+  np.testing.assert_allclose(l1, l0, atol=1e-5)
+  for a, b in zip(jax.tree_util.tree_leaves(g0), jax.tree_util.tree_leaves(g1)):
+    np.testing.assert_allclose(b, a, atol=1e-5)
+
+
+def test_sharded_packed_equals_single_device(model_and_params):
+  model, params = model_and_params
+  data = _pairs(16, seed=2)
+  batch = next(PairBatcher(data, 8, buckets=(64,), seed=0))
+  packed = pack_batch(batch, data, row_length=128, row_multiple=4)
+  ref = jax.jit(_loss(model))(params, packed)
+  mesh = shd.make_mesh((4, 1, 2))
+  with jax.set_mesh(mesh):
+    got = jax.jit(_loss(model))(params, shd.shard_batch(packed, mesh))
+  np.testing.assert_allclose(got, ref, atol=1e-5)
+
+
+def _losses(workdir):
+  with open(workdir / "metrics.jsonl") as f:
+    return [r["loss"] for r in map(json.loads, f) if "loss" in r]
+
+
+def test_packed_run_trains_like_the_padded_run(tmp_path):
+  runs = {}
+  for packing in (False, True):
+    c = fast_config(bt_config.get_config("tiny"), steps=3)
+    c.data.packing = packing
+    c.data.max_length = 64
+    c.data.token_cache = "off"
+    get("bt").train(c, str(tmp_path / str(packing)))
+    runs[packing] = _losses(tmp_path / str(packing))
+  assert len(runs[True]) == 3
+  np.testing.assert_allclose(runs[True], runs[False], atol=1e-4)
