@@ -7,7 +7,13 @@ Layout of e.g. RLHFlow/ArmoRM-Llama3-8B-v0.1 (its modeling code on the Hub):
   gating.layers.{i}.weight/bias    [out, in], [out] i = 0..n_hidden (last -> O)
   gating.logit_scale               [1]              beta
 config.json: num_objectives, gating_temperature, gating_hidden_dim, gating_n_hidden (defaults
-19, 10, 1024, 3). `load_armorm(dir)` -> (LlamaConfig, params in ArmoRM's layout, head settings).
+19, 10, 1024, 3). `load_armorm(dir)` -> (LlamaConfig, params in ArmoRM's layout, head settings);
+`heads_to_state_dict` / `config_fields` are the exact inverse, for `rmjax convert --to hf:OUT`.
+
+The released forward (RLHFlow's modeling code, trust_remote_code) reads h at the token before the
+first pad (right padding) and the gate input at the first token of the last occurrence of a
+hard-coded Llama-3 pattern; rmjax takes the last real token and the chat template's pattern,
+which config.json carries as rmjax.prompt_pattern in an rmjax export.
 """
 
 from __future__ import annotations
@@ -26,6 +32,37 @@ def head_settings(config_dict: dict) -> dict:
           "temperature": float(config_dict.get("gating_temperature", 10)),
           "gate_hidden": int(config_dict.get("gating_hidden_dim", 1024)),
           "gate_layers": int(config_dict.get("gating_n_hidden", 3))}
+
+
+def settings_of(heads: dict) -> dict:
+  """head_settings of ArmoHeads params (objectives, gate sizes); temperature is not a param."""
+  gate = heads["gate"]
+  n_hidden = len(gate) - 1
+  return {"objectives": int(np.shape(heads["transform"])[0]),
+          "gate_hidden": int(np.shape(gate["layers_0"]["kernel"])[1]) if n_hidden else 0,
+          "gate_layers": n_hidden}
+
+
+def config_fields(settings: dict) -> dict:
+  """The config.json keys RLHFlow's LlamaForRewardModelWithGating reads (inverse of head_settings)."""
+  return {"architectures": ["LlamaForRewardModelWithGating"],
+          "num_objectives": int(settings["objectives"]),
+          "gating_temperature": float(settings["temperature"]),
+          "gating_hidden_dim": int(settings["gate_hidden"]),
+          "gating_n_hidden": int(settings["gate_layers"])}
+
+
+def heads_to_state_dict(heads: dict) -> dict:
+  """The head tensors of an ArmoRM state dict from ArmoHeads params (inverse of the import)."""
+  a = lambda x: np.ascontiguousarray(np.asarray(x, np.float32))  # noqa: E731
+  sd = {"regression_layer.weight": a(np.asarray(heads["regression"]["kernel"]).T),
+        "reward_transform_matrix": a(heads["transform"]),
+        "gating.logit_scale": a(np.reshape(heads["beta"], (1,)))}
+  for i in range(len(heads["gate"])):
+    layer = heads["gate"][f"layers_{i}"]
+    sd[f"gating.layers.{i}.weight"] = a(np.asarray(layer["kernel"]).T)
+    sd[f"gating.layers.{i}.bias"] = a(layer["bias"])
+  return sd
 
 
 def heads_from_state_dict(sd: dict, settings: dict) -> dict:

@@ -224,26 +224,63 @@ def _read_safetensors(path: str) -> dict:
     raise CheckpointError(f"{path}: cannot read safetensors file ({type(e).__name__}: {e})".replace("\n", " ")) from None
 
 
-def load_hf_state_dict(path: str) -> dict:
-  """All tensors of an HF checkpoint directory (single file or sharded with an index)."""
+def _index_files(path: str, index: str) -> list:
+  """Shard files named by model.safetensors.index.json, each checked to stay inside `path`:
+  a relative name without '..' parts (lexically, so an HF cache snapshot's symlinks to
+  ../../blobs still load). A weight_map may not send the loader elsewhere on disk."""
+  try:
+    with open(index) as f:
+      weight_map = json.load(f)["weight_map"]
+    names = sorted(set(weight_map.values()))
+  except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+    raise CheckpointError(f"{index}: not a safetensors index ({type(e).__name__}: {e})") from None
+  for name in names:
+    parts = str(name).replace("\\", "/").split("/")
+    if (not isinstance(name, str) or not name or os.path.isabs(name) or ".." in parts
+        or os.path.splitdrive(name)[0] or os.path.normpath(name).startswith("..")):
+      raise CheckpointError(f"{index}: weight file {name!r} is outside the checkpoint directory")
+  return [os.path.join(path, x) for x in names]
+
+
+def weight_files(path: str) -> list:
+  """The safetensors files of an HF checkpoint directory (index shards, else every file)."""
   index = os.path.join(path, "model.safetensors.index.json")
   if os.path.exists(index):
-    with open(index) as f:
-      files = sorted(set(json.load(f)["weight_map"].values()))
-    files = [os.path.join(path, x) for x in files]
+    files = _index_files(path, index)
   else:
     files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
   if not files:
     raise CheckpointError(f"{path}: no *.safetensors weights found (PyTorch .bin files are not supported)")
-  sd = {}
   for file in files:
     if not os.path.exists(file):
       raise CheckpointError(f"{file}: listed in model.safetensors.index.json but missing")
+  return files
+
+
+def load_hf_state_dict(path: str) -> dict:
+  """All tensors of an HF checkpoint directory (single file or sharded with an index)."""
+  sd = {}
+  for file in weight_files(path):
     sd.update(_read_safetensors(file))
   return sd
 
 
-def load_hf_config(path: str) -> LlamaConfig:
+def read_tensors(path: str, names) -> dict:
+  """Only the tensors `names` (those present) of an HF directory: a head without the backbone."""
+  from safetensors import safe_open  # optional dependency, as in _read_safetensors
+  out, want = {}, set(names)
+  for file in weight_files(path):
+    try:
+      with safe_open(file, framework="numpy") as f:
+        for k in want.intersection(f.keys()):
+          out[k] = f.get_tensor(k)
+    except Exception as e:  # noqa: BLE001 - corrupt or truncated file
+      raise CheckpointError(f"{file}: cannot read safetensors file ({type(e).__name__})") from None
+  return out
+
+
+def read_hf_config(path: str) -> dict:
+  """DIR/config.json as a dict (CheckpointError when the directory or file is missing/bad)."""
   cfg_path = os.path.join(path, "config.json")
   if not os.path.isdir(path):
     raise CheckpointError(f"{path}: no such checkpoint directory")
@@ -254,13 +291,34 @@ def load_hf_config(path: str) -> LlamaConfig:
       d = json.load(f)
   except json.JSONDecodeError as e:
     raise CheckpointError(f"{cfg_path}: invalid JSON ({e})") from None
-  return config_from_hf(d)
+  if not isinstance(d, dict):
+    raise CheckpointError(f"{cfg_path}: expected a JSON object")
+  return d
+
+
+def load_hf_config(path: str) -> LlamaConfig:
+  return config_from_hf(read_hf_config(path))
+
+
+def is_causal_lm(d: Mapping[str, Any]) -> bool:
+  """Whether config.json describes a model that ships an LM head (no architectures: assume so)."""
+  archs = d.get("architectures") or ["LlamaForCausalLM"]
+  return any(str(a).endswith("ForCausalLM") for a in archs)
 
 
 def load_hf_dir(path: str, return_extra: bool = False):
-  """(cfg, params) from an HF Llama directory; with `return_extra`, (cfg, params, extra tensors)."""
-  cfg = load_hf_config(path)
+  """(cfg, params) from an HF Llama directory; with `return_extra`, (cfg, params, extra tensors).
+
+  Reward-model layouts (LlamaForSequenceClassification, ArmoRM's) carry no LM head; rmjax's
+  backbone always holds one, so it starts as a copy of the input embeddings (unused by the
+  reward; a GRM export's trained head comes back from its lm_head.safetensors instead)."""
+  d = read_hf_config(path)
+  cfg = config_from_hf(d)
   sd = load_hf_state_dict(path)
+  if not cfg.tie_word_embeddings and "lm_head.weight" not in sd and not is_causal_lm(d):
+    embed = sd.get("model.embed_tokens.weight", sd.get("embed_tokens.weight"))
+    if embed is not None:
+      sd["lm_head.weight"] = embed
   params, extra = params_from_hf_state_dict(sd, cfg, return_extra=True)
   return (cfg, params, extra) if return_extra else (cfg, params)
 

@@ -4,6 +4,11 @@ The method's `TaskSpec` (from `rmjax.tasks.get(config.task)`; `rmjax.tasks.load_
 the lookup) says how to build the scoring model (`make_model`) and, for principle-conditioned
 models, how to render an input (`score_ids`). Batches go through the one padded, bucketed,
 sharded forward (`rmjax.inference.embed.batched_forward`).
+
+`Scorer.from_hf(DIR)` scores an HF reward model directly, no workdir: a
+`LlamaForSequenceClassification` (num_labels 1 -> reward; K -> members + their mean, with an rmjax
+export's `member_bias`) or an ArmoRM (`LlamaForRewardModelWithGating`) directory with its
+tokenizer, through the same forward (`rmjax.checkpoints.hf_rm.load_reward_model`).
 """
 
 from __future__ import annotations
@@ -14,51 +19,106 @@ from typing import Optional, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections as mlc
 import numpy as np
 
 from rmjax import checkpoints
 from rmjax import sharding as shd
+from rmjax.checkpoints import hf_rm
 from rmjax.checkpoints.orbax import Checkpointer
 from rmjax.checkpoints.workdir import read_config, read_model_config
+from rmjax.data.objectives import ARMORM_NAMES
 from rmjax.data.tokenize import ChatEncoder, normalize_prompt
-from rmjax.errors import ConfigError
-from rmjax.inference.embed import batched_forward
+from rmjax.errors import CheckpointError, ConfigError
+from rmjax.inference.embed import batched_forward, prompt_end_pattern
 
 SCORE_KEYS = ("reward", "members", "objectives", "gate")
 
 
+def _place(params, abstract, where: str):
+  """Host params onto the shardings of `abstract` (same tree, shapes checked, dtype cast)."""
+  def one(x, a):
+    if tuple(np.shape(x)) != tuple(a.shape):
+      raise CheckpointError(f"{where}: a weight of shape {tuple(np.shape(x))} where the model "
+                            f"expects {tuple(a.shape)}")
+    return jax.device_put(np.asarray(x, a.dtype), a.sharding)
+  try:
+    return jax.tree_util.tree_map(one, params, abstract)
+  except ValueError as e:
+    raise CheckpointError(f"{where}: weights do not fit the model: {str(e).splitlines()[0]}") from None
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+
+
 class Scorer:
-  """A reward model restored from `workdir` (latest or given checkpoint step)."""
+  """A reward model restored from `workdir` (latest or given checkpoint step), or from an HF
+  directory (`Scorer.from_hf`)."""
 
   def __init__(self, workdir: str, spec, step: Optional[int] = None, batch_size: int = 16,
                max_length: Optional[int] = None):
-    self.config = read_config(workdir)
-    self.cfg, self.extras = read_model_config(workdir)
-    self.spec = spec
-    self.model = spec.require("make_model")(self.config, self.cfg, self.extras)
-    self.tokenizer = checkpoints.load_tokenizer(self.config.model.tokenizer or self.config.model.spec)
-    self.encoder = ChatEncoder(self.tokenizer, max_length or self.config.data.max_length)
-    self.mesh = shd.make_mesh((-1, 1, 1))
-    self.batch_size = batch_size
+    config = read_config(workdir)
+    cfg, extras = read_model_config(workdir)
+    model = spec.require("make_model")(config, cfg, extras)
+    tokenizer = checkpoints.load_tokenizer(config.model.tokenizer or config.model.spec)
+    self._setup(config, cfg, spec, model, tokenizer, batch_size, max_length)
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
     if ckpt.latest_step() is None:
       raise ConfigError(f"no checkpoint in {ckpt.directory}")
+    abstract = self._abstract_params()
+    with jax.set_mesh(self.mesh), nn.logical_axis_rules(shd.DEFAULT_RULES):
+      self.params = ckpt.restore_params(abstract, step)
+    self.step = step if step is not None else ckpt.latest_step()
+    ckpt.close()
+
+  @classmethod
+  def from_hf(cls, path: str, batch_size: int = 16, max_length: Optional[int] = None) -> "Scorer":
+    """An HF reward-model directory (sequence classifier or ArmoRM) with its tokenizer."""
+    path = os.path.expanduser(path)
+    model, params, info = hf_rm.load_reward_model(path)
+    if not any(os.path.exists(os.path.join(path, f)) for f in TOKENIZER_FILES):
+      raise CheckpointError(f"{path}: no tokenizer files ({', '.join(TOKENIZER_FILES)}); an HF "
+                            f"reward model is scored with its own tokenizer")
+    tokenizer = checkpoints.load_tokenizer(f"hf:{path}")
+    rm = info["rmjax"]
+    names = list(rm.get("objectives") or [])
+    if info["kind"] == "armorm":
+      if not model.prompt_pattern:  # a released ArmoRM: the chat template's prompt end
+        model = model.clone(prompt_pattern=prompt_end_pattern(tokenizer))
+      o = model.objectives
+      names = names if len(names) == o else list(ARMORM_NAMES) if o == len(ARMORM_NAMES) else [
+          str(j) for j in range(o)]
+    length = max_length or rm.get("max_length") or min(model.cfg.max_position_embeddings, 4096)
+    config = mlc.ConfigDict({"task": f"hf:{info['kind']}", "model": {"spec": f"hf:{path}"},
+                             "data": {"max_length": int(length)}, "objectives": {"names": names}})
+    self = cls.__new__(cls)
+    self._setup(config, model.cfg, None, model, tokenizer, batch_size, None)
+    self.params = _place(params, self._abstract_params(), path)
+    self.step = None
+    return self
+
+  def _setup(self, config, cfg, spec, model, tokenizer, batch_size, max_length) -> None:
+    self.config, self.cfg, self.spec, self.model = config, cfg, spec, model
+    self.tokenizer = tokenizer
+    self.encoder = ChatEncoder(tokenizer, max_length or config.data.max_length)
+    self.mesh = shd.make_mesh((-1, 1, 1))
+    self.batch_size = batch_size
+    self._apply = jax.jit(lambda p, i, m: {k: v for k, v in self.model.apply({"params": p}, i, m).items()
+                                           if k in SCORE_KEYS})
+
+  def _abstract_params(self):
+    """Param shapes of the model, carrying the mesh shardings their logical names give."""
     with jax.set_mesh(self.mesh), nn.logical_axis_rules(shd.DEFAULT_RULES):
       ids = jnp.zeros((2, 8), jnp.int32)
       boxed = jax.eval_shape(lambda: self.model.init(jax.random.PRNGKey(0), ids, jnp.ones_like(ids)))
       shardings = shd.tree_shardings(boxed["params"], self.mesh)
-      abstract = shd.with_shardings(shd.strip_boxes(boxed["params"]), shardings)
-      self.params = ckpt.restore_params(abstract, step)
-    self._apply = jax.jit(lambda p, i, m: {k: v for k, v in self.model.apply({"params": p}, i, m).items()
-                                           if k in SCORE_KEYS})
-    self.step = step if step is not None else ckpt.latest_step()
-    ckpt.close()
+      return shd.with_shardings(shd.strip_boxes(boxed["params"]), shardings)
 
   def token_ids(self, prompt, response: str, principles=None) -> list:
     """Model input for one (prompt, response): the chat-rendered conversation, or the task's
     own rendering (`TaskSpec.score_ids`, e.g. SALMON's principles)."""
     messages = normalize_prompt(prompt)
-    if self.spec.score_ids is not None:
+    if getattr(self.spec, "score_ids", None) is not None:
       return list(self.spec.score_ids(self.encoder, self.config, messages, response, principles))
     if principles is not None:
       raise ConfigError(f"principles need a principle-conditioned model; task "

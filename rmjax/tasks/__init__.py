@@ -52,6 +52,11 @@ def _importable(name: str) -> bool:
     return False
 
 
-def load_scorer(workdir: str, **kw) -> Scorer:
-  """The reward model trained in `workdir`, ready to score (its task looked up from config.json)."""
-  return Scorer(workdir, get(read_config(workdir).task), **kw)
+def load_scorer(source: str, step=None, **kw) -> Scorer:
+  """A reward model ready to score: trained in the workdir `source` (its task looked up from
+  config.json), or an HF reward model for `source` = 'hf:DIR' (no workdir, no steps)."""
+  if isinstance(source, str) and source.startswith("hf:"):
+    if step is not None:
+      raise ConfigError(f"--step selects a workdir checkpoint; {source} has none")
+    return Scorer.from_hf(source[3:], **kw)
+  return Scorer(source, get(read_config(source).task), step=step, **kw)

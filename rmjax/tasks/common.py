@@ -1,4 +1,5 @@
-"""Pieces every reward-model task builds from its config: the backbone and the tokenizer."""
+"""Pieces every reward-model task builds from its config: the backbone, the tokenizer, and, when
+`model.spec` is an HF reward model (`LlamaForSequenceClassification`), its trained score head."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import jax
 import numpy as np
 
 from rmjax import checkpoints
+from rmjax.checkpoints import hf_rm
 from rmjax.models.llama import LlamaConfig
 
 
@@ -28,3 +30,32 @@ def params_with_backbone(params, backbone_params, shardings):
       lambda x, ref, s: jax.device_put(np.asarray(x, dtype=ref.dtype), s),
       backbone_params, params["backbone"], shardings["backbone"])
   return dict(params, backbone=placed)
+
+
+def pretrained_head(config):
+  """The score head of an HF sequence classifier named by `model.spec` ('hf:DIR'), as
+  {'kind', 'members', 'params'} (rmjax.checkpoints.hf_rm.score_head), else None."""
+  spec = config.model.spec
+  if not (isinstance(spec, str) and spec.startswith("hf:")):
+    return None
+  return hf_rm.score_head(spec[3:])
+
+
+def with_pretrained_head(config, load_pretrained):
+  """`load_pretrained(params, shardings)` that also swaps in `pretrained_head(config)` when it
+  fits the model's 'reward_head' (a 1-label classifier under a scalar head, K labels under a
+  K-member ensemble head): fine-tuning then starts from the classifier's own rewards. A head
+  that does not fit (an MLP head, another K) keeps its fresh init."""
+  head = pretrained_head(config)
+  if head is None or load_pretrained is None:
+    return load_pretrained
+
+  def load(params, shardings):
+    out = load_pretrained(params, shardings)
+    if "reward_head" not in out or not hf_rm.head_fits(head["params"], out["reward_head"]):
+      return out
+    placed = jax.tree_util.tree_map(
+        lambda x, ref, s: jax.device_put(np.asarray(x, dtype=ref.dtype), s),
+        head["params"], out["reward_head"], shardings["reward_head"])
+    return dict(out, reward_head=placed)
+  return load

@@ -212,8 +212,8 @@ def pair_task(config, model, loss_fn, *, eval_fn=None, summarize=None,
       eval_fn=(eval_fn or pair_eval_fn(model)) if eval_batches else None,
       eval_batches=eval_batches,
       summarize_eval=summarize or summarize_pairs(evals),
-      load_pretrained=load_pretrained or (
-          lambda p, s: common.params_with_backbone(p, backbone_params, s)),
+      load_pretrained=common.with_pretrained_head(config, load_pretrained or (
+          lambda p, s: common.params_with_backbone(p, backbone_params, s))),
       trainable=(lambda k: k not in freeze) if freeze else None,
       info=dict(stats, **(info or {})),
       model_config=cfg)
