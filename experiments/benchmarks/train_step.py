@@ -18,6 +18,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import flax.linen as nn  # noqa: E402
 import ml_collections as mlc  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -48,30 +49,39 @@ OPTIM = mlc.ConfigDict(dict(lr=1e-5, warmup_steps=0, schedule="constant", final_
                             accum_steps=1))
 
 
-def rmjax_step(cfg, params, batch, iters, warmup):
+def rmjax_step_fn(cfg, params):
+  """step(batch) -> loss: the real BT train step (AdamW, clipping) on `params` + a fresh head,
+  jitted with donation; state kept between calls. `step.state()` -> the current TrainState."""
   model = RewardModel(cfg)
   ids = jnp.zeros((2, 8), jnp.int32)
   init = model.init(jax.random.PRNGKey(0), ids, jnp.ones_like(ids))["params"]
-  import flax.linen as nn
   full = dict(nn.unbox(init), backbone=jax.tree_util.tree_map(jnp.array, params))
   tx, schedule = make_optimizer(OPTIM, 1000)
   loss_cfg = mlc.ConfigDict(dict(label_smoothing=0.0, centering_coef=0.0, use_margin=False))
-  step = jax.jit(make_train_step(bt_loss_fn(model, loss_cfg), tx, schedule), donate_argnums=0)
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=full, opt_state=tx.init(full),
-                     rng=jax.random.PRNGKey(1))
-  batch = {k: jnp.asarray(v) for k, v in batch.items()}
-  holder = {"state": state}
+  train = jax.jit(make_train_step(bt_loss_fn(model, loss_cfg), tx, schedule), donate_argnums=0)
+  holder = {"state": TrainState(step=jnp.zeros((), jnp.int32), params=full,
+                                opt_state=tx.init(full), rng=jax.random.PRNGKey(1))}
 
-  def run():
-    holder["state"], metrics = step(holder["state"], batch)
+  def step(batch):
+    holder["state"], metrics = train(holder["state"], {k: jnp.asarray(v) for k, v in batch.items()})
     return metrics["loss"]
+  step.state = lambda: holder["state"]
+  return step
+
+
+def rmjax_step(cfg, params, batch, iters, warmup):
+  step = rmjax_step_fn(cfg, params)
+  run = lambda: step(batch)  # noqa: E731
   first = _common.time_fn(run, warmup=0, iters=1)["median_s"]
   t = _common.time_fn(run, warmup=warmup, iters=iters)
-  head = jax.device_get(holder["state"].params["reward_head"])
+  head = jax.device_get(step.state().params["reward_head"])
   return t, first, float(run()), head
 
 
-def torch_step(cfg, params, head, batch, iters, warmup):
+def torch_model(cfg, params, head=None):
+  """(run(ids, mask) -> loss, torch) for transformers' LlamaForSequenceClassification with
+  `params` (+ `head`, else a zero head) and AdamW: the BT step on chosen rows then rejected rows;
+  None without torch."""
   try:
     import torch
     import transformers
@@ -85,7 +95,9 @@ def torch_step(cfg, params, head, batch, iters, warmup):
     model = transformers.LlamaForSequenceClassification(config)
   sd = {k: torch.from_numpy(np.array(v, np.float32)) for k, v in
         hf_ckpt.hf_state_dict_from_params(params, cfg).items() if k != "lm_head.weight"}
-  sd["score.weight"] = torch.from_numpy(np.array(head["Dense_0"]["kernel"], np.float32).T.copy())
+  kernel = (np.zeros((cfg.hidden_size, 1), np.float32) if head is None
+            else np.array(head["Dense_0"]["kernel"], np.float32))
+  sd["score.weight"] = torch.from_numpy(kernel.T.copy())
   model.load_state_dict(sd, strict=False, assign=True)
   model.model.rotary_emb = type(model.model.rotary_emb)(config=config)
   model = model.float().train()
@@ -93,11 +105,10 @@ def torch_step(cfg, params, head, batch, iters, warmup):
     if isinstance(m, torch.nn.Dropout):
       m.p = 0.0
   opt = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.0)
-  ids = torch.from_numpy(np.concatenate([batch["chosen_ids"], batch["rejected_ids"]])).long()
-  mask = torch.from_numpy(np.concatenate([batch["chosen_mask"], batch["rejected_mask"]])).long()
-  n = batch["chosen_ids"].shape[0]
 
-  def run():
+  def run(ids, mask):
+    ids, mask = torch.from_numpy(np.asarray(ids)).long(), torch.from_numpy(np.asarray(mask)).long()
+    n = ids.shape[0] // 2
     opt.zero_grad(set_to_none=True)
     r = model(input_ids=ids, attention_mask=mask).logits[:, 0]
     loss = -torch.nn.functional.logsigmoid(r[:n] - r[n:]).mean()
@@ -105,8 +116,18 @@ def torch_step(cfg, params, head, batch, iters, warmup):
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
     return loss.detach()
-  first_loss = float(run())
-  t = _common.time_fn(run, warmup=warmup, iters=iters, sync=None)
+  return run, torch
+
+
+def torch_step(cfg, params, head, batch, iters, warmup):
+  made = torch_model(cfg, params, head)
+  if made is None:
+    return None
+  run, torch = made
+  ids = np.concatenate([batch["chosen_ids"], batch["rejected_ids"]])
+  mask = np.concatenate([batch["chosen_mask"], batch["rejected_mask"]])
+  first_loss = float(run(ids, mask))
+  t = _common.time_fn(lambda: run(ids, mask), warmup=warmup, iters=iters, sync=None)
   return t, first_loss, torch.get_num_threads()
 
 

@@ -1,0 +1,118 @@
+"""Useful tokens/s of a BT train step on the real hh-rlhf length distribution: rmjax packed vs
+rmjax padded vs transformers + PyTorch padded per batch (as TRL's collator pads), same pairs.
+
+The pairs are configs/bt.py:smollm2's hh-rlhf training pairs (../shared/data; the built-in
+synthetic pairs when it is absent) tokenized with the SmolLM2 chat template at `--max_length`;
+the model is the SmolLM2-135M architecture with random weights (`smollm2-135m-config`). The same
+`--batches` batches of `--pairs` pairs go through each arm:
+  padded   rmjax `PairBatcher` batches: chosen and rejected padded to the length bucket
+  packed   the same batches through `rmjax.data.packing.pack_batch` (rows of 2 x max_length)
+  torch    LlamaForSequenceClassification + AdamW, the 2 x pairs sequences padded to the longest
+Every shape is compiled before the clock starts (rmjax compiles once per shape; a real run sees
+a handful). Useful tokens = real tokens of the pairs. Prints one JSON object last
+(`packed_vs_torch` = packed useful tokens/s / torch's).
+
+  python -m experiments.benchmarks.packing [--batches 4] [--pairs 8] [--max_length 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from configs import bt as bt_config  # noqa: E402
+from experiments.benchmarks import _common  # noqa: E402
+from experiments.benchmarks.train_step import rmjax_step_fn, torch_model  # noqa: E402
+from rmjax import checkpoints  # noqa: E402
+from rmjax.checkpoints.presets import load_pretrained  # noqa: E402
+from rmjax.data.batching import PairBatcher, tokenize_pairs  # noqa: E402
+from rmjax.data.packing import pack_batch  # noqa: E402
+from rmjax.data.sources import shared_data_root  # noqa: E402
+from rmjax.data.specs import load_pairs  # noqa: E402
+from rmjax.data.tokenize import ChatEncoder  # noqa: E402
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--batches", type=int, default=4)
+  p.add_argument("--pairs", type=int, default=8)
+  p.add_argument("--max_length", type=int, default=256)
+  p.add_argument("--preset", default="smollm2-135m-config", help="model architecture (random)")
+  p.add_argument("--no-torch", action="store_true")
+  return p.parse_args(argv)
+
+
+def _pass(step, batches):
+  t = time.perf_counter()
+  out = None
+  for b in batches:
+    out = step(b)
+  jax.block_until_ready(out)
+  return time.perf_counter() - t
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  config = bt_config.get_config("smollm2")
+  source = config.data.source if shared_data_root() else "synthetic:2000"
+  tok = checkpoints.load_tokenizer(config.model.tokenizer)
+  pairs, _ = load_pairs(source)
+  data, _ = tokenize_pairs(pairs, ChatEncoder(tok, args.max_length))
+  cfg, params = load_pretrained(args.preset)
+  params = jax.device_get(params)
+  data.chosen = [c % cfg.vocab_size for c in data.chosen]  # a smaller test vocabulary: same lengths
+  data.rejected = [r % cfg.vocab_size for r in data.rejected]
+  batcher = PairBatcher(data, args.pairs, buckets=(64, 128, 256, 512), seed=0)
+  padded = [next(batcher) for _ in range(args.batches)]
+  packed = [pack_batch(b, data, 2 * args.max_length) for b in padded]
+  useful = int(sum(b["chosen_mask"].sum() + b["rejected_mask"].sum() for b in padded))
+  arms = {}
+  for name, batches in (("padded", padded), ("packed", packed)):
+    step = rmjax_step_fn(cfg, params)
+    for b in batches:  # compile every shape first
+      jax.block_until_ready(step(b))
+    secs = min(_pass(step, batches) for _ in range(2))
+    computed = sum(int(np.prod(b["chosen_ids"].shape)) * 2 if "chosen_ids" in b
+                   else int(np.prod(b["input_ids"].shape)) for b in batches)
+    arms[name] = {"useful_tokens_per_s": round(useful / secs, 1), "pass_s": round(secs, 3),
+                  "computed_tokens": computed, "useful_fraction": round(useful / computed, 3)}
+  if not args.no_torch:
+    run, _ = torch_model(cfg, params)
+    batches = []
+    for b in padded:  # pad to the longest sequence of the batch, as TRL's collator does
+      rows = [r[:m.sum()] for r, m in zip(np.concatenate([b["chosen_ids"], b["rejected_ids"]]),
+                                          np.concatenate([b["chosen_mask"], b["rejected_mask"]]))]
+      t = max(len(r) for r in rows)
+      ids = np.zeros((len(rows), t), np.int64)
+      mask = np.zeros((len(rows), t), np.int64)
+      for i, r in enumerate(rows):
+        ids[i, :len(r)], mask[i, :len(r)] = r, 1
+      batches.append((ids, mask))
+    run(*batches[0])
+    t0 = time.perf_counter()
+    for ids, mask in batches:
+      run(ids, mask)
+    secs = time.perf_counter() - t0
+    computed = sum(int(np.prod(ids.shape)) for ids, _ in batches)
+    arms["torch"] = {"useful_tokens_per_s": round(useful / secs, 1), "pass_s": round(secs, 3),
+                     "computed_tokens": computed, "useful_fraction": round(useful / computed, 3)}
+  result = {"benchmark": "packing", "preset": args.preset, "source": source, "pairs_per_batch": args.pairs,
+            "batches": args.batches, "max_length": args.max_length, "useful_tokens": useful,
+            "env": _common.environment(), **arms,
+            "packed_vs_padded": round(arms["packed"]["useful_tokens_per_s"]
+                                      / arms["padded"]["useful_tokens_per_s"], 3)}
+  if "torch" in arms:
+    result["packed_vs_torch"] = round(arms["packed"]["useful_tokens_per_s"]
+                                      / arms["torch"]["useful_tokens_per_s"], 3)
+  _common.emit(result)
+  return result
+
+
+if __name__ == "__main__":
+  main()
