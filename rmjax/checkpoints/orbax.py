@@ -4,6 +4,10 @@ Each step directory holds two items: 'state' (the state pytree -- a TrainState, 
 {'step', 'params'} for one-shot models -- restored straight onto its shardings) and 'data'
 (JSON: {'step', 'data': the data iterator position}). The manager keeps the last
 `keep` checkpoints and, when a metric is named, also the best `keep_best` by that metric.
+
+Readers get a one-line `CheckpointError` for a step that does not exist (naming the steps that
+do) and for a truncated, zeroed or partly deleted checkpoint; only the writer (`create=True`,
+`rmjax.train.run.Run`) creates the directory.
 """
 
 from __future__ import annotations
@@ -16,20 +20,25 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
+from rmjax.errors import CheckpointError, RmjaxError
+
 
 class Checkpointer:
   """Thin wrapper over `ocp.CheckpointManager` with the rmjax item layout."""
 
   def __init__(self, directory: str, *, keep: int = 3, best_metric: Optional[str] = None,
-               best_mode: str = "max", keep_best: int = 1, async_save: bool = True):
+               best_mode: str = "max", keep_best: int = 1, async_save: bool = True,
+               create: bool = False):
     policies = [pp.LatestN(n=keep)]
     if best_metric:
       policies.append(pp.BestN(get_metric_fn=lambda m: m[best_metric], reverse=(best_mode == "min"),
                                n=keep_best, keep_checkpoints_without_metrics=False))
     options = ocp.CheckpointManagerOptions(
         preservation_policy=pp.AnyPreservationPolicy(policies),
-        enable_async_checkpointing=async_save, create=True)
+        enable_async_checkpointing=async_save, create=create)
     self.directory = os.path.abspath(directory)
+    if not create and not os.path.isdir(self.directory):
+      raise CheckpointError(f"{self.directory}: no checkpoints (not a directory)")
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_names=("state", "data"))
 
@@ -44,17 +53,40 @@ class Checkpointer:
                                                     data=ocp.args.JsonSave(data)),
                       metrics=metrics)
 
+  def _step(self, step: Optional[int]) -> int:
+    """`step`, or the latest; a step that is not on disk is a CheckpointError naming those that are."""
+    steps = self.all_steps()
+    if step is None:
+      if not steps:
+        raise CheckpointError(f"no checkpoint in {self.directory}")
+      return self.latest_step()
+    if step not in steps:
+      have = ", ".join(map(str, sorted(steps))) or "none"
+      raise CheckpointError(f"no checkpoint for step {step} in {self.directory}; available "
+                            f"steps: {have}")
+    return step
+
+  def _restore(self, step: Optional[int], args):
+    step = self._step(step)
+    try:
+      return self.manager.restore(step, args=args)
+    except RmjaxError:
+      raise
+    except Exception as e:  # noqa: BLE001 -- a damaged checkpoint: name it, in one line
+      msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+      raise CheckpointError(f"checkpoint {os.path.join(self.directory, str(step))} cannot be "
+                            f"restored (damaged, or written for another model config): "
+                            f"{type(e).__name__}: {msg}") from e
+
   def restore(self, abstract_state: Any, step: Optional[int] = None):
     """(state, data) at `step` (latest by default); arrays land on `abstract_state`'s shardings."""
-    step = self.latest_step() if step is None else step
-    out = self.manager.restore(step, args=ocp.args.Composite(
+    out = self._restore(step, ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
     return out["state"], out["data"]
 
   def restore_params(self, abstract_params: Any, step: Optional[int] = None):
     """Params alone (for scoring/eval), without building an optimizer state."""
-    step = self.latest_step() if step is None else step
-    out = self.manager.restore(step, args=ocp.args.Composite(
+    out = self._restore(step, ocp.args.Composite(
         state=ocp.args.PyTreeRestore(
             item={"params": abstract_params},
             restore_args=jax.tree_util.tree_map(
@@ -65,8 +97,7 @@ class Checkpointer:
 
   def restore_raw(self, step: Optional[int] = None):
     """The saved 'state' tree as host arrays, with no target structure (tests, inspection)."""
-    step = self.latest_step() if step is None else step
-    out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore()))
+    out = self._restore(step, ocp.args.Composite(state=ocp.args.PyTreeRestore()))
     return jax.tree_util.tree_map(np.asarray, out["state"])
 
   def delete(self, step: int) -> None:

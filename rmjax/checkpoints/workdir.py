@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 import ml_collections as mlc
 
-from rmjax.errors import ConfigError
+from rmjax.errors import CheckpointError, ConfigError
 from rmjax.models.llama import LlamaConfig
 
 MODEL_EXTRAS_KEY = "rmjax"  # model_config.json: what scoring needs beyond the LlamaConfig
@@ -21,29 +21,50 @@ def write_json_atomic(path: str, obj: Any, text: Optional[str] = None) -> None:
   folder = os.path.dirname(os.path.abspath(path))
   os.makedirs(folder, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-  with os.fdopen(fd, "w") as f:
-    f.write(text if text is not None else json.dumps(obj, indent=2, default=float))
-  os.replace(tmp, path)
+  try:
+    with os.fdopen(fd, "w") as f:
+      f.write(text if text is not None else json.dumps(obj, indent=2, default=float))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the file from other users
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+
+
+def _read_json(path: str, what: str) -> dict:
+  """A workdir JSON file as a dict; absent, unreadable or not an object -> one-line error."""
+  if not os.path.isfile(path) and what == "config":
+    raise ConfigError(f"{path} not found: --workdir must be a directory written by `rmjax train`")
+  if not os.path.isfile(path):
+    raise CheckpointError(f"{path} not found: the workdir holds no {what} (`rmjax train` writes it)")
+  try:
+    with open(path, encoding="utf-8") as f:
+      obj = json.load(f)
+  except (OSError, UnicodeDecodeError, ValueError) as e:
+    raise CheckpointError(f"{path}: unreadable {what} ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else ''})") from None
+  if not isinstance(obj, dict):
+    raise CheckpointError(f"{path}: a {what} must be a JSON object, got {type(obj).__name__}")
+  return obj
 
 
 def read_config(workdir: str) -> mlc.ConfigDict:
   """The run's resolved config (workdir/config.json)."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise ConfigError(f"{path} not found: --workdir must be a directory written by `rmjax train`")
-  with open(path) as f:
-    return mlc.ConfigDict(json.load(f))
+  return mlc.ConfigDict(_read_json(os.path.join(workdir, "config.json"), "config"))
 
 
 def read_model_config(workdir: str) -> tuple[LlamaConfig, dict]:
   """(LlamaConfig, scoring extras) from workdir/model_config.json."""
   path = os.path.join(workdir, "model_config.json")
-  if not os.path.exists(path):
-    raise ConfigError(f"{path} not found: --workdir must be a directory written by `rmjax train`")
-  with open(path) as f:
-    fields = json.load(f)
+  fields = _read_json(path, "model config")
   extras = fields.pop(MODEL_EXTRAS_KEY, {})
-  return LlamaConfig(**fields), extras
+  try:
+    return LlamaConfig(**fields), extras
+  except (TypeError, ValueError) as e:
+    raise CheckpointError(f"{path}: not a model config this rmjax reads ({e})") from None
 
 
 def model_config_fields(cfg: LlamaConfig, extras: Optional[dict] = None) -> dict:

@@ -158,6 +158,7 @@ class ChatEncoder:
     self.max_length = int(max_length)
     self.max_prompt_length = max_prompt_length
     self.eot_text = (getattr(tokenizer, 'eos_token', None) or '') + '\n'
+    self.n_truncated = 0  # inputs `cut` shortened: readers report it (`rmjax score`, eval)
 
   @property
   def pad_id(self):
@@ -205,6 +206,7 @@ class ChatEncoder:
     if self.max_prompt_length and len(prompt_ids) > self.max_prompt_length:
       prompt_ids, was_cut = prompt_ids[-self.max_prompt_length:], True
     prompt_ids, responses, cut_more = truncate(prompt_ids, responses, self.max_length)
+    self.n_truncated += int(was_cut or cut_more)
     return prompt_ids, responses, was_cut or cut_more
 
   def encode_responses(self, messages, responses):

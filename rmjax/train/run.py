@@ -85,7 +85,7 @@ class Run:
     self.ckpt = Checkpointer(os.path.join(workdir, checkpoints), keep=tc.keep_checkpoints,
                              best_metric=tc.get("best_metric") or None,
                              best_mode=tc.get("best_mode", "max"),
-                             async_save=tc.async_checkpoint)
+                             async_save=tc.async_checkpoint, create=True)
     self.writer: Optional[MetricWriter] = None
     self.resumed_from: Optional[int] = None
 
