@@ -14,6 +14,7 @@ setup(
         "jax>=0.10.0,<0.12",
         "flax>=0.12.0,<0.13",
         "optax>=0.2.5,<0.3",
+        "qwix==0.1.8",              # LoRA / QLoRA adapters (rmjax.models.lora)
         "orbax-checkpoint>=0.12.0,<0.13",
         "transformers>=5.0,<6",
         "accelerate>=1.0",          # transformers needs it to load GGUF files

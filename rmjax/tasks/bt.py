@@ -5,6 +5,7 @@ a loss plus `pairs.pair_task` plus a `TaskSpec`."""
 from __future__ import annotations
 
 from rmjax import losses
+from rmjax.models import lora
 from rmjax.models.reward_model import RewardModel
 from rmjax.tasks import common
 from rmjax.tasks.pairs import forward_pairs, pair_task
@@ -14,9 +15,10 @@ from rmjax.train.loop import Task
 
 def make_model(config, cfg, extras=None) -> RewardModel:
   m = config.model
-  return RewardModel(cfg, head=m.head, head_hidden=m.head_hidden, head_dropout=m.head_dropout,
-                     members=config.get("ensemble", {}).get("members", 1),
-                     stop_backbone_grad=config.train.freeze_backbone)
+  return lora.from_config(config, RewardModel(
+      cfg, head=m.head, head_hidden=m.head_hidden, head_dropout=m.head_dropout,
+      members=config.get("ensemble", {}).get("members", 1),
+      stop_backbone_grad=config.train.freeze_backbone))
 
 
 def bt_loss_fn(model, loss_cfg):
@@ -35,7 +37,8 @@ def bt_loss_fn(model, loss_cfg):
 def build(config) -> Task:
   backbone = common.backbone(config)
   model = make_model(config, backbone[0])
-  return pair_task(config, model, bt_loss_fn(model, config.loss), backbone=backbone)
+  loss_fn = bt_loss_fn(lora.train_model(model, config.model.get("lora")), config.loss)
+  return lora.apply_to_task(pair_task(config, model, loss_fn, backbone=backbone), config)
 
 
 SPEC = TaskSpec(name="bt", make_model=make_model, build=build)

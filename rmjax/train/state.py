@@ -48,9 +48,40 @@ def _decay_mask(params):
   return jax.tree_util.tree_map(lambda x: getattr(x, "ndim", 0) >= 2, params)
 
 
+def _path_str(path) -> str:
+  return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def _is_float(x) -> bool:
+  return jnp.issubdtype(jnp.result_type(x), jnp.inexact)
+
+
+def _float_grads(loss_fn):
+  """value_and_grad over the float leaves only: integer leaves (QLoRA's quantized base
+  weights) cannot be differentiated; their gradient is a float scalar 0 (they must be frozen,
+  see `make_optimizer`, and `make_train_step` leaves them as they are)."""
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def fn(params, batch, rng):
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    is_f = [_is_float(x) for x in leaves]
+    if all(is_f):
+      return grad_fn(params, batch, rng)
+    def merged(floats, others):
+      it = iter(floats)
+      return treedef.unflatten([next(it) if f else x for f, x in zip(is_f, others)])
+
+    out, g = jax.value_and_grad(lambda fl: loss_fn(merged(fl, leaves), batch, rng), has_aux=True)(
+        [x for f, x in zip(is_f, leaves) if f])
+    return out, merged(g, [jnp.zeros((), jnp.float32)] * len(leaves))
+  return fn
+
+
 def make_optimizer(optim, total_steps: int, trainable: Callable[[str], bool] | None = None):
   """(optax transform, schedule). `trainable(top_level_key)` freezes whole subtrees (e.g. the
-  backbone for head-only training): frozen leaves get zero updates and no Adam moments."""
+  backbone for head-only training); a predicate marked `trainable.by_path = True` is asked per
+  leaf with its '/'-joined path instead (LoRA: adapters and heads, `rmjax.models.lora`).
+  Frozen leaves get zero updates and no Adam moments."""
   for key in ("lr", "weight_decay", "clip_norm", "eps"):
     v = float(optim[key])
     if not math.isfinite(v) or v < 0:
@@ -62,6 +93,10 @@ def make_optimizer(optim, total_steps: int, trainable: Callable[[str], bool] | N
                   weight_decay=optim.weight_decay, mask=_decay_mask))
   if trainable is not None:
     def labels(params):
+      if getattr(trainable, "by_path", False):
+        return jax.tree_util.tree_map_with_path(  # a boxed leaf is labelled whole
+            lambda p, _: "train" if trainable(_path_str(p)) else "freeze", params,
+            is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
       return {k: ("train" if trainable(k) else "freeze") for k in params}
     tx = optax.multi_transform({"train": tx, "freeze": optax.set_to_zero()}, labels)
   return tx, schedule
@@ -74,7 +109,7 @@ def make_train_step(loss_fn, tx, schedule, accum_steps: int = 1):
   axis is split into that many micro-batches whose gradients are averaged (same result as one
   big batch when the loss is a mean over equal-sized micro-batches).
   """
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  grad_fn = _float_grads(loss_fn)
 
   def step(state: TrainState, batch):
     rng, sub = jax.random.split(state.rng)
@@ -100,7 +135,8 @@ def make_train_step(loss_fn, tx, schedule, accum_steps: int = 1):
       (loss, metrics, grads), _ = jax.lax.scan(body, zeros, (micro, rngs))
       loss, metrics, grads = jax.tree_util.tree_map(lambda x: x / accum_steps, (loss, metrics, grads))
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    params = jax.tree_util.tree_map(  # integer (quantized, frozen) leaves stay as they are
+        lambda p, u: optax.apply_updates(p, u) if _is_float(p) else p, state.params, updates)
     metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads), lr=schedule(state.step))
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state, rng=rng), metrics
 

@@ -1,0 +1,221 @@
+"""LoRA / QLoRA (rmjax.models.lora): fresh adapters are the base model, merged == unmerged, only
+adapters and heads train and hold optimizer state, a LoRA BT run learns like a full fine-tune,
+and the CLI trains, checkpoints and scores a LoRA workdir."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from _util import fast_config
+from configs import bt as bt_config
+from rmjax.errors import ConfigError
+from rmjax.inference.scorer import Scorer
+from rmjax.models import lora
+from rmjax.models.reward_model import RewardModel
+from rmjax.tasks import bt, common
+from rmjax.train.loop import train
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+LORA = {"rank": 4, "alpha": 8.0, "targets": "q_proj,k_proj,v_proj,o_proj", "dropout": 0.0,
+        "quant": ""}
+
+
+def _flat(tree):
+  return {"/".join(map(str, k)): v for k, v in flax.traverse_util.flatten_dict(tree).items()}
+
+
+def _ids(seed=0, b=4, t=12):
+  ids = jax.random.randint(jax.random.PRNGKey(seed), (b, t), 3, 500)
+  mask = jnp.ones_like(ids).at[0, :4].set(0)  # one left-padded row
+  return ids, mask
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  cfg, backbone = common.backbone(bt_config.get_config("tiny"))
+  return cfg, backbone
+
+
+def _lora_params(model, backbone, seed=0):
+  """Init params of the LoRA model with the pretrained backbone swapped in."""
+  ids, mask = _ids()
+  params = nn.unbox(model.init(jax.random.PRNGKey(seed), ids, mask)["params"])
+  rest, adapters = lora.split(params)
+  rest = dict(rest, backbone=jax.tree_util.tree_map(jnp.asarray, backbone))
+  return lora.join(rest, adapters)
+
+
+def _randomize_b(params, seed=1):
+  """Nonzero B (as after training) so the adapters change the outputs."""
+  return jax.tree_util.tree_map_with_path(
+      lambda p, x: (0.05 * jax.random.normal(jax.random.PRNGKey(seed), x.shape)
+                    if lora.path_str(p).endswith("_lora_b") else x), params)
+
+
+def test_settings_validate_and_refuse_the_mlp():
+  assert lora.settings({"rank": 0}) is None
+  s = lora.settings(LORA)
+  assert s.rank == 4 and s.scale == 2.0 and s.targets == ("q_proj", "k_proj", "v_proj", "o_proj")
+  with pytest.raises(ConfigError, match="SwiGLU"):
+    lora.settings(dict(LORA, targets="q_proj,gate_proj"))
+  with pytest.raises(ConfigError, match="unknown"):
+    lora.settings(dict(LORA, targets="qproj"))
+  with pytest.raises(ConfigError, match="quant"):
+    lora.settings(dict(LORA, quant="fp3"))
+
+
+def test_fresh_adapters_give_the_base_models_rewards(tiny):
+  """rank-r adapters with B = 0 at init: rewards identical to the base model's."""
+  cfg, backbone = tiny
+  base = RewardModel(cfg)
+  model = lora.wrap(base, LORA)
+  params = _lora_params(model, backbone)
+  flat = _flat(params)
+  bs = [v for k, v in flat.items() if k.endswith("_lora_b")]
+  assert len(bs) == 4 and all(float(jnp.abs(b).max()) == 0.0 for b in bs)
+  assert flat["backbone/layers/self_attn/q_proj/kernel_lora_a"].shape == (
+      cfg.num_hidden_layers, cfg.hidden_size, 4)
+  ids, mask = _ids()
+  r_lora = model.apply({"params": params}, ids, mask)["reward"]
+  r_base = base.apply({"params": lora.split(params)[0]}, ids, mask)["reward"]
+  np.testing.assert_array_equal(np.asarray(r_lora), np.asarray(r_base))
+  # trained (nonzero) adapters change the rewards; adapters_off gives the base back exactly
+  trained = _randomize_b(params)
+  assert float(jnp.abs(model.apply({"params": trained}, ids, mask)["reward"] - r_base).max()) > 1e-4
+  off = model.apply({"params": lora.adapters_off(trained)}, ids, mask)["reward"]
+  np.testing.assert_array_equal(np.asarray(off), np.asarray(r_base))
+
+
+def test_merged_params_score_like_the_adapters(tiny):
+  """merge(): W + alpha/r * A @ B into the plain model == the LoRA model, within 1e-5."""
+  cfg, backbone = tiny
+  base = RewardModel(cfg)
+  model = lora.wrap(base, LORA)
+  params = _randomize_b(_lora_params(model, backbone))
+  merged = lora.merge(params, LORA)
+  assert not any(k.endswith(lora.SUFFIXES) for k in _flat(merged))
+  assert jax.tree_util.tree_structure(merged) == jax.tree_util.tree_structure(
+      lora.split(params)[0])
+  ids, mask = _ids(seed=3)
+  r_lora = model.apply({"params": params}, ids, mask)["reward"]
+  r_merged = base.apply({"params": merged}, ids, mask)["reward"]
+  assert float(jnp.abs(r_lora - base.apply({"params": lora.split(params)[0]}, ids,
+                                           mask)["reward"]).max()) > 1e-4
+  np.testing.assert_allclose(np.asarray(r_merged), np.asarray(r_lora), atol=1e-5)
+
+
+def _config(steps, rank=4, **lora_kw):
+  c = fast_config(bt_config.get_config("tiny"), steps=steps)
+  c.model.lora.rank = rank
+  c.model.lora.alpha = 8.0
+  c.model.lora.update(lora_kw)
+  return c
+
+
+def _losses(workdir):
+  rows = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  return [r["loss"] for r in rows if "loss" in r]
+
+
+def test_only_adapters_and_heads_change_and_hold_optimizer_state(tmp_path, tiny):
+  _, backbone = tiny
+  c = _config(steps=3)
+  task = bt.build(c)
+  init = nn.unbox(task.init_params(jax.random.split(jax.random.PRNGKey(c.seed))[0]))
+  _, state = train(c, str(tmp_path / "wd"), task, return_state=True)
+  after, before, pre = _flat(state.params), _flat(init), _flat({"backbone": backbone})
+  adapters = [k for k in after if k.endswith(lora.SUFFIXES)]
+  heads = [k for k in after if k.startswith("reward_head/")]
+  base = [k for k in after if k.startswith("backbone/") and k not in adapters]
+  assert len(adapters) == 8 and heads and len(base) == len(pre)
+  for k in base:  # the frozen base is the pretrained weights, bit for bit
+    np.testing.assert_array_equal(np.asarray(after[k]), np.asarray(pre[k]), err_msg=k)
+  for k in [k for k in adapters if k.endswith("_lora_b")] + heads:
+    assert float(jnp.abs(after[k] - before[k]).max()) > 0, k
+  # Adam moments exist for exactly the adapters and head leaves; the frozen branch holds none
+  inner = state.opt_state.inner_states
+  assert jax.tree_util.tree_leaves(inner["freeze"]) == []
+  adam = inner["train"].inner_state[1][0]
+  for moments in (adam.mu, adam.nu):
+    held = sorted(lora.path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(moments))
+    assert held == sorted(adapters + heads)
+  n_state = sum(x.size for x in jax.tree_util.tree_leaves(state.opt_state))
+  n_trainable = sum(after[k].size for k in adapters + heads)
+  assert n_state == 2 * n_trainable + 2  # mu, nu + the two step counters
+  counts = lora.count(state.params)
+  assert counts["adapter"] == sum(after[k].size for k in adapters) < counts["total"] // 10
+
+
+def test_lora_bt_loss_falls_like_full_fine_tuning(tmp_path):
+  """30 steps (batch 8) over 32 synthetic pairs, same data order: both losses fall, LoRA (r=8,
+  attention only, + head) by at least half as much as the full fine-tune (here: full
+  0.674 -> 0.308, LoRA 0.664 -> 0.166, mean of the first / last 5 steps)."""
+  steps = 30
+  runs = {}
+  for name, rank in (("full", 0), ("lora", 8)):
+    c = _config(steps=steps, rank=rank, alpha=16.0)
+    c.optim.lr = 3e-3
+    c.data.source = "synthetic:32"
+    wd = tmp_path / name
+    bt.SPEC.train(c, str(wd))
+    ls = _losses(wd)
+    runs[name] = (float(np.mean(ls[:5])), float(np.mean(ls[-5:])))
+  print({k: {"first5": a, "last5": b} for k, (a, b) in runs.items()})
+  drop = {k: a - b for k, (a, b) in runs.items()}
+  assert drop["full"] > 0.1 and drop["lora"] > 0.1, runs
+  assert drop["lora"] > 0.5 * drop["full"], runs
+
+
+def test_qlora_int8_trains_only_adapters(tmp_path, tiny):
+  """QLoRA: targeted base kernels stored as int8 (quantized once from the pretrained weights),
+  float adapters train, the quantized base never changes; fresh adapters score close to the
+  float base model (int8 rounding)."""
+  cfg, backbone = tiny
+  c = _config(steps=2, quant="int8")
+  task = bt.build(c)
+  _, state = train(c, str(tmp_path / "wd"), task, return_state=True)
+  q = state.params["backbone"]["layers"]["self_attn"]["q_proj"]["kernel"]
+  assert isinstance(q, lora.WithAux) and q.array.qvalue.dtype == jnp.int8
+  w = np.asarray(backbone["layers"]["self_attn"]["q_proj"]["kernel"])
+  np.testing.assert_allclose(np.asarray(lora._dequantized(q)), w, atol=float(np.abs(w).max()) / 100)
+  assert np.isfinite(_losses(tmp_path / "wd")).all()
+  # fresh adapters on the int8 base ~ the float base model
+  model = bt.make_model(c, cfg)
+  fresh = lora.adapters_off(state.params)
+  ids, mask = _ids()
+  r_q = model.apply({"params": fresh}, ids, mask)["reward"]
+  base = RewardModel(cfg).apply({"params": dict(lora.split(lora.merge(fresh, c.model.lora))[0],
+                                                backbone=backbone)}, ids, mask)["reward"]
+  np.testing.assert_allclose(np.asarray(r_q), np.asarray(base), atol=2e-2)
+
+
+def test_cli_lora_train_checkpoint_and_score(tmp_path):
+  wd = tmp_path / "bt_lora"
+  run = lambda *a: subprocess.run([sys.executable, "-m", "rmjax", *map(str, a)], cwd=REPO,  # noqa: E731
+                                  capture_output=True, text=True, timeout=600)
+  proc = run("train", f"--config={REPO}/configs/bt.py:tiny", f"--workdir={wd}",
+             "--config.model.lora.rank=4", "--config.train.steps=3",
+             "--config.train.checkpoint_every=3", "--config.train.eval_every=0",
+             "--config.data.source=synthetic:120", "--config.data.eval_source=synthetic:16",
+             "--config.train.batch_size=8", "--config.train.progress=False")
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  saved = json.loads((wd / "config.json").read_text())
+  assert saved["model"]["lora"]["rank"] == 4
+  # the checkpoint holds the adapters (restored through the scorer, as `rmjax score` does)
+  flat = _flat(Scorer(str(wd), bt.SPEC).params)
+  b = flat["backbone/layers/self_attn/v_proj/kernel_lora_b"]
+  assert b.shape[-2] == 4 and float(jnp.abs(b).max()) > 0
+  inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+  inp.write_text(json.dumps({"prompt": "Say something kind.", "response": "good cats."}) + "\n")
+  proc = run("score", f"--workdir={wd}", f"--data={inp}", f"--out={out}")
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  rows = [json.loads(l) for l in out.read_text().splitlines()]
+  assert len(rows) == 1 and np.isfinite(rows[0]["reward"])
