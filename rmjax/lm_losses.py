@@ -49,6 +49,21 @@ def response_mask(mask: jax.Array, prompt_len: jax.Array) -> jax.Array:
   return (mask.astype(bool) & (pos >= prompt_len[:, None])).astype(jnp.float32)
 
 
+def packed_response_logprobs(token_lp: jax.Array, at: jax.Array, seq_len: jax.Array,
+                             prompt_len: jax.Array) -> jax.Array:
+  """Summed response log-probs [P] of sequences packed in rows (`rmjax.data.packing`).
+
+  token_lp [R, L] from `token_logprobs` over the packed rows; `at` [P, 2] (row, column of each
+  sequence's last token), seq_len / prompt_len [P]. The response is the last seq_len -
+  prompt_len tokens; each is scored by the logits of the token before it, which lies in the same
+  sequence (prompt_len >= 1), so the sum is a difference of row-wise cumulative sums.
+  """
+  cs = jnp.cumsum(token_lp, axis=-1)
+  row, end = at[:, 0], at[:, 1]
+  n = seq_len - prompt_len
+  return cs[row, end] - cs[row, end - n]
+
+
 def sequence_logprobs(token_lp: jax.Array, loss_mask: jax.Array, average: bool = False) -> jax.Array:
   """Summed (or, with `average`, mean) masked token log-probs per row [B]."""
   loss_mask = loss_mask.astype(token_lp.dtype)

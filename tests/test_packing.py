@@ -129,3 +129,32 @@ def test_packed_run_trains_like_the_padded_run(tmp_path):
     runs[packing] = _losses(tmp_path / str(packing))
   assert len(runs[True]) == 3
   np.testing.assert_allclose(runs[True], runs[False], atol=1e-4)
+
+
+@pytest.mark.parametrize("reg", ["sft", "dpo_ref"])
+def test_packed_equals_padded_for_grm_regularisers(reg):
+  """GRM's LM regularisers read each packed sequence's response span: same loss, metrics and
+  gradients as the padded batch."""
+  import ml_collections as mlc
+  from rmjax.models.llama import Llama
+  from rmjax.tasks import grm
+  cfg = preset_config("tiny")
+  model = RewardModel(cfg, keep_lm_logits=True)
+  ids = jnp.zeros((2, 8), jnp.int32)
+  params = model.init(jax.random.PRNGKey(0), ids, jnp.ones_like(ids))["params"]
+  ref_lm = Llama(cfg) if reg == "dpo_ref" else None
+  if ref_lm is not None:
+    params = dict(params, reference=ref_lm.init(jax.random.PRNGKey(5), ids, jnp.ones_like(ids))["params"])
+  loss_cfg = mlc.ConfigDict(dict(alpha=0.5, beta=0.1, reg=reg, use_margin=False,
+                                 label_smoothing=0.0, centering_coef=0.0))
+  loss_fn = grm.grm_loss_fn(model, loss_cfg, ref_lm)
+  data = _pairs(10, seed=4)
+  batch = next(PairBatcher(data, 8, buckets=(64,), seed=0))
+  packed = pack_batch(batch, data, row_length=96)
+  (l0, m0), g0 = jax.value_and_grad(lambda p, b: loss_fn(p, b, None), has_aux=True)(params, batch)
+  (l1, m1), g1 = jax.value_and_grad(lambda p, b: loss_fn(p, b, None), has_aux=True)(params, packed)
+  np.testing.assert_allclose(l1, l0, atol=1e-5)
+  for k in m0:
+    np.testing.assert_allclose(m1[k], m0[k], atol=1e-4, rtol=1e-5, err_msg=k)
+  for a, b in zip(jax.tree_util.tree_leaves(g0), jax.tree_util.tree_leaves(g1)):
+    np.testing.assert_allclose(b, a, atol=1e-5)

@@ -11,6 +11,7 @@ Packed batch (numpy; R rows of `row_length` tokens, B = the padded batch's pair 
   segment_ids   int32 [R, L]   0 on padding, k >= 1 for the k-th sequence of the row
   chosen_at     int32 [B, 2]   (row, column) of each pair's chosen LAST token: its reward
   rejected_at   int32 [B, 2]   the same for rejected
+  chosen_len, rejected_len  int32 [B]  sequence lengths (prompt + response; LM regularisers)
   prompt_len, margin, weight, index   as in the padded batch ([B]); weight-0 filler pairs are
                                       not packed and point at (0, 0)
 R is rounded up to a multiple of `row_multiple` (a handful of shapes for jit, and rows that
@@ -55,7 +56,8 @@ def pack_batch(batch: dict, data, row_length: int, row_multiple: int = 1) -> dic
   fill = np.zeros(n_rows, np.int64)
   n_seg = np.zeros(n_rows, np.int64)
   at = {"chosen_at": np.zeros((len(idx), 2), np.int32),
-        "rejected_at": np.zeros((len(idx), 2), np.int32)}
+        "rejected_at": np.zeros((len(idx), 2), np.int32),
+        "chosen_len": np.zeros(len(idx), np.int32), "rejected_len": np.zeros(len(idx), np.int32)}
   for slot, i in enumerate(live):
     row = rows_of[slot]
     for key, seq in zip(("chosen_at", "rejected_at"), seqs[i]):
@@ -64,6 +66,7 @@ def pack_batch(batch: dict, data, row_length: int, row_multiple: int = 1) -> dic
       seg[row, start:start + len(seq)] = n_seg[row]
       fill[row] += len(seq)
       at[key][i] = (row, fill[row] - 1)
+      at[key.replace("_at", "_len")][i] = len(seq)
   out = {k: v for k, v in batch.items() if not k.endswith(("_ids", "_mask"))}
   out.update(input_ids=ids, segment_ids=seg, **at)
   return out

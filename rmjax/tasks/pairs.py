@@ -50,7 +50,11 @@ def forward_pairs(model, params, batch, *, rng=None):
     seg = batch["segment_ids"]
     out = model.apply({"params": params}, batch["input_ids"], seg > 0, segment_ids=seg,
                       pool_at=at, **kw)
-    out = {k: v for k, v in out.items() if k != "logits"}
+    if "logits" in out:  # [R, L, V] of the packed rows: both sides read it (GRM's regulariser)
+      logits = out.pop("logits")
+      b = batch["weight"].shape[0]
+      return ({**{k: v[:b] for k, v in out.items()}, "logits": logits},
+              {**{k: v[b:] for k, v in out.items()}, "logits": logits})
   else:
     ids = jnp.concatenate([batch["chosen_ids"], batch["rejected_ids"]], axis=0)
     mask = jnp.concatenate([batch["chosen_mask"], batch["rejected_mask"]], axis=0)
