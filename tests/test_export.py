@@ -244,17 +244,22 @@ def test_armorm_export_is_rlhflow_layout(runs):
                              want["reward"], atol=1e-4)
 
 
+@pytest.fixture(scope="module")
+def tiny():
+  return load_pretrained("tiny")
+
+
 def _random_rm(config, cfg, make_model, seed=0):
   model = make_model(config, cfg)
   ids = jax.numpy.zeros((2, 8), jax.numpy.int32)
-  params = nn.unbox(model.init(jax.random.PRNGKey(seed), ids, jax.numpy.ones_like(ids)))["params"]
-  return model, params
+  init = jax.jit(lambda rng: nn.unbox(model.init(rng, ids, jax.numpy.ones_like(ids)))["params"])
+  return model, jax.device_get(init(jax.random.PRNGKey(seed)))
 
 
-def test_grm_keeps_lm_head_and_salmon_maps_to_seq_cls(tmp_path):
+def test_grm_keeps_lm_head_and_salmon_maps_to_seq_cls(tmp_path, tiny):
   from configs import grm, salmon
   from rmjax.tasks import grm as grm_task, salmon as salmon_task
-  cfg, _ = load_pretrained("tiny")
+  cfg = tiny[0]
   model, params = _random_rm(grm.get_config("tiny,head=scalar"), cfg, grm_task.SPEC.make_model)
   out = tmp_path / "grm-hf"
   conf = hf_export.write_reward_model(str(out), model, params, ByteTokenizer(), task="grm")
@@ -275,10 +280,10 @@ def test_grm_keeps_lm_head_and_salmon_maps_to_seq_cls(tmp_path):
   assert not files
 
 
-def test_mlp_head_and_independent_ensembles_are_refused(tmp_path):
+def test_mlp_head_independent_ensembles_and_lora_adapters_are_refused(tmp_path, tiny):
   from configs import bt
   from rmjax.tasks import bt as bt_task, ensemble as ens_task
-  cfg, _ = load_pretrained("tiny")
+  cfg = tiny[0]
   c = bt.get_config("tiny")
   c.model.head = "mlp"
   c.model.head_hidden = 8
@@ -288,6 +293,9 @@ def test_mlp_head_and_independent_ensembles_are_refused(tmp_path):
   assert not (tmp_path / "o").exists()
   with pytest.raises(CheckpointError, match="ensemble.mode=heads"):
     hf_rm.export_layout(ens_task.IndependentEnsemble(cfg, 2), {})
+  unmerged = {"backbone": {"layers": {"self_attn": {"q_proj_lora_a": np.zeros((2, 3))}}}}
+  with pytest.raises(CheckpointError, match="LoRA adapters"):
+    hf_rm.export_layout(model, unmerged)
 
 
 # ---------------------------------------------------------------------------- import
@@ -354,8 +362,8 @@ def test_armorm_directory_loads_as_backbone_spec(runs):
 
 @pytest.mark.parametrize("name", ["../evil.safetensors", "/etc/evil.safetensors",
                                   "sub/../../evil.safetensors"])
-def test_index_may_not_leave_the_checkpoint_directory(tmp_path, name):
-  cfg, params = load_pretrained("tiny")
+def test_index_may_not_leave_the_checkpoint_directory(tmp_path, name, tiny):
+  cfg, params = tiny
   ck = tmp_path / "ck"
   hf.save_hf_dir(params, cfg, str(ck))
   os.rename(ck / "model.safetensors", tmp_path / "evil.safetensors")

@@ -66,6 +66,11 @@ def export_layout(model, params, task: str = "") -> tuple:
   `model` is the scoring module (RewardModel or ArmoRM), `params` its params (any placement).
   """
   params = _np(params)
+  adapters = [jax.tree_util.keystr(k) for k, _ in jax.tree_util.tree_flatten_with_path(params)[0]
+              if jax.tree_util.keystr(k).endswith(("_lora_a']", "_lora_b']"))]
+  if adapters:
+    raise CheckpointError(f"params hold LoRA adapters ({adapters[0]}, ...): merge them into the "
+                          f"kernels first (rmjax.models.lora.merge); rmjax convert does")
   if isinstance(model, ArmoRM):
     settings = dict(armo_ckpt.settings_of(params["heads"]), temperature=model.temperature)
     sd = dict(_backbone_sd(params["backbone"], model.cfg), **armo_ckpt.heads_to_state_dict(params["heads"]))

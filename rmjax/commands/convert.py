@@ -51,7 +51,11 @@ def export_workdir(workdir: str, dst: str, step=None) -> dict:
           "data": {"source": config.data.get("source", ""),
                    "eval_source": config.data.get("eval_source", "")},
           "results": model_card.workdir_results(workdir)}
-  return hf_export.write_reward_model(dst[3:], scorer.model, scorer.params, scorer.tokenizer,
+  params = scorer.params
+  if (config.model.get("lora") or {}).get("rank", 0):
+    from rmjax.models import lora  # noqa: PLC0415 -- LoRA runs only: fold the adapters in
+    params = lora.merge(params, config.model.lora)
+  return hf_export.write_reward_model(dst[3:], scorer.model, params, scorer.tokenizer,
                                       task=config.task, max_length=scorer.encoder.max_length,
                                       objectives=names, card=card, step=scorer.step)
 
