@@ -16,11 +16,14 @@ import pytest
 
 from _util import fast_config
 from configs import bt as bt_config
+from configs import ensemble as ensemble_config
+from configs import grm as grm_config
+from configs import salmon as salmon_config
 from rmjax.errors import ConfigError
 from rmjax.inference.scorer import Scorer
 from rmjax.models import lora
 from rmjax.models.reward_model import RewardModel
-from rmjax.tasks import bt, common
+from rmjax.tasks import bt, common, ensemble, grm, salmon
 from rmjax.train.loop import train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -172,6 +175,52 @@ def test_lora_bt_loss_falls_like_full_fine_tuning(tmp_path):
   drop = {k: a - b for k, (a, b) in runs.items()}
   assert drop["full"] > 0.1 and drop["lora"] > 0.1, runs
   assert drop["lora"] > 0.5 * drop["full"], runs
+
+
+def _salmon_tiny():
+  c = salmon_config.get_config("tiny")
+  c.salmon.update(preferences="synthetic:64", eval_preferences="synthetic:8")
+  return c
+
+
+@pytest.mark.parametrize("name, make_config, module", [
+    ("grm_dpo_ref", lambda: grm_config.get_config("tiny,reg=dpo_ref,alpha=0.5"), grm),
+    ("ensemble", lambda: ensemble_config.get_config("tiny,members=3"), ensemble),
+    ("salmon", _salmon_tiny, salmon)])
+def test_pair_tasks_train_adapters_only(tmp_path, tiny, name, make_config, module):
+  """GRM (dpo_ref: the reference is the base with adapters off, no 'reference' copy), the
+  K-head ensemble and SALMON: 2 steps, the base stays the pretrained weights, adapters move."""
+  _, backbone = tiny
+  c = fast_config(make_config(), steps=2)
+  if name == "salmon":
+    c.data.update(source="", eval_source="")
+  c.model.lora.update(rank=4, alpha=8.0)
+  task = module.build(c)
+  _, state = train(c, str(tmp_path / name), task, return_state=True)
+  after, pre = _flat(state.params), _flat({"backbone": backbone})
+  assert "reference" not in state.params
+  for k, v in pre.items():
+    np.testing.assert_array_equal(np.asarray(after[k]), np.asarray(v), err_msg=k)
+  assert float(jnp.abs(after["backbone/layers/self_attn/q_proj/kernel_lora_b"]).max()) > 0
+  held = {lora.path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(
+      state.opt_state.inner_states["train"].inner_state[1][0].mu)}
+  assert held and all(k.endswith(lora.SUFFIXES) or not k.startswith("backbone/") for k in held)
+  if name == "grm_dpo_ref":  # step 1 runs the fresh adapters: policy log-probs == reference's
+    row = json.loads((tmp_path / name / "metrics.jsonl").read_text().splitlines()[0])
+    assert abs(row["chosen_logps"] - row["ref_chosen_logps"]) < 1e-4, row
+
+
+def test_lora_config_conflicts_are_refused():
+  c = ensemble_config.get_config("tiny,mode=independent")
+  c.model.lora.rank = 4
+  cfg, _ = common.backbone(c)
+  with pytest.raises(ConfigError, match="independent"):
+    ensemble.make_model(c, cfg)
+  c = bt_config.get_config("tiny")
+  c.model.lora.rank = 4
+  c.train.freeze_backbone = True
+  with pytest.raises(ConfigError, match="freeze_backbone"):
+    bt.make_model(c, cfg)
 
 
 def test_qlora_int8_trains_only_adapters(tmp_path, tiny):

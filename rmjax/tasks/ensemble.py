@@ -31,6 +31,7 @@ import numpy as np
 from rmjax import losses
 from rmjax.errors import ConfigError
 from rmjax.eval.uncertainty import uncertainty_report
+from rmjax.models import lora
 from rmjax.models.llama import LlamaConfig
 from rmjax.models.reward_model import RewardModel
 from rmjax.data.batching import tokenize_pairs
@@ -87,9 +88,12 @@ def make_model(config, cfg):
   """The ensemble reward model for `config` (used by training and by `rmjax score/eval`)."""
   e = _ens(config)
   if e.mode == "independent":
+    if lora.settings(config.model.get("lora")) is not None:
+      raise ConfigError("model.lora with ensemble.mode='independent' would freeze K copies of the "
+                        "backbone: use mode='heads' (K heads on one LoRA-adapted backbone)")
     return IndependentEnsemble(cfg, e.members, stop_backbone_grad=config.train.freeze_backbone)
-  return RewardModel(cfg, head="ensemble", members=e.members,
-                     stop_backbone_grad=config.train.freeze_backbone)
+  return lora.from_config(config, RewardModel(cfg, head="ensemble", members=e.members,
+                                              stop_backbone_grad=config.train.freeze_backbone))
 
 
 def bootstrap_weights(n: int, members: int, kind: str = "poisson", seed: int = 0) -> np.ndarray:
@@ -212,12 +216,14 @@ def build(config) -> Task:
   if config.train.freeze_backbone and e.mode == "independent":
     raise ConfigError("train.freeze_backbone with ensemble.mode='independent' trains K heads on "
                       "K identical frozen backbones: use mode='heads' (or cached_embeddings)")
-  return pair_task(config, model, ensemble_loss_fn(model, config.loss, boot),
+  loss_fn = ensemble_loss_fn(lora.train_model(model, config.model.get("lora")), config.loss, boot)
+  task = pair_task(config, model, loss_fn,
                    eval_fn=ensemble_eval_fn(model), summarize=summarize_ensemble(data[2]),
                    data=data, backbone=backbone, init_params=init_params,
                    load_pretrained=_load_backbone(e.mode, backbone[1], e.members),
                    info={"ensemble": {"members": e.members, "mode": e.mode,
                                       "bootstrap": e.bootstrap}})
+  return lora.apply_to_task(task, config)
 
 
 def run_cached(config, workdir: str) -> dict:
@@ -268,6 +274,9 @@ def run_cached(config, workdir: str) -> dict:
 def train_ensemble(config, workdir: str) -> dict:
   """`rmjax train`: the supervised loop, or the cached fast path (`ensemble.cached_embeddings`)."""
   if _ens(config).get("cached_embeddings", False):
+    if lora.settings(config.model.get("lora")) is not None:
+      raise ConfigError("ensemble.cached_embeddings fits heads on a frozen backbone's features: "
+                        "it does not train LoRA adapters (unset one of them)")
     return run_cached(config, workdir)
   return loop_train(config, workdir, build(config))
 

@@ -13,6 +13,8 @@ logical names), checkpoints it (so a resumed run has it), and `Task.trainable` f
 update, no Adam moments); the loss also reads it through `stop_gradient`. Scoring never needs
 it: `make_model` builds the reward model alone and `rmjax score/eval` restore only its params.
 With alpha = 0 the loss and gradients are the BT task's (tested: same trajectory).
+With `model.lora` the reference is the policy's own base weights with the adapters off
+(`rmjax.models.lora.adapters_off`): no 'reference' copy is held.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import jax.numpy as jnp
 
 from rmjax import lm_losses, losses
 from rmjax.errors import ConfigError
+from rmjax.models import lora
 from rmjax.models.llama import Llama
 from rmjax.models.reward_model import RewardModel
 from rmjax.tasks import common
@@ -36,8 +39,9 @@ def make_model(config, cfg, keep_lm_logits: bool = False) -> RewardModel:
   """The GRM reward model. Scoring (`rmjax score/eval`) uses the default, which skips the LM
   logits; the params tree is the same either way (the backbone always holds its LM head)."""
   m = config.model
-  return RewardModel(cfg, head=m.head, head_hidden=m.head_hidden, head_dropout=m.head_dropout,
-                     keep_lm_logits=keep_lm_logits, stop_backbone_grad=config.train.freeze_backbone)
+  return lora.from_config(config, RewardModel(
+      cfg, head=m.head, head_hidden=m.head_hidden, head_dropout=m.head_dropout,
+      keep_lm_logits=keep_lm_logits, stop_backbone_grad=config.train.freeze_backbone))
 
 
 def check_loss_config(loss_cfg) -> None:
@@ -55,13 +59,7 @@ def _policy(params):
 
 
 def _pair_logprobs(logits_c, logits_r, batch):
-  """Summed response log-probs of chosen and rejected rows, each [B] (packed batches: both
-  read the packed rows' logits at their own spans)."""
-  if "segment_ids" in batch:
-    tok_lp = lm_losses.token_logprobs(logits_c, batch["input_ids"])
-    return tuple(lm_losses.packed_response_logprobs(tok_lp, batch[f"{side}_at"],
-                                                    batch[f"{side}_len"], batch["prompt_len"])
-                 for side in ("chosen", "rejected"))
+  """Summed response log-probs of chosen and rejected rows, each [B]."""
   lp_c = lm_losses.response_logprobs(logits_c, batch["chosen_ids"], batch["chosen_mask"],
                                      batch["prompt_len"])
   lp_r = lm_losses.response_logprobs(logits_r, batch["rejected_ids"], batch["rejected_mask"],
@@ -71,11 +69,6 @@ def _pair_logprobs(logits_c, logits_r, batch):
 
 def reference_logprobs(ref_lm: Llama, ref_params, batch):
   """Summed response log-probs under the frozen reference (no gradient), chosen and rejected."""
-  if "segment_ids" in batch:
-    logits = ref_lm.apply({"params": jax.lax.stop_gradient(ref_params)}, batch["input_ids"],
-                          segment_ids=batch["segment_ids"])
-    lp_c, lp_r = _pair_logprobs(logits, logits, batch)
-    return jax.lax.stop_gradient(lp_c), jax.lax.stop_gradient(lp_r)
   ids = jnp.concatenate([batch["chosen_ids"], batch["rejected_ids"]], axis=0)
   mask = jnp.concatenate([batch["chosen_mask"], batch["rejected_mask"]], axis=0)
   logits = ref_lm.apply({"params": jax.lax.stop_gradient(ref_params)}, ids, mask)
@@ -100,12 +93,12 @@ def grm_loss_fn(model: RewardModel, loss_cfg, ref_lm: Llama | None = None):
     lp_c, lp_r = _pair_logprobs(c["logits"], r["logits"], batch)
     ref_c = ref_r = None
     if reg == "dpo_ref":
-      ref_c, ref_r = reference_logprobs(ref_lm, params[REFERENCE], batch)
+      ref = params[REFERENCE] if REFERENCE in params else lora.adapters_off(params["backbone"])
+      ref_c, ref_r = reference_logprobs(ref_lm, ref, batch)
     reg_loss = lm_losses.regulariser(reg, lp_c, lp_r, ref_c, ref_r, beta=beta, weight=w)
     loss = (1.0 - alpha) * bt_loss + alpha * reg_loss
     mean = lambda x: losses.weighted_mean(x, w)
-    n_tok = (batch["chosen_len"] - batch["prompt_len"] if "segment_ids" in batch else
-             lm_losses.response_mask(batch["chosen_mask"], batch["prompt_len"]).sum(-1))
+    n_tok = lm_losses.response_mask(batch["chosen_mask"], batch["prompt_len"]).sum(-1)
     metrics = dict(losses.pair_metrics(c["reward"], r["reward"], w), bt_loss=bt_loss,
                    reg_loss=reg_loss, chosen_logps=mean(lp_c), rejected_logps=mean(lp_r),
                    chosen_logps_per_token=mean(lp_c / jnp.maximum(n_tok, 1.0)))
@@ -121,29 +114,35 @@ def build(config) -> Task:
   model = make_model(config, cfg, keep_lm_logits=True)
   score_eval = pair_eval_fn(make_model(config, cfg))
   with_ref = config.loss.reg == "dpo_ref"
-  ref_lm = Llama(cfg) if with_ref else None
+  lora_cfg = config.model.get("lora")
+  # a LoRA policy's reference is its own base weights with the adapters off (no second copy)
+  with_ref_copy = with_ref and lora.settings(lora_cfg) is None
+  ref_lm = lora.wrap(Llama(cfg), lora_cfg) if with_ref else None
 
   def init_params(rng):
     ids = jnp.zeros((2, 8), jnp.int32)
     params = model.init(rng, ids, jnp.ones_like(ids))["params"]
-    if with_ref:  # same logical names as the backbone -> same shardings
+    if with_ref_copy:  # same logical names as the backbone -> same shardings
       params = dict(params, **{REFERENCE: ref_lm.init(rng, ids, jnp.ones_like(ids))["params"]})
     return params
 
   def load_pretrained(params, shardings):
     out = common.params_with_backbone(params, backbone_params, shardings)
-    if with_ref:
+    if with_ref_copy:
       ref = common.params_with_backbone({"backbone": params[REFERENCE]}, backbone_params,
                                         {"backbone": shardings[REFERENCE]})["backbone"]
       out = dict(out, **{REFERENCE: ref})
     return out
 
-  return pair_task(config, model, grm_loss_fn(model, config.loss, ref_lm),
+  frozen = (REFERENCE,) if with_ref_copy else ()
+  loss_fn = grm_loss_fn(lora.train_model(model, lora_cfg), config.loss, ref_lm)
+  task = pair_task(config, model, loss_fn,
                    eval_fn=lambda params, batch: score_eval(_policy(params), batch),
                    backbone=backbone, init_params=init_params, load_pretrained=load_pretrained,
-                   frozen=(REFERENCE,) if with_ref else (),
+                   frozen=frozen,
                    info={"grm": dict(alpha=float(config.loss.alpha), reg=config.loss.reg,
                                      beta=float(config.loss.beta))})
+  return lora.apply_to_task(task, config, frozen=frozen)
 
 
 SPEC = TaskSpec(name="grm", make_model=lambda config, cfg, extras=None: make_model(config, cfg),

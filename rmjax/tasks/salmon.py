@@ -25,6 +25,7 @@ from rmjax.data.sources import split_by_prompt_hash
 from rmjax.data.tokenize import normalize_prompt
 from rmjax.errors import ConfigError
 from rmjax.inference.embed import batched_forward
+from rmjax.models import lora
 from rmjax.tasks import bt, common, salmon_collect
 from rmjax.tasks.pairs import pair_task, summarize_pairs
 from rmjax.tasks.spec import TaskSpec
@@ -148,8 +149,11 @@ def build(config) -> Task:
   backbone = common.backbone(config)
   model = make_model(config, backbone[0])
   batcher, eval_batches, views, stats = salmon_data(config, common.tokenizer(config))
-  return pair_task(config, model, bt.bt_loss_fn(model, config.loss), backbone=backbone,
-                   data=(batcher, eval_batches, views, stats), summarize=summarize_pairs(views))
+  loss_fn = bt.bt_loss_fn(lora.train_model(model, config.model.get("lora")), config.loss)
+  return lora.apply_to_task(
+      pair_task(config, model, loss_fn, backbone=backbone,
+                data=(batcher, eval_batches, views, stats), summarize=summarize_pairs(views)),
+      config)
 
 
 def reward_fn(model, params, tok, config, batch_size: int = 16):
