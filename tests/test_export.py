@@ -5,7 +5,6 @@ import json
 import os
 import pathlib
 import re
-import sys
 
 import flax.linen as nn
 import jax
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file
 
 from _cli import REPO, run_cli, run_subprocess
 from _util import fast_config

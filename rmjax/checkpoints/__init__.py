@@ -1,4 +1,9 @@
-"""Checkpoints: transformers safetensors <-> params, GGUF -> params, presets (see presets.py)."""
+"""Checkpoints: transformers safetensors <-> params, GGUF -> params, presets (see presets.py).
+
+Reward models as HF directories (`rmjax convert --to hf:OUT`, `--model hf:DIR`): layouts in
+hf_rm.py, the atomic writer in hf_export.py (with tokenizer_export.py and model_card.py); import
+them as modules (`from rmjax.checkpoints import hf_export`), they are not re-exported here.
+"""
 
 from rmjax.checkpoints.gguf import load_gguf
 from rmjax.checkpoints.hf import (

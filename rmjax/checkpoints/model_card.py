@@ -78,7 +78,8 @@ def render(*, kind: str, rm: dict, task: str = "", base: str = "", data: Optiona
            "armorm": "multi-objective reward model (ArmoRM)"}.get(kind, "reward model")
   out = ["---", "library_name: transformers", "tags: [reward-model, rmjax]", "---", "",
          f"# rmjax {title}", "",
-         f"- task: `{task or 'unknown'}` (rmjax method), exported at step {step}",
+         f"- task: `{task or 'unknown'}` (rmjax method)"
+         + (f", exported at training step {step}" if step is not None else ""),
          f"- base model: `{base or 'unknown'}`",
          f"- training data: `{data.get('source', 'unknown')}`"
          + (f"; eval data `{data['eval_source']}`" if data.get("eval_source") else "")]
