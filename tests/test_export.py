@@ -343,6 +343,20 @@ def test_score_off_the_shelf_hf_rm(hf_seqcls):
   assert np.abs(want).max() > 0.05  # a head that does not score ~0 everywhere
 
 
+def test_score_a_k_label_classifier_as_an_ensemble(tmp_path):
+  torch.manual_seed(1)
+  config = transformers.LlamaConfig(
+      vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+      num_attention_heads=2, num_key_value_heads=2, initializer_range=0.3, pad_token_id=0,
+      eos_token_id=2, bos_token_id=3, num_labels=3)
+  transformers.LlamaForSequenceClassification(config).eval().save_pretrained(tmp_path)
+  tokenizer_export.byte_tokenizer_fast().save_pretrained(tmp_path)
+  want = torch_logits(tmp_path, side="left")[0]
+  got = tasks.load_scorer(f"hf:{tmp_path}").score(PROMPTS, RESPONSES, progress=False)
+  np.testing.assert_allclose(got["members"], want, atol=1e-4)
+  np.testing.assert_allclose(got["reward"], want.mean(-1), atol=1e-4)
+
+
 def test_fine_tuning_starts_from_the_classifier_head(hf_seqcls, tmp_path):
   from configs import bt
   from rmjax.commands.convert import import_to_workdir
@@ -381,6 +395,14 @@ def test_armorm_directory_loads_as_spec_and_through_convert_from(runs):
   assert set(a) == set(b) and all(np.array_equal(a[k], b[k]) for k in a)
   conf = json.loads(pathlib.Path(again, "config.json").read_text())
   assert conf["architectures"] == [hf_rm.ARMORM] and conf["rmjax"]["prompt_pattern"]
+  # a released ArmoRM has no rmjax section: the prompt pattern comes from the chat template
+  del conf["rmjax"]
+  pathlib.Path(again, "config.json").write_text(json.dumps(conf))
+  prompts, responses = [PROMPTS[i] for i in SHORT], [RESPONSES[i] for i in SHORT]
+  plain, ours = tasks.load_scorer(f"hf:{again}"), tasks.load_scorer(f"hf:{out}")
+  assert plain.model.prompt_pattern == ours.model.prompt_pattern
+  np.testing.assert_allclose(plain.score(prompts, responses, progress=False)["reward"],
+                             ours.score(prompts, responses, progress=False)["reward"], atol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["../evil.safetensors", "/etc/evil.safetensors",
