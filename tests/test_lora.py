@@ -18,12 +18,15 @@ from _util import fast_config
 from configs import bt as bt_config
 from configs import ensemble as ensemble_config
 from configs import grm as grm_config
+from configs import ppo as ppo_config
 from configs import salmon as salmon_config
 from rmjax.errors import ConfigError
 from rmjax.inference.scorer import Scorer
 from rmjax.models import lora
 from rmjax.models.reward_model import RewardModel
-from rmjax.tasks import bt, common, ensemble, grm, salmon
+from rmjax import sharding as shd
+from rmjax.rl import rollout
+from rmjax.tasks import bt, common, ensemble, grm, ppo, ppo_setup, salmon
 from rmjax.train.loop import train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -268,3 +271,41 @@ def test_cli_lora_train_checkpoint_and_score(tmp_path):
   assert proc.returncode == 0, proc.stdout + proc.stderr
   rows = [json.loads(l) for l in out.read_text().splitlines()]
   assert len(rows) == 1 and np.isfinite(rows[0]["reward"])
+
+
+def test_ppo_lora_policy_one_backbone_and_base_reference(tmp_path):
+  """PPO with a LoRA policy: the run holds one backbone (no reference copy; param count), only
+  adapters move and hold Adam state, and the reference log-probs equal a separately held base
+  model's within 1e-5 after the adapters have trained."""
+  c = ppo_config.get_config("tiny,smoke")
+  c.train.eval_every = 0
+  c.train.steps, c.train.checkpoint_every = 3, 3
+  c.model.lora.update(rank=4, alpha=8.0)
+  mesh = shd.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+  setup = ppo_setup.build(c, str(tmp_path), mesh)
+  assert setup.ref_params is None
+  base_cfg = setup.cfg
+  base = jax.tree_util.tree_map(np.asarray, lora.split(setup.policy_params)[0])
+  _, state = ppo.run(c, str(tmp_path / "run"), return_state=True, mesh=mesh)
+  n_base = sum(x.size for x in jax.tree_util.tree_leaves(base))
+  counts = lora.count(state.policy)
+  assert counts["total"] == n_base + counts["adapter"] and counts["adapter"] < n_base // 10
+  policy = _flat(jax.device_get(state.policy))
+  for k, v in _flat(base).items():  # the base never moves
+    np.testing.assert_array_equal(policy[k], v, err_msg=k)
+  assert float(np.abs(policy["layers/self_attn/q_proj/kernel_lora_b"]).max()) > 0
+  held = {lora.path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(
+      state.policy_opt.inner_states["train"].inner_state[1][0].mu)}
+  assert held and all(k.endswith(lora.SUFFIXES) for k in held)
+  # reference log-probs (adapters off) == a separately held base Llama's
+  trainer = ppo.Trainer(c, setup, mesh)
+  ids = jax.random.randint(jax.random.PRNGKey(5), (4, 16), 2, base_cfg.vocab_size)
+  mask = jnp.ones_like(ids)
+  resp = jnp.ones((4, 16 - c.ppo.prompt_len), jnp.int32)
+  with jax.set_mesh(mesh):
+    scored = rollout.score_sequences(
+        trainer.policy_params(state.policy), trainer.ref_params(state.policy), state.value, ids,
+        mask, resp, cfg=base_cfg, value_cfg=base_cfg, prompt_len=c.ppo.prompt_len)
+  held_out = rollout.policy_forward(base, ids, mask, cfg=base_cfg, prompt_len=c.ppo.prompt_len)[0]
+  np.testing.assert_allclose(np.asarray(scored["ref_logp"]), np.asarray(held_out), atol=1e-5)
+  assert float(np.abs(np.asarray(scored["old_logp"]) - np.asarray(held_out)).max()) > 1e-4

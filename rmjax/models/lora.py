@@ -128,12 +128,13 @@ def is_adapter(path: str) -> bool:
   return path.rsplit("/", 1)[-1].endswith(SUFFIXES)
 
 
-def trainable(frozen: tuple = ()) -> Callable[[str], bool]:
+def trainable(frozen: tuple = (), adapters_only: bool = False) -> Callable[[str], bool]:
   """Per-leaf predicate for `rmjax.train.state.make_optimizer` (marked `by_path`): adapters,
-  and every leaf outside a 'backbone' subtree (heads) and outside the top-level `frozen`."""
+  and (unless `adapters_only`: a bare LM policy) every leaf outside a 'backbone' subtree
+  (heads) and outside the top-level `frozen`."""
   def pred(path: str) -> bool:
     parts = path.split("/")
-    return is_adapter(path) or (BASE not in parts and parts[0] not in frozen)
+    return is_adapter(path) or (not adapters_only and BASE not in parts and parts[0] not in frozen)
   pred.by_path = True
   return pred
 
@@ -190,6 +191,15 @@ def merge(params, lora_cfg) -> dict:
       v = (v.astype(jnp.float32) + delta).astype(v.dtype)
     out[k] = v
   return traverse.unflatten_dict(out)
+
+
+def merged_view(lora_cfg, pred: Optional[Callable[[str], bool]] = None) -> Callable:
+  """params -> the plain model's params with the adapters folded in (`merge`), differentiable
+  in the adapters; with `pred` the leaves it rejects get no gradient (`stop_base_grad`). For
+  code that runs the plain model (PPO's sampler and forwards): the merged kernels are a
+  transient of the targeted projections, never a second persistent backbone."""
+  s = lora_cfg if isinstance(lora_cfg, LoraSettings) else settings(lora_cfg)
+  return lambda p: merge(stop_base_grad(p, pred) if pred else p, s)
 
 
 def adapters_off(params) -> dict:

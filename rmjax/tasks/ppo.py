@@ -31,6 +31,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from rmjax import sharding as shd
 from rmjax.inference.generate import SamplingConfig, left_pad
+from rmjax.models import lora
 from rmjax.models.llama import Llama
 from rmjax.rl import ppo, rollout
 from rmjax.rl import value as value_lib
@@ -52,12 +53,14 @@ class PPOState(flax.struct.PyTreeNode):
 
 
 # ---------------------------------------------------------------- update step
-def make_update(cfg, value_cfg, prompt_len: int, pc, tx_policy, tx_value):
+def make_update(cfg, value_cfg, prompt_len: int, pc, tx_policy, tx_value, policy_view=None):
   """Pure `update(state, batch) -> (state, metrics)`: `pc.epochs` passes over the rollout batch
-  in `pc.minibatches` shuffled minibatches, each one AdamW step for policy and value."""
+  in `pc.minibatches` shuffled minibatches, each one AdamW step for policy and value.
+  `policy_view(policy params) -> Llama params` (a LoRA policy: adapters merged, base frozen)."""
 
   def loss_fn(params, mb):
     policy, value = params
+    policy = policy_view(policy) if policy_view else policy
     m = mb["resp_mask"].astype(jnp.float32)
     logp, logits = rollout.policy_forward(policy, mb["ids"], mb["mask"], cfg=cfg,
                                           prompt_len=prompt_len)
@@ -147,21 +150,26 @@ class Trainer:
     self.sampling = SamplingConfig(max_new_tokens=pc.max_new_tokens, temperature=pc.temperature,
                                    top_p=pc.top_p, eos_ids=tuple(setup.eos_ids),
                                    pad_id=setup.pad_id)
-    self.tx_policy, _ = make_optimizer(config.optim, config.train.steps)
+    # a LoRA policy (model.lora): only its adapters train; the sampler and forwards run the
+    # plain Llama on merged weights; the reference is its base weights with the adapters off
+    self.lora = lora.settings(config.model.get("lora"))
+    self.tx_policy, _ = make_optimizer(config.optim, config.train.steps,
+                                       lora.trainable(adapters_only=True) if self.lora else None)
     vo = config.optim.to_dict()
     vo["lr"] = pc.value_lr or config.optim.lr
     self.tx_value, _ = make_optimizer(mlc.ConfigDict(vo), config.train.steps)
     self.replicated = NamedSharding(mesh, P())
     self.shardings = self._state_shardings()
     update = make_update(self.cfg, self.value_cfg, self.prompt_len, pc, self.tx_policy,
-                         self.tx_value)
+                         self.tx_value, lora.merged_view(self.lora, lora.trainable(
+                             adapters_only=True)) if self.lora else None)
     self.update = jax.jit(update, in_shardings=(self.shardings, NamedSharding(mesh, P(shd.BATCH))),
                           out_shardings=(self.shardings, self.replicated), donate_argnums=(0,))
 
   def _state_shardings(self):
     def boxed():
       ids = jnp.zeros((1, 2), jnp.int32)
-      pol = Llama(self.cfg).init(jax.random.PRNGKey(0), ids)["params"]
+      pol = lora.wrap(Llama(self.cfg), self.lora).init(jax.random.PRNGKey(0), ids)["params"]
       val = value_lib.boxed_init(self.value_cfg, jax.random.PRNGKey(1))
       return PPOState(step=jnp.zeros((), jnp.int32), policy=pol, value=val,
                       policy_opt=self.tx_policy.init(pol), value_opt=self.tx_value.init(val),
@@ -187,6 +195,14 @@ class Trainer:
                     kl_coef=put(jnp.float32(self.pc.kl_coef)),
                     norm={k: put(jnp.float32(v)) for k, v in rollout.norm_init().items()})
 
+  def policy_params(self, policy):
+    """The plain Llama params the sampler and forwards run (adapters merged for LoRA)."""
+    return lora.merge(policy, self.lora) if self.lora else policy
+
+  def ref_params(self, policy):
+    """The frozen reference: the held copy, or a LoRA policy's own base (adapters off)."""
+    return self.setup.ref_params if self.setup.ref_params is not None else lora.split(policy)[0]
+
   # ------------------------------------------------------------ rollout
   def encode_prompts(self, records):
     toks = [self.setup.encode_prompt(r["prompt"]) for r in records]
@@ -196,8 +212,9 @@ class Trainer:
     """One rollout batch -> (device batch for `update`, host metrics, new norm, texts)."""
     pc = self.pc
     (pids, pmask), ptoks = self.encode_prompts(records)
+    policy = self.policy_params(state.policy)
     ids, mask, resp_mask, tokens = rollout.generate_responses(
-        state.policy, self.cfg, pids, pmask, rng, sampling or self.sampling, mesh=self.mesh)
+        policy, self.cfg, pids, pmask, rng, sampling or self.sampling, mesh=self.mesh)
     resp = rollout.strip_eos(tokens, resp_mask, self.sampling.eos_ids)
     texts = [r["prompt"] for r in records]
     rtexts = self.setup.decode(resp)
@@ -209,7 +226,7 @@ class Trainer:
     batch = shd.shard_batch({"ids": ids, "mask": mask, "resp_mask": resp_mask}, self.mesh,
                             global_batch=True)
     with jax.set_mesh(self.mesh):
-      scored = rollout.score_sequences(state.policy, self.setup.ref_params, state.value,
+      scored = rollout.score_sequences(policy, self.ref_params(state.policy), state.value,
                                        batch["ids"], batch["mask"], batch["resp_mask"],
                                        cfg=self.cfg, value_cfg=self.value_cfg,
                                        prompt_len=self.prompt_len)

@@ -27,6 +27,7 @@ import numpy as np
 from rmjax import sharding as shd
 from rmjax.data import synthetic
 from rmjax.errors import ConfigError, DataError
+from rmjax.models import lora
 from rmjax.models.llama import Llama, LlamaConfig
 from rmjax.rl import ppo, rollout
 from rmjax.rl import value as value_lib
@@ -157,7 +158,8 @@ class PPOSetup:
   value_cfg: LlamaConfig = None
   policy_params: Any = None             # initial policy (host)
   value_params: Any = None              # initial value model (host)
-  ref_params: Any = None                # frozen reference policy, placed on the mesh
+  ref_params: Any = None                # frozen reference policy, placed on the mesh (None for
+                                        # a LoRA policy: its own base weights, adapters off)
   encode_prompt: Callable = None        # prompt record -> token ids
   decode: Callable = None               # response token rows -> texts
   eos_ids: tuple = ()
@@ -166,6 +168,17 @@ class PPOSetup:
   eval_prompts: list = dataclasses.field(default_factory=list)
   reward_fn: Callable = None            # (prompts, responses, prompt toks, response toks) -> (r, members)
   gold_fn: Optional[Callable] = None    # (prompts, responses) -> gold rewards, for logging
+
+
+def lora_policy(config, cfg, params) -> Any:
+  """The pretrained policy params plus fresh adapters (B = 0: the policy starts as the base)."""
+  s = lora.settings(config.model.get("lora"))
+  if s.quant:
+    raise ConfigError("model.lora.quant (QLoRA) is not supported for the PPO policy yet")
+  ids = np.zeros((1, 2), np.int32)
+  fresh = strip_boxes(jax.device_get(
+      lora.wrap(Llama(cfg), s).init(jax.random.PRNGKey(config.seed + 3), ids)["params"]))
+  return lora.join(params, lora.split(fresh)[1])
 
 
 def build(config, workdir: str, mesh) -> PPOSetup:
@@ -191,10 +204,13 @@ def build(config, workdir: str, mesh) -> PPOSetup:
     s.eos_ids = (tok.eos_token_id,)
     s.pad_id = getattr(tok, "pad_token_id", None) or 0
   s.cfg = s.value_cfg = cfg
-  s.policy_params = params
   fresh = shd.strip_boxes(jax.device_get(value_lib.boxed_init(cfg, jax.random.PRNGKey(config.seed + 2))))
   s.value_params = value_lib.init_value_params(fresh, pc.value_init, policy_params=params)
-  s.ref_params = shd.shard_params(params, cfg, mesh)          # frozen: params only
+  if lora.settings(config.model.get("lora")) is not None:  # one backbone: ref = adapters off
+    s.policy_params, s.ref_params = lora_policy(config, cfg, params), None
+  else:
+    s.policy_params = params
+    s.ref_params = shd.shard_params(params, cfg, mesh)          # frozen: params only
   s.train_prompts = load_prompts(pc.prompts, config.seed)
   s.eval_prompts = load_prompts(pc.eval_prompts, config.seed + 100) if pc.eval_prompts else []
   s.gold_fn = None
