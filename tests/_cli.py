@@ -52,8 +52,16 @@ def run_cli(argv, env: dict | None = None) -> tuple[int, str, str]:
   return code, out.getvalue(), err.getvalue()
 
 
+def run_subprocesses(*argvs, timeout: int = 300) -> list[tuple[int, str, str]]:
+  """`python -m rmjax <argv...>` as real processes, run side by side: [(exit code, stdout,
+  stderr)] in the order given."""
+  procs = [subprocess.Popen([sys.executable, "-m", "rmjax", *map(str, argv)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for argv in argvs]
+  outs = [p.communicate(timeout=timeout) for p in procs]
+  return [(p.returncode, out, err) for p, (out, err) in zip(procs, outs)]
+
+
 def run_subprocess(argv, timeout: int = 300) -> tuple[int, str, str]:
   """`python -m rmjax <argv...>` as a real process: (exit code, stdout, stderr)."""
-  proc = subprocess.run([sys.executable, "-m", "rmjax", *map(str, argv)], cwd=REPO,
-                        capture_output=True, text=True, timeout=timeout)
-  return proc.returncode, proc.stdout, proc.stderr
+  return run_subprocesses(argv, timeout=timeout)[0]

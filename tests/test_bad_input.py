@@ -18,7 +18,7 @@ import jax
 import numpy as np
 import pytest
 
-from _cli import REPO, run_cli, run_subprocess
+from _cli import REPO, run_cli, run_subprocesses
 from rmjax.checkpoints.orbax import Checkpointer
 
 CFG = f"{REPO}/configs/bt.py:tiny"
@@ -541,12 +541,23 @@ def test_real_entry_point_agrees(trained, tmp_path):
   """The same one-line errors from a real `python -m rmjax` process (including a sweep whose
   child fails: one line naming the run and its exit code)."""
   ctx = Ctx(tmp_path, trained)
-  for name in ("train-steps-0", "score-missing-response"):
-    build, needles = CASES[name]
-    argv = build(ctx)
+  names = ("train-steps-0", "score-missing-response")
+  argvs = [CASES[name][0](ctx) for name in names]
+  sweep = ["sweep", f"--config={CFG}", f"--workdir={tmp_path}/s",
+           f"--config.data.source=json:{tmp_path}/none.jsonl"]
+  *real, swept = run_subprocesses(*argvs, sweep)
+  for argv, b in zip(argvs, real):
     a = run_cli(argv)
-    b = run_subprocess(argv)
     assert a[0] == b[0] == 2 and a[2] == b[2], (a, b)
-  code, out, err = run_subprocess(["sweep", f"--config={CFG}", f"--workdir={tmp_path}/s",
-                                   f"--config.data.source=json:{tmp_path}/none.jsonl"])
-  one_line_error(code, out, err, "sweep run run000 failed (exit code 2)", "none.jsonl")
+  one_line_error(*swept, "sweep run run000 failed (exit code 2)", "none.jsonl")
+
+
+def test_every_shipped_config_variant_validates():
+  """No false alarms: every family's variants pass the up-front validation."""
+  import importlib
+  from configs.common import VARIANTS
+  from rmjax.train.validate import config_errors
+  for family in ("bt", "grm", "ensemble", "salmon", "armorm", "ppo", "overopt"):
+    module = importlib.import_module(f"configs.{family}")
+    for variant in VARIANTS:
+      assert config_errors(module.get_config(variant)) == [], (family, variant)

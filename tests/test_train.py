@@ -165,3 +165,14 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path, method):
   (step_a, a), (step_b, b) = state(tmp_path / "ref"), state(tmp_path / "killed")
   assert step_a == step_b
   jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
+  # metrics.jsonl (every stage's): each step once, the same steps as the uninterrupted run
+  for path in sorted((tmp_path / "killed").rglob("metrics.jsonl")):
+    steps = _metric_steps(path)
+    assert len(steps) == len(set(steps)), (path, steps)
+    assert steps == _metric_steps(tmp_path / "ref" / path.relative_to(tmp_path / "killed"))
+
+
+def _metric_steps(path):
+  import json
+  return [json.loads(line)["step"] for line in pathlib.Path(path).read_text().splitlines()
+          if line.strip()]

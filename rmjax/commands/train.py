@@ -1,4 +1,10 @@
-"""Train a reward model (or PPO policy) from a config; resumes when --workdir holds a run."""
+"""Train a reward model (or PPO policy) from a config; resumes when --workdir holds a run.
+
+The config is validated and the workdir checked before anything is built: a workdir holding a
+run of another method or model is refused, or with `--overwrite` replaced -- the new run trains
+in `<workdir>.overwrite` (a rerun resumes there) and is swapped in only when it has finished,
+so a failed run never leaves the old one damaged.
+"""
 
 from __future__ import annotations
 
