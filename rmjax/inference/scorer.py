@@ -62,6 +62,7 @@ class Scorer:
     model = spec.require("make_model")(config, cfg, extras)
     tokenizer = checkpoints.load_tokenizer(config.model.tokenizer or config.model.spec)
     self._setup(config, cfg, spec, model, tokenizer, batch_size, max_length)
+    self.extras = extras
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
     if ckpt.latest_step() is None:
       raise ConfigError(f"no checkpoint in {ckpt.directory}")
@@ -93,6 +94,7 @@ class Scorer:
                              "data": {"max_length": int(length)}, "objectives": {"names": names}})
     self = cls.__new__(cls)
     self._setup(config, model.cfg, None, model, tokenizer, batch_size, None)
+    self.extras = {"prompt_pattern": list(model.prompt_pattern)} if info["kind"] == "armorm" else {}
     self.params = _place(params, self._abstract_params(), path)
     self.step = None
     return self
