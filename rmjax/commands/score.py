@@ -18,8 +18,6 @@ import sys
 import tempfile
 import zlib
 
-import jax
-import numpy as np
 from absl import flags
 
 from rmjax import tasks
@@ -28,6 +26,7 @@ from rmjax.commands.common import FLAGS, positive_batch_size, require
 from rmjax.data.pairs import iter_records
 from rmjax.data.tokenize import normalize_prompt
 from rmjax.errors import CheckpointError, ConfigError, DataError
+from rmjax.train.run import all_finite
 
 SUMMARY = "score {prompt, response} JSONL records with a trained RM (or an HF RM via --model)"
 EXAMPLE = "rmjax score --workdir /tmp/bt --data in.jsonl --out scores.jsonl"
@@ -128,9 +127,7 @@ def load_scorer(**kw):
   not all finite (a diverged run's weights would score NaN)."""
   source = FLAGS.model or require("workdir")
   scorer = tasks.load_scorer(source, step=FLAGS.step, batch_size=positive_batch_size(), **kw)
-  finite = jax.tree_util.tree_reduce(
-      lambda ok, x: ok and bool(np.all(np.isfinite(np.asarray(x)))), scorer.params, True)
-  if not finite:
+  if not bool(all_finite(getattr(scorer, "params", {}))):
     raise CheckpointError(f"{source}: step {scorer.step} holds non-finite parameters (a diverged "
                           f"run?); refusing to score with it")
   return scorer
@@ -141,11 +138,11 @@ def _truncated(scorer) -> int:
   return int(getattr(getattr(scorer, "encoder", None), "n_truncated", 0))
 
 
-def _all_finite(value) -> bool:
+def _json_finite(value) -> bool:
   if isinstance(value, dict):
-    return all(map(_all_finite, value.values()))
+    return all(map(_json_finite, value.values()))
   if isinstance(value, (list, tuple)):
-    return all(map(_all_finite, value))
+    return all(map(_json_finite, value))
   return not isinstance(value, float) or math.isfinite(value)
 
 
@@ -199,7 +196,7 @@ def main():
     rec["line"] = r["_line"]
     rec.update(scorer.record(res, i))
     records.append(rec)
-  bad = [r["line"] for r in records if not _all_finite(r)]
+  bad = [r["line"] for r in records if not _json_finite(r)]
   if bad:
     raise CheckpointError(f"the model gives non-finite rewards for {len(bad)} of {len(records)} "
                           f"inputs (first: {data}:{bad[0]}); nothing written")

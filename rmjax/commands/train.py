@@ -64,6 +64,10 @@ def main():
       raise
     # the old run stays untouched until the new one has finished in a staging folder
     target = staging_dir(workdir)
+    try:
+      check_workdir(cfg, target)  # a staged run of this config resumes; of another, restarts
+    except ConfigError:
+      shutil.rmtree(target)
     print(f"--overwrite: training in {target}; it replaces {workdir} when done", flush=True)
   sharding.maybe_initialize_distributed(coordinator=FLAGS.coordinator,
                                         num_processes=FLAGS.num_processes,

@@ -44,7 +44,8 @@ def is_main() -> bool:
 
 
 @jax.jit
-def _all_finite(tree) -> jax.Array:
+def all_finite(tree) -> jax.Array:
+  """Whether every float in `tree` is finite, reduced on device (no host copy of the weights)."""
   leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)
             if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
@@ -119,7 +120,7 @@ class Run:
   def save(self, step: int, state, data_iter=None, metrics: Optional[dict] = None) -> None:
     """Checkpoint `state` with the data position; only finite state is ever saved, so the
     newest checkpoint on disk is always a good one."""
-    if not bool(_all_finite(state)):
+    if not bool(all_finite(state)):
       self.ckpt.wait()
       last = self.ckpt.latest_step()
       kept = (f"last good checkpoint is step {last} in {self.ckpt.directory}" if last is not None
