@@ -27,6 +27,7 @@ from rmjax import sharding as shd
 from rmjax.checkpoints import hf_rm
 from rmjax.checkpoints.orbax import Checkpointer
 from rmjax.checkpoints.workdir import read_config, read_model_config
+from rmjax.data.encode_batch import encode_many
 from rmjax.data.objectives import ARMORM_NAMES
 from rmjax.data.tokenize import ChatEncoder, normalize_prompt
 from rmjax.errors import CheckpointError, ConfigError
@@ -146,7 +147,15 @@ class Scorer:
             principles=None) -> dict:
     """Per-example numpy outputs: 'reward' [N]; 'members' [N, K] for ensembles; 'objectives'
     and 'gate' [N, O] for multi-objective models."""
-    rows = [self.token_ids(p, r, principles) for p, r in zip(prompts, responses)]
+    if getattr(self.spec, "score_ids", None) is None and principles is None:
+      # the chat-rendered conversations, tokenized in batches (rmjax.data.encode_batch)
+      items = [(normalize_prompt(p), [r]) for p, r in zip(prompts, responses)]
+      rows = []
+      for prompt_ids, response_ids in encode_many(self.encoder, items):
+        prompt_ids, (response_ids,), _ = self.encoder.cut(prompt_ids, response_ids)
+        rows.append(list(prompt_ids) + list(response_ids))
+    else:
+      rows = [self.token_ids(p, r, principles) for p, r in zip(prompts, responses)]
     if not rows:
       return {"reward": np.zeros(0, np.float32)}
     pad = getattr(self.tokenizer, "pad_token_id", None) or 0
