@@ -488,7 +488,7 @@ def test_overwrite_replaces_a_run_of_another_method(trained, tmp_path):
 def test_nan_mid_run_stops_and_the_newest_checkpoint_scores(tmp_path):
   """lr=1e30 after a warmup from 0: step 1 is a no-op update (a good checkpoint), step 2's update
   blows the weights up; the run stops with exit 2, the checkpoint whose parameters gave the
-  non-finite loss is gone, and the newest one left is finite and scores."""
+  non-finite loss is set aside, and the newest one left is finite and scores."""
   wd = tmp_path / "w"
   code, out, err = run_cli(train_argv(wd, "--config.optim.lr=1e30", "--config.optim.warmup_steps=4",
                                       "--config.optim.schedule=linear",
@@ -496,6 +496,7 @@ def test_nan_mid_run_stops_and_the_newest_checkpoint_scores(tmp_path):
   line = one_line_error(code, out, err, "non-finite loss", "last good checkpoint is step")
   ck = Checkpointer(str(wd / "checkpoints"))
   assert ck.latest_step() is not None and str(ck.latest_step()) in line
+  assert list((wd / "checkpoints").glob("diverged-*")), "the poisoned checkpoint is kept aside"
   raw = ck.restore_raw()
   assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(raw["params"]))
   inp = jsonl(tmp_path / "in.jsonl", [GOOD] * 3)

@@ -100,10 +100,17 @@ class Checkpointer:
     out = self._restore(step, ocp.args.Composite(state=ocp.args.PyTreeRestore()))
     return jax.tree_util.tree_map(np.asarray, out["state"])
 
-  def delete(self, step: int) -> None:
-    """Remove the checkpoint of `step` (e.g. one whose parameters turned out to diverge)."""
-    self.manager.delete(step)
+  def set_aside(self, step: int) -> str:
+    """Move the checkpoint of `step` out of the step sequence (to `diverged-<step>` beside it:
+    e.g. one whose parameters turned out to diverge), kept for inspection; returns its path."""
+    self.wait()
+    src = os.path.join(self.directory, str(step))
+    dst = os.path.join(self.directory, f"diverged-{step}")
+    if os.path.exists(dst):
+      dst = f"{dst}-{os.getpid()}"
+    os.replace(src, dst)
     self.manager.reload()
+    return dst
 
   def wait(self) -> None:
     self.manager.wait_until_finished()

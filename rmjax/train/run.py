@@ -14,8 +14,8 @@ Every method goes through `Run`: the supervised loop (`rmjax.train.loop.train`),
 
 `Run.loop(state, start, step_fn)` drives any `step_fn(state, step) -> (state, metrics)`: it
 stops with `TrainingDiverged` on a non-finite loss (only finite state is ever saved, and a
-checkpoint whose parameters gave the non-finite loss is removed, so the newest checkpoint left
-on disk is a good one),
+checkpoint whose parameters gave the non-finite loss is set aside as `diverged-<step>`, so the
+newest checkpoint in the step sequence is a good one),
 logs every `train.log_every` steps, evaluates every `train.eval_every`, and checkpoints every
 `train.checkpoint_every` steps and at the end.
 """
@@ -149,7 +149,7 @@ class Run:
     computed with the parameters of step - 1: when the batch itself was finite
     (`metrics['batch_finite']`, popped here; absent = finite) those parameters are to blame
     (finite but poisoned, e.g. weights of 1e28 after an lr=1e30 update), so a checkpoint of
-    step - 1 is removed and the newest checkpoint left is a good one."""
+    step - 1 is set aside (checkpoints/diverged-<step>) and the newest one left is a good one."""
     batch_finite = bool(metrics.pop("batch_finite", True))
     vals = [float(metrics[k]) for k in ("loss", "grad_norm") if k in metrics]
     if all(math.isfinite(v) for v in vals):
@@ -157,8 +157,8 @@ class Run:
     self.ckpt.wait()
     note = "" if batch_finite else " (the batch holds non-finite values)"
     if batch_finite and self.ckpt.latest_step() == step - 1 and is_main():
-      self.ckpt.delete(step - 1)
-      note = f"; checkpoint {step - 1}, whose parameters gave it, removed"
+      moved = self.ckpt.set_aside(step - 1)
+      note = f"; checkpoint {step - 1}, whose parameters gave it, moved to {moved}"
     last = self.ckpt.latest_step()
     kept = (f"last good checkpoint is step {last} in {self.ckpt.directory}" if last is not None
             else "no good checkpoint was written")
