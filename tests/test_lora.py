@@ -213,6 +213,34 @@ def test_pair_tasks_train_adapters_only(tmp_path, tiny, name, make_config, modul
     assert abs(row["chosen_logps"] - row["ref_chosen_logps"]) < 1e-4, row
 
 
+def test_ensemble_of_lora_members_on_one_backbone(tmp_path, tiny):
+  """ensemble.mode='lora': K adapter sets + K heads on one frozen backbone (held once), members
+  differ after training, and `rmjax score`'s Scorer restores the workdir with member scores."""
+  cfg, backbone = tiny
+  k = 3
+  c = fast_config(ensemble_config.get_config(f"tiny,members={k},mode=lora"), steps=3)
+  c.model.lora.update(rank=4, alpha=8.0)
+  wd = tmp_path / "lora_members"
+  _, state = train(c, str(wd), ensemble.build(c), return_state=True)
+  after, pre = _flat(state.params), _flat({"backbone": backbone})
+  for key, v in pre.items():  # one backbone: not stacked, never moved
+    np.testing.assert_array_equal(np.asarray(after[key]), np.asarray(v), err_msg=key)
+  a = after["backbone/layers/self_attn/q_proj/kernel_lora_a"]
+  assert a.shape == (k, cfg.num_hidden_layers, cfg.hidden_size, 4)
+  assert after["reward_head/Dense_0/kernel"].shape == (k, cfg.hidden_size, 1)
+  counts = lora.count(state.params)
+  n_base = sum(v.size for v in pre.values())
+  n_head = after["reward_head/Dense_0/kernel"].size + after.get("reward_head/Dense_0/bias",
+                                                                np.zeros(0)).size
+  assert counts["total"] == n_base + counts["adapter"] + n_head
+  scorer = Scorer(str(wd), ensemble.SPEC)
+  ids, mask = _ids()
+  out = scorer.model.apply({"params": scorer.params}, ids, mask)
+  m = np.asarray(out["members"])
+  assert m.shape == (4, k) and np.ptp(m, axis=1).min() > 1e-4
+  np.testing.assert_allclose(np.asarray(out["reward"]), m.mean(1), rtol=1e-6)
+
+
 def test_lora_config_conflicts_are_refused():
   c = ensemble_config.get_config("tiny,mode=independent")
   c.model.lora.rank = 4

@@ -7,6 +7,9 @@ Two constructions, chosen by `config.ensemble.mode`:
   independent  K full reward models (backbone + scalar head each), params stacked on a leading
                `ensemble` axis and run with `nn.vmap` (one program, no Python loop over members);
                only when K copies of the backbone fit in memory.
+  lora         K LoRA members on ONE shared frozen backbone (needs `model.lora.rank` > 0): member
+               k = base + its own adapters + its own scalar head (`LoraMembers`); the K forwards
+               are one vmap with the base broadcast, so the backbone is held once.
 Diversity comes from each member's own head init (member k's head is drawn from
 fold_in(PRNGKey(ensemble.seed), k), so member k is the same whatever K is) and, optionally, a
 bootstrap of the training data: per-member example weights [N, K] drawn once on the host
@@ -27,6 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
 from rmjax import losses
 from rmjax.errors import ConfigError
@@ -45,7 +49,7 @@ from rmjax.train.loop import Task, train as loop_train
 from rmjax.train.run import Run
 
 BOOTSTRAP = ("none", "poisson", "multinomial")
-MODES = ("heads", "independent")
+MODES = ("heads", "independent", "lora")
 
 
 class IndependentEnsemble(nn.Module):
@@ -71,6 +75,54 @@ class IndependentEnsemble(nn.Module):
             "pooled": jnp.moveaxis(out["pooled"], 0, 1)}
 
 
+def _per_member(path: str) -> bool:
+  return lora.is_adapter(path) or path.startswith("reward_head/")
+
+
+class LoraMembers:
+  """K LoRA reward models sharing one frozen backbone (`ensemble.mode='lora'`).
+
+  Params: the backbone once; its adapter leaves and the 'reward_head' carry a leading `ensemble`
+  axis [K, ...] (member k drawn from fold_in(PRNGKey(seed), k)). `apply` vmaps the LoRA
+  `RewardModel` over that axis with the base broadcast; outputs like the other modes. Each
+  member still runs the base matmuls (its adapters change every layer's input). Provides the
+  two Linen calls the loop and the scorer make, `init` and `apply`.
+  """
+
+  def __init__(self, member: RewardModel, members: int, seed: int = 0):
+    self.member, self.members, self.seed = member, members, seed
+
+  def init(self, rng, input_ids, attention_mask) -> dict:
+    del rng  # member k's adapters and head come from ensemble.seed alone (independent of K)
+    keys = jnp.stack([jax.random.fold_in(jax.random.PRNGKey(self.seed), k)
+                      for k in range(self.members)])
+    one = lambda key: self.member.init(key, input_ids, attention_mask)["params"]  # noqa: E731
+    stacked = jax.vmap(lambda key: nn.unbox(one(key)))(keys)
+    is_box = lambda x: isinstance(x, nn.LogicallyPartitioned)  # noqa: E731
+
+    def pick(path, box, value):
+      if not _per_member(lora.path_str(path)):
+        return box
+      return box.replace(value=value, names=("ensemble", *box.names)) if is_box(box) else value
+    return {"params": jax.tree_util.tree_map_with_path(pick, one(keys[0]), stacked,
+                                                       is_leaf=is_box)}
+
+  def apply(self, variables, input_ids, attention_mask, deterministic: bool = True,
+            rngs=None) -> dict:
+    flat = {"/".join(k): v for k, v in traverse_util.flatten_dict(variables["params"]).items()}
+    shared = {k: v for k, v in flat.items() if not _per_member(k)}
+    unflat = lambda d: traverse_util.unflatten_dict(  # noqa: E731
+        {tuple(k.split("/")): v for k, v in d.items()})
+
+    def one(own):
+      return self.member.apply({"params": unflat({**shared, **own})}, input_ids, attention_mask,
+                               deterministic=deterministic, rngs=rngs)
+    out = jax.vmap(one)({k: v for k, v in flat.items() if _per_member(k)})
+    members = out["reward"].T                                  # [K, B] -> [B, K]
+    return {"members": members, "reward": members.mean(axis=-1),
+            "pooled": jnp.moveaxis(out["pooled"], 0, 1)}
+
+
 def _ens(config):
   e = config.get("ensemble", None)
   if e is None:
@@ -87,10 +139,14 @@ def _ens(config):
 def make_model(config, cfg):
   """The ensemble reward model for `config` (used by training and by `rmjax score/eval`)."""
   e = _ens(config)
+  if e.mode == "lora":
+    if lora.settings(config.model.get("lora")) is None:
+      raise ConfigError("ensemble.mode='lora' needs model.lora.rank > 0")
+    return LoraMembers(lora.from_config(config, RewardModel(cfg)), e.members, e.seed)
   if e.mode == "independent":
     if lora.settings(config.model.get("lora")) is not None:
       raise ConfigError("model.lora with ensemble.mode='independent' would freeze K copies of the "
-                        "backbone: use mode='heads' (K heads on one LoRA-adapted backbone)")
+                        "backbone: use mode='lora' (K adapter sets on one backbone) or 'heads'")
     return IndependentEnsemble(cfg, e.members, stop_backbone_grad=config.train.freeze_backbone)
   return lora.from_config(config, RewardModel(cfg, head="ensemble", members=e.members,
                                               stop_backbone_grad=config.train.freeze_backbone))
@@ -187,7 +243,7 @@ def summarize_ensemble(examples):
 
 def _load_backbone(mode, backbone_params, members):
   def load(params, shardings):
-    if mode == "heads":
+    if mode in ("heads", "lora"):
       return common.params_with_backbone(params, backbone_params, shardings)
     placed = jax.tree_util.tree_map(
         lambda x, ref, s: jax.device_put(np.broadcast_to(np.asarray(x, ref.dtype), ref.shape), s),
@@ -208,6 +264,8 @@ def build(config) -> Task:
   def init_params(rng):
     ids = jnp.zeros((2, 8), jnp.int32)
     boxed = model.init(rng, ids, jnp.ones_like(ids))["params"]
+    if e.mode == "lora":  # members drawn in LoraMembers.init
+      return boxed
     fresh = member_head_init(nn.unbox(boxed), e.seed, e.mode)
     return jax.tree_util.tree_map(
         lambda b, v: b.replace_boxed(v) if isinstance(b, nn.LogicallyPartitioned) else v,
