@@ -75,6 +75,9 @@ def settings(lora_cfg) -> Optional[LoraSettings]:
     raise ConfigError(f"model.lora.targets: unknown {bad or 'empty'} (known: {', '.join(TARGETS)})")
   if not 0.0 <= dropout < 1.0:
     raise ConfigError(f"model.lora.dropout must be in [0, 1), got {dropout}")
+  if dropout:  # qwix draws it from the 'dropout' stream, which Llama's layer scan does not split
+    raise ConfigError("model.lora.dropout > 0 is not supported yet: the backbone's layer scan "
+                      "carries no 'dropout' rng (rmjax/models/llama.py split_rngs); use 0")
   if quant not in QUANT:
     raise ConfigError(f"model.lora.quant must be one of {QUANT}, got {quant!r}")
   return LoraSettings(rank, alpha, targets, dropout, quant)
