@@ -5,8 +5,9 @@ returns the model with qwix's LoRA interception (`qwix.apply_lora_to_model` + on
 every targeted projection `x @ W` becomes `x @ W + alpha/rank * (x @ A) @ B`, with A [in, r]
 (he-uniform) and B [r, out] (zeros, so a fresh adapter leaves the model unchanged) stored beside
 the kernel as `<name>_lora_a` / `<name>_lora_b` (stacked over layers by `nn.scan` like the
-kernel). `quant` ('nf4', 'int8', 'int4') stores the targeted frozen kernels quantized (QLoRA);
-the adapters stay float.
+kernel). `quant` ('int8', 'int4'; 'nf4' runs but its uint4 codes cannot be checkpointed, so
+training refuses it) stores the targeted frozen kernels quantized (QLoRA); adapters stay float.
+`dropout` is wired (`train_model`) but refused until Llama's layer scan splits a dropout rng.
 
 Targets are module names: q_proj, k_proj, v_proj, o_proj (attention) and lm_head. The MLP
 (gate_proj, up_proj, down_proj) is not a target: its kernels feed the hand-written SwiGLU VJP
@@ -14,8 +15,10 @@ Targets are module names: q_proj, k_proj, v_proj, o_proj (attention) and lm_head
 
 Only adapters (and the non-backbone groups: reward heads) are trained: `trainable` is the
 optimizer's per-leaf predicate, `stop_base_grad` keeps gradients from being computed for the
-base weights at all. `merge` folds adapters into the kernels for export; `adapters_off` gives
-the base model's outputs from the same weights (PPO's reference policy: no second backbone).
+base weights at all (`apply_to_task` sets both up on a loop Task). `merge` folds adapters into
+the kernels for export (and `merged_view` for code that runs the plain Llama: PPO's sampler);
+`adapters_off` / `split` give the base model from the same weights (GRM's and PPO's reference:
+no second backbone).
 """
 
 from __future__ import annotations
