@@ -59,7 +59,13 @@ def _policy(params):
 
 
 def _pair_logprobs(logits_c, logits_r, batch):
-  """Summed response log-probs of chosen and rejected rows, each [B]."""
+  """Summed response log-probs of chosen and rejected rows, each [B] (packed batches: both
+  read the packed rows' logits at their own spans)."""
+  if "segment_ids" in batch:
+    tok_lp = lm_losses.token_logprobs(logits_c, batch["input_ids"])
+    return tuple(lm_losses.packed_response_logprobs(tok_lp, batch[f"{side}_at"],
+                                                    batch[f"{side}_len"], batch["prompt_len"])
+                 for side in ("chosen", "rejected"))
   lp_c = lm_losses.response_logprobs(logits_c, batch["chosen_ids"], batch["chosen_mask"],
                                      batch["prompt_len"])
   lp_r = lm_losses.response_logprobs(logits_r, batch["rejected_ids"], batch["rejected_mask"],
@@ -69,6 +75,11 @@ def _pair_logprobs(logits_c, logits_r, batch):
 
 def reference_logprobs(ref_lm: Llama, ref_params, batch):
   """Summed response log-probs under the frozen reference (no gradient), chosen and rejected."""
+  if "segment_ids" in batch:
+    logits = ref_lm.apply({"params": jax.lax.stop_gradient(ref_params)}, batch["input_ids"],
+                          segment_ids=batch["segment_ids"])
+    lp_c, lp_r = _pair_logprobs(logits, logits, batch)
+    return jax.lax.stop_gradient(lp_c), jax.lax.stop_gradient(lp_r)
   ids = jnp.concatenate([batch["chosen_ids"], batch["rejected_ids"]], axis=0)
   mask = jnp.concatenate([batch["chosen_mask"], batch["rejected_mask"]], axis=0)
   logits = ref_lm.apply({"params": jax.lax.stop_gradient(ref_params)}, ids, mask)
@@ -98,7 +109,8 @@ def grm_loss_fn(model: RewardModel, loss_cfg, ref_lm: Llama | None = None):
     reg_loss = lm_losses.regulariser(reg, lp_c, lp_r, ref_c, ref_r, beta=beta, weight=w)
     loss = (1.0 - alpha) * bt_loss + alpha * reg_loss
     mean = lambda x: losses.weighted_mean(x, w)
-    n_tok = lm_losses.response_mask(batch["chosen_mask"], batch["prompt_len"]).sum(-1)
+    n_tok = (batch["chosen_len"] - batch["prompt_len"] if "segment_ids" in batch else
+             lm_losses.response_mask(batch["chosen_mask"], batch["prompt_len"]).sum(-1))
     metrics = dict(losses.pair_metrics(c["reward"], r["reward"], w), bt_loss=bt_loss,
                    reg_loss=reg_loss, chosen_logps=mean(lp_c), rejected_logps=mean(lp_r),
                    chosen_logps_per_token=mean(lp_c / jnp.maximum(n_tok, 1.0)))
