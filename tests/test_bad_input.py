@@ -301,6 +301,14 @@ CASES = {
     "eval-data-missing": (lambda c: ["eval", f"--workdir={c.wd}", f"--data={c.tmp}/none.jsonl"],
                           ["none.jsonl"]),
     "eval-no-data": (lambda c: ["eval", f"--workdir={c.wd}"], ["--data"]),
+    "eval-strict-identical-pair": (lambda c: ["eval", f"--workdir={c.wd}", "--strict", "--data=" + str(
+        jsonl(c.tmp / "p.jsonl", [PAIR, {"prompt": "p", "chosen": "same", "rejected": "same"}]))],
+        ["p.jsonl", "dropped", "identical", "--strict"]),
+    "eval-strict-overlong-pair": (lambda c: ["eval", f"--workdir={c.wd}", "--strict", "--data=" + str(
+        jsonl(c.tmp / "p.jsonl", [PAIR, {"prompt": "p", "chosen": "long " * 400, "rejected": "b"}]))],
+        ["p.jsonl", "truncated", "--strict"]),
+    "eval-model-without-out": (lambda c: ["eval", f"--model=hf:{c.tmp}", f"--data={c.pairs}"],
+                               ["--out"]),
     "eval-malformed-line": (lambda c: ["eval", f"--workdir={c.wd}", "--data=" + str(
         write(c.tmp / "p.jsonl", json.dumps(PAIR) + "\n{\n"))], ["p.jsonl:2"]),
     "eval-missing-rejected": (lambda c: ["eval", f"--workdir={c.wd}", "--data=" + str(
@@ -369,9 +377,7 @@ CASES = {
     "collect-missing-config": (lambda c: ["collect", f"--config={c.tmp}/none.py",
                                           f"--workdir={c.tmp}/c"], ["none.py"]),
 }
-XFAIL = {  # kinds whose fix belongs to the HF-convert work not yet landed
-    "convert-hf-empty-dir", "convert-hf-corrupt-config", "convert-hf-index-traversal",
-}
+XFAIL: set = set()  # kinds whose fix has not landed yet (none)
 NEEDS_NON_ROOT = {"train-read-only-workdir"}  # root writes anywhere
 
 

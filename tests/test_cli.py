@@ -111,7 +111,7 @@ def test_mesh_that_does_not_fit(tmp_path):
      "bad.jsonl:2"),
     ('{"prompt": "p", "chosen": "a", "rejected": "b"}\n{"prompt": "p", "chosen": "a"}\n',
      "bad.jsonl:2: field 'rejected'"),
-    ('{"prompt": "p", "chosen": "  ", "rejected": "b"}\n', "bad.jsonl:1: field 'chosen'"),
+    ('{"prompt": "p", "chosen": ["x"], "rejected": "b"}\n', "bad.jsonl:1: field 'chosen'"),
     ('{"prompt": "p", "chosen": 3, "rejected": "b"}\n', "bad.jsonl:1: field 'chosen'"),
 ])
 def test_bad_training_data_names_file_line_field(tmp_path, content, needle):

@@ -11,7 +11,7 @@ import numpy as np
 from rmjax.commands.common import FLAGS, require
 from rmjax.commands.score import load_scorer
 from rmjax.data.specs import load_pairs
-from rmjax.errors import ConfigError
+from rmjax.errors import ConfigError, DataError
 from rmjax.eval.armorm_report import objective_accuracies
 from rmjax.eval.metrics import calibration_bins, pair_report
 from rmjax.eval.report_files import write_report_files
@@ -19,7 +19,7 @@ from rmjax.eval.uncertainty import uncertainty_report
 
 SUMMARY = "accuracy of a trained RM (or an HF RM via --model) on preference pairs"
 EXAMPLE = "rmjax eval --workdir /tmp/bt --data shared:hh_rlhf_test"
-USES = ("workdir", "model", "data", "out", "batch_size", "step")
+USES = ("workdir", "model", "data", "out", "batch_size", "step", "strict")
 
 
 def accounting(stats: dict, n_scored: int, n_truncated) -> dict:
@@ -59,7 +59,13 @@ def main():
   if not pairs:
     raise ConfigError(f"{data}: no pairs to evaluate ({acc['n_in']} read, dropped: "
                       f"{acc['n_dropped'] or 'none'})")
+  if FLAGS.strict and acc["n_dropped"]:
+    raise DataError(data, None, None, f"records dropped: {acc['n_dropped']} (--strict)")
   scorer = load_scorer()
+  n_truncated = count_truncated(scorer, pairs)
+  if FLAGS.strict and n_truncated:
+    raise DataError(data, None, None, f"{n_truncated} pair(s) longer than max_length "
+                    f"{scorer.encoder.max_length} would be truncated (--strict)")
   prompts = [p.messages for p in pairs]
   res_c = scorer.score(prompts, [p.chosen for p in pairs])
   res_r = scorer.score(prompts, [p.rejected for p in pairs])
@@ -73,6 +79,6 @@ def main():
   if "members" in res_c:  # ensembles: is the spread informative about errors?
     report["uncertainty"] = uncertainty_report(res_c["members"], res_r["members"])
   report.update(data=data, step=scorer.step, model=FLAGS.model or FLAGS.workdir,
-                accounting=accounting(stats, len(pairs), count_truncated(scorer, pairs)))
+                accounting=accounting(stats, len(pairs), n_truncated))
   report["files"] = write_report_files(directory, data, report, margins)
   print(json.dumps(report))
