@@ -110,8 +110,10 @@ def train(config, workdir: str, task: Task, mesh=None, return_state: bool = Fals
 
     def one_step(state, step):
       batch = next(task.train_batches)
-      if "chosen_ids" in batch:
+      if "chosen_ids" in batch:  # real tokens (padding excluded)
         tokens[0] += int(batch["chosen_mask"].sum() + batch["rejected_mask"].sum())
+      elif "segment_ids" in batch:  # packed rows
+        tokens[0] += int((batch["segment_ids"] > 0).sum())
       state, metrics = train_step(state, shd.shard_batch(batch, mesh,
                                                          global_batch=task.global_batches))
       return state, dict(jax.device_get(metrics), batch_finite=batch_finite(batch))
