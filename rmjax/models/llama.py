@@ -324,7 +324,7 @@ class Llama(nn.Module):
     if cfg.remat != "none":
       layer = nn.remat(layer, prevent_cse=False, policy=_REMAT_POLICIES[cfg.remat])
     self.layers = nn.scan(
-        layer, variable_axes={"params": 0}, split_rngs={"params": True},
+        layer, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
         in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_hidden_layers,
         metadata_params={nn.PARTITION_NAME: "layers"})(cfg)
     self.norm = RMSNorm(cfg.rms_norm_eps, jnp.dtype(cfg.param_dtype))

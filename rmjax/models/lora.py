@@ -7,7 +7,7 @@ every targeted projection `x @ W` becomes `x @ W + alpha/rank * (x @ A) @ B`, wi
 the kernel as `<name>_lora_a` / `<name>_lora_b` (stacked over layers by `nn.scan` like the
 kernel). `quant` ('int8', 'int4'; 'nf4' runs but its uint4 codes cannot be checkpointed, so
 training refuses it) stores the targeted frozen kernels quantized (QLoRA); adapters stay float.
-`dropout` is wired (`train_model`) but refused until Llama's layer scan splits a dropout rng.
+`dropout` (training only) draws from the 'dropout' rng stream, split per layer by Llama's scan.
 
 Targets are module names: q_proj, k_proj, v_proj, o_proj (attention) and lm_head. The MLP
 (gate_proj, up_proj, down_proj) is not a target: its kernels feed the hand-written SwiGLU VJP
@@ -78,9 +78,6 @@ def settings(lora_cfg) -> Optional[LoraSettings]:
     raise ConfigError(f"model.lora.targets: unknown {bad or 'empty'} (known: {', '.join(TARGETS)})")
   if not 0.0 <= dropout < 1.0:
     raise ConfigError(f"model.lora.dropout must be in [0, 1), got {dropout}")
-  if dropout:  # qwix draws it from the 'dropout' stream, which Llama's layer scan does not split
-    raise ConfigError("model.lora.dropout > 0 is not supported yet: the backbone's layer scan "
-                      "carries no 'dropout' rng (rmjax/models/llama.py split_rngs); use 0")
   if quant not in QUANT:
     raise ConfigError(f"model.lora.quant must be one of {QUANT}, got {quant!r}")
   return LoraSettings(rank, alpha, targets, dropout, quant)
