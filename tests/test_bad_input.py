@@ -210,6 +210,9 @@ CASES = {
     "train-read-only-workdir": (lambda c: train_argv(c.read_only()), ["not writable"]),
     "train-workdir-is-file": (lambda c: train_argv(write(c.tmp / "f", "x")), ["not a directory"]),
     # train: data sources (validated before the model is built)
+    "train-bad-data-before-the-model": (lambda c: train_argv(  # data fails first, not hf:
+        c.tmp / "w", f"--config.model.spec=hf:{c.tmp}/no-model", "--config.data.source=json:" + str(
+            write(c.tmp / "bad.jsonl", json.dumps(PAIR) + "\n{\"prompt\": \n"))), ["bad.jsonl:2"]),
     "train-data-missing-file": (lambda c: train_argv(
         c.tmp / "w", f"--config.data.source=json:{c.tmp}/missing.jsonl"), ["missing.jsonl"]),
     "train-data-malformed-line": (lambda c: train_argv(c.tmp / "w", "--config.data.source=json:" + str(

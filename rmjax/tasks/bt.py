@@ -8,7 +8,7 @@ from rmjax import losses
 from rmjax.models import lora
 from rmjax.models.reward_model import RewardModel
 from rmjax.tasks import common
-from rmjax.tasks.pairs import forward_pairs, pair_task
+from rmjax.tasks.pairs import forward_pairs, pair_data, pair_task
 from rmjax.tasks.spec import TaskSpec
 from rmjax.train.loop import Task
 
@@ -35,10 +35,12 @@ def bt_loss_fn(model, loss_cfg):
 
 
 def build(config) -> Task:
+  data = pair_data(config, common.tokenizer(config))  # every record read before a model loads
   backbone = common.backbone(config)
   model = make_model(config, backbone[0])
   loss_fn = bt_loss_fn(lora.train_model(model, config.model.get("lora")), config.loss)
-  return lora.apply_to_task(pair_task(config, model, loss_fn, backbone=backbone), config)
+  return lora.apply_to_task(pair_task(config, model, loss_fn, backbone=backbone, data=data),
+                            config)
 
 
 SPEC = TaskSpec(name="bt", make_model=make_model, build=build)

@@ -254,9 +254,9 @@ def _load_backbone(mode, backbone_params, members):
 
 def build(config) -> Task:
   e = _ens(config)
+  data = pair_data(config, common.tokenizer(config))  # every record read before a model loads
   backbone = common.backbone(config)
   model = make_model(config, backbone[0])
-  data = pair_data(config, common.tokenizer(config))
   boot = None
   if e.bootstrap != "none":
     boot = bootstrap_weights(len(data[0].data), e.members, e.bootstrap, e.seed)

@@ -28,7 +28,7 @@ from rmjax.models import lora
 from rmjax.models.llama import Llama
 from rmjax.models.reward_model import RewardModel
 from rmjax.tasks import common
-from rmjax.tasks.pairs import forward_pairs, pair_eval_fn, pair_task
+from rmjax.tasks.pairs import forward_pairs, pair_data, pair_eval_fn, pair_task
 from rmjax.tasks.spec import TaskSpec
 from rmjax.train.loop import Task
 
@@ -122,6 +122,7 @@ def grm_loss_fn(model: RewardModel, loss_cfg, ref_lm: Llama | None = None):
 
 def build(config) -> Task:
   check_loss_config(config.loss)
+  data = pair_data(config, common.tokenizer(config))  # every record read before a model loads
   cfg, backbone_params = backbone = common.backbone(config)
   model = make_model(config, cfg, keep_lm_logits=True)
   score_eval = pair_eval_fn(make_model(config, cfg))
@@ -151,6 +152,7 @@ def build(config) -> Task:
   task = pair_task(config, model, loss_fn,
                    eval_fn=lambda params, batch: score_eval(_policy(params), batch),
                    backbone=backbone, init_params=init_params, load_pretrained=load_pretrained,
+                   data=data,
                    frozen=frozen,
                    info={"grm": dict(alpha=float(config.loss.alpha), reg=config.loss.reg,
                                      beta=float(config.loss.beta))})

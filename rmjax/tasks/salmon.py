@@ -146,9 +146,10 @@ def salmon_data(config, tok):
 
 
 def build(config) -> Task:
+  # every record read before a model loads
+  batcher, eval_batches, views, stats = salmon_data(config, common.tokenizer(config))
   backbone = common.backbone(config)
   model = make_model(config, backbone[0])
-  batcher, eval_batches, views, stats = salmon_data(config, common.tokenizer(config))
   loss_fn = bt.bt_loss_fn(lora.train_model(model, config.model.get("lora")), config.loss)
   return lora.apply_to_task(
       pair_task(config, model, loss_fn, backbone=backbone,
