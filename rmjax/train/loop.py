@@ -106,19 +106,21 @@ def train(config, workdir: str, task: Task, mesh=None, return_state: bool = Fals
                          out_shardings=replicated)
       eval_fn = lambda st: run_eval(st.params, task, mesh, eval_jit)  # noqa: E731
 
-    tokens = [0]
+    tokens = [0, 0]  # real tokens, computed tokens (padding included)
 
     def one_step(state, step):
       batch = next(task.train_batches)
-      if "chosen_ids" in batch:  # real tokens (padding excluded)
+      if "chosen_ids" in batch:
         tokens[0] += int(batch["chosen_mask"].sum() + batch["rejected_mask"].sum())
+        tokens[1] += int(batch["chosen_ids"].size + batch["rejected_ids"].size)
       elif "segment_ids" in batch:  # packed rows
         tokens[0] += int((batch["segment_ids"] > 0).sum())
+        tokens[1] += int(batch["segment_ids"].size)
       state, metrics = train_step(state, shd.shard_batch(batch, mesh,
                                                          global_batch=task.global_batches))
       return state, dict(jax.device_get(metrics), batch_finite=batch_finite(batch))
 
     final, state = run.loop(state, start, one_step, data_iter=task.train_batches,
-                            eval_fn=eval_fn, tokens_fn=lambda: tokens[0])
+                            eval_fn=eval_fn, tokens_fn=lambda: tuple(tokens))
   run.close()
   return (final, state) if return_state else final

@@ -169,13 +169,14 @@ class Run:
   def loop(self, state, start: int, step_fn: Callable[[Any, int], tuple], *,
            data_iter=None, eval_fn: Optional[Callable[[Any], dict]] = None,
            postfix: Callable[[dict], dict] = lambda m: {"loss": f"{float(m['loss']):.4f}"},
-           tokens_fn: Optional[Callable[[], int]] = None) -> tuple[dict, Any]:
+           tokens_fn: Optional[Callable[[], tuple]] = None) -> tuple[dict, Any]:
     """Drive `step_fn(state, step) -> (state, host metrics)` from `start` to train.steps.
     Returns (final logged metrics, final state)."""
     tc = self.config.train
     delay = float(os.environ.get("RMJAX_DEBUG_STEP_DELAY", "0"))  # test hook: slow steps down
     final: dict = {}
-    window = (time.perf_counter(), start, tokens_fn() if tokens_fn is not None else 0)
+    count = tokens_fn if tokens_fn is not None else (lambda: (0, 0))
+    window = (time.perf_counter(), start, count())
     pbar = tqdm(range(start, tc.steps), initial=start, total=tc.steps, desc=self.desc,
                 disable=not is_main() or not tc.progress, dynamic_ncols=True)
     for step in pbar:
@@ -187,11 +188,13 @@ class Run:
       if done % tc.log_every == 0 or is_last:
         # throughput over the window since the previous logged step (the first window holds
         # the compile): what a benchmark of the same step shape measures
-        now, tokens = time.perf_counter(), tokens_fn() if tokens_fn is not None else 0
+        # (real, computed) tokens: tokens_per_s counts real ones, computed_tokens_per_s padding too
+        now, tokens = time.perf_counter(), count()
         elapsed = now - window[0]
         row.update(metrics, steps_per_s=(done - window[1]) / elapsed)
         if tokens_fn is not None:
-          row["tokens_per_s"] = (tokens - window[2]) / elapsed
+          row["tokens_per_s"] = (tokens[0] - window[2][0]) / elapsed
+          row["computed_tokens_per_s"] = (tokens[1] - window[2][1]) / elapsed
         window = (now, done, tokens)
         pbar.set_postfix(**postfix(metrics))
       eval_metrics = None
