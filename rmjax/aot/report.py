@@ -19,10 +19,7 @@ FLOPs (from `compiled.cost_analysis()`) are per chip: the partitioned program on
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import tempfile
 import time
 from typing import Any, Iterable, Optional, Sequence
 
@@ -32,6 +29,7 @@ from jax.sharding import Mesh
 
 from rmjax import sharding as shd
 from rmjax.aot.chips import chip_of
+from rmjax.checkpoints.workdir import write_json_atomic
 
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
@@ -203,18 +201,5 @@ def format_table(rows: Iterable[dict]) -> str:
 
 def write_json(rows: Sequence[dict], path: str) -> str:
   """Write `rows` as a JSON list to `path` atomically (temp file in the same folder + rename)."""
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
-  try:
-    with os.fdopen(fd, "w") as f:
-      json.dump(list(rows), f, indent=2)
-      f.write("\n")
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  write_json_atomic(path, list(rows))
   return path

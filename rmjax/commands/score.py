@@ -15,13 +15,12 @@ import json
 import math
 import os
 import sys
-import tempfile
 import zlib
 
 from absl import flags
 
 from rmjax import tasks
-from rmjax.checkpoints.workdir import read_config
+from rmjax.checkpoints.workdir import read_config, write_json_atomic
 from rmjax.commands.common import FLAGS, positive_batch_size, require
 from rmjax.data.pairs import iter_records
 from rmjax.data.tokenize import normalize_prompt
@@ -147,21 +146,8 @@ def _json_finite(value) -> bool:
 
 
 def write_jsonl_atomic(path: str, records) -> None:
-  """JSON lines to a temporary file beside `path`, then renamed: never a half file."""
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".score-", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "w") as f:
-      for rec in records:
-        f.write(json.dumps(rec, allow_nan=False) + "\n")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # as a plain open() would create it
-    os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise
+  """JSON lines (no NaN) written through a temporary file beside `path`: never a half file."""
+  write_json_atomic(path, None, text="".join(json.dumps(r, allow_nan=False) + "\n" for r in records))
 
 
 def main():

@@ -237,3 +237,27 @@ class PairBatcher:
                  margin=d.margin[full].astype(np.float32), weight=weight,
                  index=full.astype(np.int32))
     return batch
+
+
+class MappedBatches:
+  """The batches of `batcher` passed through `fn` (packing, cached features...): same order and
+  the same position state, so a run over mapped batches resumes exactly like one over plain."""
+
+  def __init__(self, batcher, fn):
+    self.batcher, self.fn = batcher, fn
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    return self.fn(next(self.batcher))
+
+  def state(self):
+    return self.batcher.state()
+
+  def restore(self, state):
+    self.batcher.restore(state)
+
+  @property
+  def data(self):
+    return self.batcher.data

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from rmjax.data.batching import MappedBatches
+
 PACKED_KEYS = ("input_ids", "segment_ids", "chosen_at", "rejected_at")
 
 
@@ -72,29 +74,10 @@ def pack_batch(batch: dict, data, row_length: int, row_multiple: int = 1) -> dic
   return out
 
 
-class PackedBatches:
+class PackedBatches(MappedBatches):
   """A pair batcher whose batches are packed (same pairs, order and position state as the
   wrapped `PairBatcher`: resuming is exact)."""
 
   def __init__(self, batcher, row_length: int, row_multiple: int = 1):
-    self.batcher, self.row_length, self.row_multiple = batcher, row_length, row_multiple
-
-  def __iter__(self):
-    return self
-
-  def __next__(self):
-    return pack_batch(next(self.batcher), self.batcher.data, self.row_length, self.row_multiple)
-
-  def state(self):
-    return self.batcher.state()
-
-  def restore(self, state):
-    self.batcher.restore(state)
-
-  @property
-  def data(self):
-    return self.batcher.data
-
-  def useful_fraction(self, batch) -> float:
-    """Real tokens / tokens computed, for the packed batch `batch`."""
-    return float((batch["segment_ids"] > 0).mean())
+    super().__init__(batcher, lambda b: pack_batch(b, batcher.data, row_length, row_multiple))
+    self.row_length, self.row_multiple = row_length, row_multiple

@@ -9,12 +9,12 @@ plain.json). ArmoRM's gate/verbosity plots stay in `rmjax.eval.armorm_report`.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
-import tempfile
 
 import numpy as np
+
+from rmjax.checkpoints.workdir import write_json_atomic
 
 
 def report_name(spec: str) -> str:
@@ -28,24 +28,6 @@ def report_name(spec: str) -> str:
     base = f"{kind}_{base}"
   base = re.sub(r"[^A-Za-z0-9._=-]+", "_", base).strip("._") or "eval"
   return f"{base[:80]}-{hashlib.sha256(spec.encode('utf-8')).hexdigest()[:8]}"
-
-
-def write_json_atomic(path: str, obj) -> str:
-  """JSON to `path` via a temporary file in the same folder and os.replace: a reader never sees
-  a half-written report."""
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
-  try:
-    with os.fdopen(fd, "w") as f:
-      json.dump(obj, f, indent=2, default=float)
-      f.write("\n")
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-  return path
 
 
 def _subset_rows(report: dict) -> list:

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rmjax import sharding as shd
-from rmjax.data.batching import PairBatcher, tokenize_pairs
+from rmjax.data.batching import MappedBatches, PairBatcher, tokenize_pairs
 from rmjax.data.packing import PackedBatches
 from rmjax.data.specs import train_eval_pairs
 from rmjax.data.tokenize import ChatEncoder
@@ -125,28 +125,10 @@ def packed_batches(config, batcher) -> PackedBatches:
 
 # ------------------------------------------------------------------------ head-only features
 
-class FeatureBatches:
+def feature_batches(batcher, feats: dict) -> MappedBatches:
   """A pair batcher whose batches carry cached features instead of token ids (same order,
   same position state: resuming is exact)."""
-
-  def __init__(self, batcher, feats: dict):
-    self.batcher, self.feats = batcher, feats
-
-  def __iter__(self):
-    return self
-
-  def __next__(self):
-    return with_features(next(self.batcher), self.feats)
-
-  def state(self):
-    return self.batcher.state()
-
-  def restore(self, state):
-    self.batcher.restore(state)
-
-  @property
-  def data(self):
-    return self.batcher.data
+  return MappedBatches(batcher, lambda b: with_features(b, feats))
 
 
 def with_features(batch: dict, feats: dict) -> dict:
@@ -197,7 +179,7 @@ def pair_task(config, model, loss_fn, *, eval_fn=None, summarize=None,
   batcher, eval_batches, evals, stats = data
   if head_only(config, model):
     feats = pair_features(config, cfg, backbone_params, batcher.data, "train")
-    batcher = FeatureBatches(batcher, feats)
+    batcher = feature_batches(batcher, feats)
     if eval_batches is not None:
       source = eval_batches  # PairBatcher.eval_batches: its batcher holds the eval pairs
       eval_feats = pair_features(config, cfg, backbone_params, source.__self__.data, "eval")
