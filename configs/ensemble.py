@@ -2,7 +2,8 @@
 
 Variants: tiny (built-in synthetic pairs, random tiny model, offline), smollm2 (SmolLM2-135M on
 hh-rlhf from ../shared/data, K heads on a shared backbone), llama3-8b (cluster). Arg switches:
-`members=K`, `mode=heads|independent`, `bootstrap=none|poisson|multinomial`, `cached` (frozen
+`members=K`, `mode=heads|independent|lora` (lora: K LoRA adapter sets + heads on one frozen
+backbone; set `--config.model.lora.rank`), `bootstrap=none|poisson|multinomial`, `cached` (frozen
 backbone, heads trained on cached pooled embeddings: seconds once the embeddings exist).
 """
 
