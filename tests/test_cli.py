@@ -73,14 +73,6 @@ def test_score_and_eval(trained, tmp_path):
   assert len(list((trained / "eval").glob("pairs.jsonl.gz-*.json"))) == 1  # name from the whole spec
 
 
-def test_convert_export_roundtrip(trained, tmp_path):
-  out = tmp_path / "hf"
-  rmjax("convert", f"--workdir={trained}", f"--to=hf:{out}")
-  assert (out / "config.json").exists() and (out / "model.safetensors").exists()
-  rmjax("convert", f"--from=hf:{out}", f"--workdir={tmp_path / 'imported'}")
-  assert (tmp_path / "imported" / "hf" / "model.safetensors").exists()
-
-
 def test_sweep_dry_run_prints_one_command_per_run(tmp_path):
   proc = rmjax("sweep", f"--config={REPO}/configs/bt.py:tiny", f"--workdir={tmp_path}", "--dry_run")
   lines = proc.stdout.strip().splitlines()
