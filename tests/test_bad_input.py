@@ -213,6 +213,9 @@ CASES = {
     "train-bad-data-before-the-model": (lambda c: train_argv(  # data fails first, not hf:
         c.tmp / "w", f"--config.model.spec=hf:{c.tmp}/no-model", "--config.data.source=json:" + str(
             write(c.tmp / "bad.jsonl", json.dumps(PAIR) + "\n{\"prompt\": \n"))), ["bad.jsonl:2"]),
+    "train-pack-length-too-short": (lambda c: train_argv(
+        c.tmp / "w", "--config.data.packing=True", "--config.data.pack_length=100"),
+        ["data.pack_length"]),
     "train-data-missing-file": (lambda c: train_argv(
         c.tmp / "w", f"--config.data.source=json:{c.tmp}/missing.jsonl"), ["missing.jsonl"]),
     "train-data-malformed-line": (lambda c: train_argv(c.tmp / "w", "--config.data.source=json:" + str(

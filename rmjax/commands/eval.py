@@ -31,14 +31,24 @@ def accounting(stats: dict, n_scored: int, n_truncated) -> dict:
           "n_truncated": n_truncated}
 
 
-def count_truncated(scorer, pairs):
-  """Pairs with a side longer than the scorer's max_length (the encoder cuts them before
-  scoring); None when the model renders its own inputs (TaskSpec.score_ids) or has no encoder."""
-  encoder = getattr(scorer, "encoder", None)
-  if encoder is None or getattr(getattr(scorer, "spec", None), "score_ids", None) is not None:
+def check_none_truncated(scorer, pairs, data: str) -> None:
+  """--strict: a DataError when a pair has a side longer than the scorer's max_length (models
+  that render their own inputs, TaskSpec.score_ids, are not checked)."""
+  if getattr(getattr(scorer, "spec", None), "score_ids", None) is not None:
+    return
+  n = sum(1 for p in pairs if any(scorer.encoder.encode_pair(p.messages, text)[2]
+                                  for text in (p.chosen, p.rejected)))
+  if n:
+    raise DataError(data, None, None, f"{n} pair(s) longer than max_length "
+                    f"{scorer.encoder.max_length} would be truncated (--strict)")
+
+
+def count_truncated(res_c: dict, res_r: dict):
+  """Pairs with a side the scorer cut to max_length (from its per-row flags); None when the
+  model renders its own inputs (TaskSpec.score_ids) and reports no flags."""
+  if "truncated" not in res_c:
     return None
-  return sum(1 for p in pairs if any(encoder.encode_pair(p.messages, text)[2]
-                                     for text in (p.chosen, p.rejected)))
+  return int(np.sum(np.asarray(res_c["truncated"]) | np.asarray(res_r["truncated"])))
 
 
 def out_dir() -> str:
@@ -62,13 +72,12 @@ def main():
   if FLAGS.strict and acc["n_dropped"]:
     raise DataError(data, None, None, f"records dropped: {acc['n_dropped']} (--strict)")
   scorer = load_scorer()
-  n_truncated = count_truncated(scorer, pairs)
-  if FLAGS.strict and n_truncated:
-    raise DataError(data, None, None, f"{n_truncated} pair(s) longer than max_length "
-                    f"{scorer.encoder.max_length} would be truncated (--strict)")
+  if FLAGS.strict:  # refuse before the forward: an encode-only pass over the pairs
+    check_none_truncated(scorer, pairs, data)
   prompts = [p.messages for p in pairs]
   res_c = scorer.score(prompts, [p.chosen for p in pairs])
   res_r = scorer.score(prompts, [p.rejected for p in pairs])
+  n_truncated = count_truncated(res_c, res_r)
   report = pair_report(res_c["reward"], res_r["reward"], [p.subset for p in pairs],
                        [len(p.chosen) for p in pairs], [len(p.rejected) for p in pairs])
   margins = np.asarray(res_c["reward"], np.float64) - np.asarray(res_r["reward"], np.float64)

@@ -146,18 +146,22 @@ class Scorer:
   def score(self, prompts: Sequence, responses: Sequence[str], progress: bool = True,
             principles=None) -> dict:
     """Per-example numpy outputs: 'reward' [N]; 'members' [N, K] for ensembles; 'objectives'
-    and 'gate' [N, O] for multi-objective models."""
+    and 'gate' [N, O] for multi-objective models; 'truncated' [N] (bool: the input was cut to
+    max_length) for chat-rendered inputs."""
     if getattr(self.spec, "score_ids", None) is None and principles is None:
       # the chat-rendered conversations, tokenized in batches (rmjax.data.encode_batch)
       items = [(normalize_prompt(p), [r]) for p, r in zip(prompts, responses)]
-      rows = []
+      rows, cut = [], []
       for prompt_ids, response_ids in encode_many(self.encoder, items):
-        prompt_ids, (response_ids,), _ = self.encoder.cut(prompt_ids, response_ids)
+        prompt_ids, (response_ids,), was_cut = self.encoder.cut(prompt_ids, response_ids)
         rows.append(list(prompt_ids) + list(response_ids))
-    else:
-      rows = [self.token_ids(p, r, principles) for p, r in zip(prompts, responses)]
+        cut.append(was_cut)
+      extra = {"truncated": np.asarray(cut, bool)}
+    else:  # the task renders its own inputs: truncation is its business
+      rows, extra = [self.token_ids(p, r, principles) for p, r in zip(prompts, responses)], {}
     if not rows:
-      return {"reward": np.zeros(0, np.float32)}
+      return {"reward": np.zeros(0, np.float32), **extra}
     pad = getattr(self.tokenizer, "pad_token_id", None) or 0
-    return batched_forward(self._apply, self.params, rows, batch_size=self.batch_size,
-                           pad_id=pad, mesh=self.mesh, progress=progress, desc="score")
+    return dict(batched_forward(self._apply, self.params, rows, batch_size=self.batch_size,
+                                pad_id=pad, mesh=self.mesh, progress=progress, desc="score"),
+                **extra)

@@ -33,7 +33,7 @@ AT_LEAST = {  # key -> minimum (integers)
     "train.steps": 1, "train.batch_size": 1, "train.log_every": 1, "train.checkpoint_every": 1,
     "train.keep_checkpoints": 1, "train.eval_every": 0, "optim.accum_steps": 1,
     "optim.warmup_steps": 0, "data.max_length": MIN_MAX_LENGTH, "data.limit": 0,
-    "data.max_eval_examples": 0,
+    "data.max_eval_examples": 0, "data.pack_length": 0,
 }
 FINITE_AT_LEAST = {  # key -> (minimum, strict): finite floats
     "optim.lr": (0.0, True), "optim.weight_decay": (0.0, False), "optim.clip_norm": (0.0, False),
@@ -117,6 +117,12 @@ def config_errors(config) -> list[ConfigError]:
   for key in UNIT:
     check(key, unit)
   check("mesh.shape", mesh)
+
+  def pack_length(key, value):  # a pair's chosen + rejected share one packed row
+    need = 2 * int(_get(config, "data.max_length"))
+    if _get(config, "data.packing") is True and value and _number(key, value, True) < need:
+      raise _bad(key, f"must be 0 (= 2 x max_length) or >= 2 x data.max_length = {need}", value)
+  check("data.pack_length", pack_length)
   return errors
 
 
