@@ -106,15 +106,16 @@ def encode_many(encoder, items: Sequence[tuple], progress: bool = False) -> list
   the whole conversation is encoded and compared with the prompt's ids as ChatEncoder does."""
   tok = encoder.tokenizer
   render, boundary_ok = _renderer(tok), _suffix_splitter(tok)
+  item_keys = [_key(messages) for messages, _ in items]  # one JSON dump per item
   prompts: dict = {}
-  for messages, _ in items:
-    prompts.setdefault(_key(messages), list(messages))
+  for k, (messages, _) in zip(item_keys, items):
+    prompts.setdefault(k, list(messages))
   keys = list(prompts)
   prompt_text = {k: render(prompts[k], True) for k in keys}
   texts = [prompt_text[k] for k in keys]
   slots = []  # per response: (index into texts, is_suffix, full text)
-  for messages, responses in items:
-    p_text = prompt_text[_key(messages)]
+  for k, (messages, responses) in zip(item_keys, items):
+    p_text = prompt_text[k]
     for r in responses:
       full = render(list(messages) + [{"role": "assistant", "content": r}], False)
       suffix = (boundary_ok is not None and full.startswith(p_text)
@@ -124,8 +125,8 @@ def encode_many(encoder, items: Sequence[tuple], progress: bool = False) -> list
   ids = _encode_texts(tok, texts, progress, "tokenize")
   prompt_ids = dict(zip(keys, ids[:len(keys)]))
   out, redo, slot = [], [], iter(slots)
-  for i, (messages, responses) in enumerate(items):
-    p_text, p_ids = prompt_text[_key(messages)], prompt_ids[_key(messages)]
+  for i, (k, (_, responses)) in enumerate(zip(item_keys, items)):
+    p_text, p_ids = prompt_text[k], prompt_ids[k]
     resp = []
     for j, r in enumerate(responses):
       at, suffix, full = next(slot)
