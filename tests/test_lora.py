@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from _util import fast_config
+from configs import armorm as armorm_config
 from configs import bt as bt_config
 from configs import ensemble as ensemble_config
 from configs import grm as grm_config
@@ -26,7 +27,9 @@ from rmjax.models import lora
 from rmjax.models.reward_model import RewardModel
 from rmjax import sharding as shd
 from rmjax.rl import rollout
+from rmjax.rl import value as value_lib
 from rmjax.tasks import bt, common, ensemble, grm, ppo, ppo_setup, salmon
+from rmjax.train import validate
 from rmjax.train.loop import train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -259,6 +262,48 @@ def test_lora_config_conflicts_are_refused():
     bt.make_model(c, cfg)
 
 
+def _lora_errors(config, **lora_kw):
+  """The one-line up-front errors (`rmjax.train.validate`) of `config` with model.lora set."""
+  config.model.lora.update(dict(dict(rank=4, alpha=8.0), **lora_kw))
+  return [str(e) for e in validate.config_errors(config)]
+
+
+def test_bad_lora_combinations_are_refused_up_front():
+  """Before anything is built, one line naming the key: LoRA in a frozen backbone, QLoRA or a
+  random frozen value backbone in PPO, ArmoRM (no adapters), ensemble modes that do not fit, and
+  bad model.lora values; the settings it checks are lora.py's own."""
+  assert (validate.LORA_QUANT, validate.LORA_TARGETS, validate.LORA_MLP) == (
+      lora.QUANT, lora.TARGETS, lora.MLP_TARGETS)
+  ok = [bt_config.get_config("tiny"), ppo_config.get_config("tiny,smoke"),
+        ensemble_config.get_config("tiny,mode=lora")]
+  for c in ok:
+    assert _lora_errors(c, targets="q_proj,lm_head") == [], c.task
+  assert _lora_errors(bt_config.get_config("tiny"), quant="nf4") == []
+  c = bt_config.get_config("tiny")
+  c.train.freeze_backbone = True
+  cases = [
+      (c, {}, "config key train.freeze_backbone: must be False"),
+      (ppo_config.get_config("tiny,smoke"), dict(quant="int8"), "config key model.lora.quant: QLoRA"),
+      (ppo_config.get_config("tiny,smoke"), dict(quant="nf4"), "config key model.lora.quant: QLoRA"),
+      (armorm_config.get_config("tiny"), {}, "config key model.lora.rank: must be 0 for task armorm"),
+      (ensemble_config.get_config("tiny,mode=independent"), {}, "config key ensemble.mode:"),
+      (ensemble_config.get_config("tiny,mode=lora"), dict(rank=0), "config key ensemble.mode:"),
+      (bt_config.get_config("tiny"), dict(rank=-1), "config key model.lora.rank:"),
+      (bt_config.get_config("tiny"), dict(alpha=-1.0), "config key model.lora.alpha:"),
+      (bt_config.get_config("tiny"), dict(dropout=1.0), "config key model.lora.dropout:"),
+      (bt_config.get_config("tiny"), dict(quant="fp3"), "config key model.lora.quant:"),
+      (bt_config.get_config("tiny"), dict(targets="q_proj,up_proj"), "SwiGLU"),
+      (bt_config.get_config("tiny"), dict(targets=""), "config key model.lora.targets:")]
+  p = ppo_config.get_config("tiny,smoke")
+  p.ppo.value_init = "random"
+  cases.append((p, {}, "config key ppo.value_init: 'random' with model.lora.rank > 0"))
+  for config, kw, match in cases:
+    errors = _lora_errors(config, **kw)
+    assert len(errors) == 1 and match in errors[0] and "\n" not in errors[0], (match, errors)
+  with pytest.raises(ConfigError, match="value_init"):
+    validate.validate_config(p)
+
+
 def test_qlora_int8_trains_only_adapters(tmp_path, tiny):
   """QLoRA: targeted base kernels stored as int8 (quantized once from the pretrained weights),
   float adapters train, the quantized base never changes; fresh adapters score close to the
@@ -306,19 +351,22 @@ def test_cli_lora_train_checkpoint_and_score(tmp_path):
   assert len(rows) == 1 and np.isfinite(rows[0]["reward"])
 
 
-def test_ppo_lora_policy_one_backbone_and_base_reference(tmp_path):
-  """PPO with a LoRA policy: the run holds one backbone (no reference copy; param count), only
-  adapters move and hold Adam state, and the reference log-probs equal a separately held base
-  model's within 1e-5 after the adapters have trained."""
+def test_ppo_lora_policy_and_value_train_adapters_only(tmp_path):
+  """PPO with model.lora (targets include lm_head): the run holds one policy backbone (no
+  reference copy; param count); policy and value model train only their adapters (the value
+  model: the attention adapters, none on the LM head it never runs) plus the value head, which
+  alone hold Adam state and move, while both frozen bases stay bit for bit; the reference
+  log-probs equal a separately held base model's within 1e-5 after the adapters have trained."""
   c = ppo_config.get_config("tiny,smoke")
   c.train.eval_every = 0
   c.train.steps, c.train.checkpoint_every = 3, 3
-  c.model.lora.update(rank=4, alpha=8.0)
+  c.model.lora.update(rank=4, alpha=8.0, targets="q_proj,k_proj,v_proj,o_proj,lm_head")
   mesh = shd.make_mesh((1, 1, 1), devices=jax.devices()[:1])
   setup = ppo_setup.build(c, str(tmp_path), mesh)
   assert setup.ref_params is None
   base_cfg = setup.cfg
   base = jax.tree_util.tree_map(np.asarray, lora.split(setup.policy_params)[0])
+  value0 = _flat(jax.tree_util.tree_map(np.asarray, setup.value_params))
   _, state = ppo.run(c, str(tmp_path / "run"), return_state=True, mesh=mesh)
   n_base = sum(x.size for x in jax.tree_util.tree_leaves(base))
   counts = lora.count(state.policy)
@@ -327,9 +375,30 @@ def test_ppo_lora_policy_one_backbone_and_base_reference(tmp_path):
   for k, v in _flat(base).items():  # the base never moves
     np.testing.assert_array_equal(policy[k], v, err_msg=k)
   assert float(np.abs(policy["layers/self_attn/q_proj/kernel_lora_b"]).max()) > 0
+  assert float(np.abs(policy["lm_head/kernel_lora_b"]).max()) > 0
   held = {lora.path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(
       state.policy_opt.inner_states["train"].inner_state[1][0].mu)}
   assert held and all(k.endswith(lora.SUFFIXES) for k in held)
+  # the value model: adapters on the policy's attention targets, none on its unused LM head
+  value = _flat(jax.device_get(state.value))
+  v_adapters = sorted(k for k in value if k.endswith(lora.SUFFIXES))
+  assert v_adapters == sorted(f"backbone/{k}" for k in policy
+                              if k.endswith(lora.SUFFIXES) and not k.startswith("lm_head/"))
+  v_heads = sorted(k for k in value if k.startswith("value_head/"))
+  v_base = [k for k in value if k.startswith("backbone/") and k not in v_adapters]
+  flat_base = _flat(base)
+  assert v_heads and len(v_base) == len(flat_base)
+  for k in v_base:  # the frozen value backbone is the policy's base (value_init='policy')
+    np.testing.assert_array_equal(value[k], value0[k], err_msg=k)
+    np.testing.assert_array_equal(value[k], flat_base[k[len("backbone/"):]], err_msg=k)
+  for k in [k for k in v_adapters if k.endswith("_lora_b")] + v_heads:  # what trains, moved
+    assert float(np.abs(value[k] - value0[k]).max()) > 0, k
+  # Adam moments for exactly the value adapters and the value head; the frozen branch: none
+  v_inner = state.value_opt.inner_states
+  assert jax.tree_util.tree_leaves(v_inner["freeze"]) == []
+  for moments in (v_inner["train"].inner_state[1][0].mu, v_inner["train"].inner_state[1][0].nu):
+    assert sorted(lora.path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(
+        moments)) == sorted(v_adapters + v_heads)
   # reference log-probs (adapters off) == a separately held base Llama's
   trainer = ppo.Trainer(c, setup, mesh)
   ids = jax.random.randint(jax.random.PRNGKey(5), (4, 16), 2, base_cfg.vocab_size)
@@ -337,11 +406,17 @@ def test_ppo_lora_policy_one_backbone_and_base_reference(tmp_path):
   resp = jnp.ones((4, 16 - c.ppo.prompt_len), jnp.int32)
   with jax.set_mesh(mesh):
     scored = rollout.score_sequences(
-        trainer.policy_params(state.policy), trainer.ref_params(state.policy), state.value, ids,
-        mask, resp, cfg=base_cfg, value_cfg=base_cfg, prompt_len=c.ppo.prompt_len)
+        trainer.policy_params(state.policy), trainer.ref_params(state.policy),
+        trainer.value_params(state.value), ids, mask, resp, cfg=base_cfg, value_cfg=base_cfg,
+        prompt_len=c.ppo.prompt_len)
   held_out = rollout.policy_forward(base, ids, mask, cfg=base_cfg, prompt_len=c.ppo.prompt_len)[0]
   np.testing.assert_allclose(np.asarray(scored["ref_logp"]), np.asarray(held_out), atol=1e-5)
   assert float(np.abs(np.asarray(scored["old_logp"]) - np.asarray(held_out)).max()) > 1e-4
+  # the merged value view scores like the LoRA ValueModel itself
+  v_lora = lora.wrap(value_lib.ValueModel(base_cfg), trainer.value_lora).apply(
+      {"params": jax.device_get(state.value)}, ids, mask)
+  np.testing.assert_allclose(np.asarray(scored["values"]),
+                             np.asarray(v_lora[:, c.ppo.prompt_len - 1:-1] * resp), atol=1e-5)
 
 
 def test_adapter_dropout_trains(tmp_path):

@@ -10,7 +10,8 @@ One PPO iteration (ALGORITHMS.md 2.3, 2.4; tunix PPO decomposition):
   4. jitted: shaped per-token rewards (score at the last token, -beta_t KL per token), GAE by
      reverse scan, whitening;
   5. jitted update: `epochs` x `minibatches` of clipped policy loss + clipped value loss -
-     entropy bonus, policy and value models with their own AdamW states, explicit shardings.
+     entropy bonus, policy and value models with their own AdamW states, explicit shardings
+     (with `model.lora` both are LoRA models: only their adapters and the value head train).
 State (`PPOState`): step, policy and value params, their optimizer states, rng, KL coefficient
 and reward-normalisation statistics -- with the prompt-iterator position it is the whole
 checkpoint, so a resumed run continues exactly. The reference policy and reward models are
@@ -53,14 +54,17 @@ class PPOState(flax.struct.PyTreeNode):
 
 
 # ---------------------------------------------------------------- update step
-def make_update(cfg, value_cfg, prompt_len: int, pc, tx_policy, tx_value, policy_view=None):
+def make_update(cfg, value_cfg, prompt_len: int, pc, tx_policy, tx_value, policy_view=None,
+                value_view=None):
   """Pure `update(state, batch) -> (state, metrics)`: `pc.epochs` passes over the rollout batch
   in `pc.minibatches` shuffled minibatches, each one AdamW step for policy and value.
-  `policy_view(policy params) -> Llama params` (a LoRA policy: adapters merged, base frozen)."""
+  `policy_view(policy params) -> Llama params` and `value_view(value params) -> ValueModel
+  params` (LoRA: adapters merged, the base's gradient stopped)."""
 
   def loss_fn(params, mb):
     policy, value = params
     policy = policy_view(policy) if policy_view else policy
+    value = value_view(value) if value_view else value
     m = mb["resp_mask"].astype(jnp.float32)
     logp, logits = rollout.policy_forward(policy, mb["ids"], mb["mask"], cfg=cfg,
                                           prompt_len=prompt_len)
@@ -150,27 +154,35 @@ class Trainer:
     self.sampling = SamplingConfig(max_new_tokens=pc.max_new_tokens, temperature=pc.temperature,
                                    top_p=pc.top_p, eos_ids=tuple(setup.eos_ids),
                                    pad_id=setup.pad_id)
-    # a LoRA policy (model.lora): only its adapters train; the sampler and forwards run the
-    # plain Llama on merged weights; the reference is its base weights with the adapters off
+    # model.lora: the policy trains only its adapters, the value model only its adapters
+    # (attention targets, `value.lora_settings`) and its value head; frozen base weights get no
+    # gradient (stopped in the views) and no Adam state (the optimizer masks). The sampler and
+    # all forwards run the plain Llama / ValueModel on merged weights; the reference is the
+    # policy's base weights with the adapters off
     self.lora = lora.settings(config.model.get("lora"))
-    self.tx_policy, _ = make_optimizer(config.optim, config.train.steps,
-                                       lora.trainable(adapters_only=True) if self.lora else None)
+    self.value_lora = value_lib.lora_settings(self.lora)
+    policy_mask = lora.trainable(adapters_only=True) if self.lora else None
+    value_mask = lora.trainable() if self.lora else None  # adapters + value_head
+    self.tx_policy, _ = make_optimizer(config.optim, config.train.steps, policy_mask)
     vo = config.optim.to_dict()
     vo["lr"] = pc.value_lr or config.optim.lr
-    self.tx_value, _ = make_optimizer(mlc.ConfigDict(vo), config.train.steps)
+    self.tx_value, _ = make_optimizer(mlc.ConfigDict(vo), config.train.steps, value_mask)
     self.replicated = NamedSharding(mesh, P())
     self.shardings = self._state_shardings()
-    update = make_update(self.cfg, self.value_cfg, self.prompt_len, pc, self.tx_policy,
-                         self.tx_value, lora.merged_view(self.lora, lora.trainable(
-                             adapters_only=True)) if self.lora else None)
-    self.update = jax.jit(update, in_shardings=(self.shardings, NamedSharding(mesh, P(shd.BATCH))),
+    views = ((lora.merged_view(self.lora, policy_mask), lora.merged_view(self.lora, value_mask))
+             if self.lora else (None, None))
+    # the pure update (`rmjax compile` compiles this same function) and its jit
+    self.update_fn = make_update(self.cfg, self.value_cfg, self.prompt_len, pc, self.tx_policy,
+                                 self.tx_value, *views)
+    self.update = jax.jit(self.update_fn,
+                          in_shardings=(self.shardings, NamedSharding(mesh, P(shd.BATCH))),
                           out_shardings=(self.shardings, self.replicated), donate_argnums=(0,))
 
   def _state_shardings(self):
     def boxed():
       ids = jnp.zeros((1, 2), jnp.int32)
       pol = lora.wrap(Llama(self.cfg), self.lora).init(jax.random.PRNGKey(0), ids)["params"]
-      val = value_lib.boxed_init(self.value_cfg, jax.random.PRNGKey(1))
+      val = value_lib.boxed_init(self.value_cfg, jax.random.PRNGKey(1), self.value_lora)
       return PPOState(step=jnp.zeros((), jnp.int32), policy=pol, value=val,
                       policy_opt=self.tx_policy.init(pol), value_opt=self.tx_value.init(val),
                       rng=jax.random.PRNGKey(0), kl_coef=jnp.zeros((), jnp.float32),
@@ -199,6 +211,10 @@ class Trainer:
     """The plain Llama params the sampler and forwards run (adapters merged for LoRA)."""
     return lora.merge(policy, self.lora) if self.lora else policy
 
+  def value_params(self, value):
+    """The plain ValueModel params the scoring pass runs (adapters merged for LoRA)."""
+    return lora.merge(value, self.lora) if self.lora else value
+
   def ref_params(self, policy):
     """The frozen reference: the held copy, or a LoRA policy's own base (adapters off)."""
     return self.setup.ref_params if self.setup.ref_params is not None else lora.split(policy)[0]
@@ -226,7 +242,8 @@ class Trainer:
     batch = shd.shard_batch({"ids": ids, "mask": mask, "resp_mask": resp_mask}, self.mesh,
                             global_batch=True)
     with jax.set_mesh(self.mesh):
-      scored = rollout.score_sequences(policy, self.ref_params(state.policy), state.value,
+      scored = rollout.score_sequences(policy, self.ref_params(state.policy),
+                                       self.value_params(state.value),
                                        batch["ids"], batch["mask"], batch["resp_mask"],
                                        cfg=self.cfg, value_cfg=self.value_cfg,
                                        prompt_len=self.prompt_len)

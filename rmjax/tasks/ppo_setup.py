@@ -157,7 +157,7 @@ class PPOSetup:
   cfg: LlamaConfig = None               # policy (and value) backbone config
   value_cfg: LlamaConfig = None
   policy_params: Any = None             # initial policy (host)
-  value_params: Any = None              # initial value model (host)
+  value_params: Any = None              # initial value model (host; with adapters under LoRA)
   ref_params: Any = None                # frozen reference policy, placed on the mesh (None for
                                         # a LoRA policy: its own base weights, adapters off)
   encode_prompt: Callable = None        # prompt record -> token ids
@@ -204,9 +204,12 @@ def build(config, workdir: str, mesh) -> PPOSetup:
     s.eos_ids = (tok.eos_token_id,)
     s.pad_id = getattr(tok, "pad_token_id", None) or 0
   s.cfg = s.value_cfg = cfg
-  fresh = shd.strip_boxes(jax.device_get(value_lib.boxed_init(cfg, jax.random.PRNGKey(config.seed + 2))))
+  lora_s = lora.settings(config.model.get("lora"))
+  # a LoRA run's value model is LoRA too: fresh adapters (B = 0) on the value_init backbone
+  fresh = shd.strip_boxes(jax.device_get(value_lib.boxed_init(
+      cfg, jax.random.PRNGKey(config.seed + 2), value_lib.lora_settings(lora_s))))
   s.value_params = value_lib.init_value_params(fresh, pc.value_init, policy_params=params)
-  if lora.settings(config.model.get("lora")) is not None:  # one backbone: ref = adapters off
+  if lora_s is not None:  # one backbone: ref = adapters off
     s.policy_params, s.ref_params = lora_policy(config, cfg, params), None
   else:
     s.policy_params = params

@@ -5,7 +5,8 @@ Why up front: a bad value found after the model is loaded, the data tokenised or
 written costs minutes and may leave files behind (`checkpoint_every=0` used to fail with a
 ZeroDivisionError after the first step; `max_length=1` deep inside the tokenizer). Keys a config
 family does not have are skipped, so every family (pair methods, PPO, ArmoRM...) shares the one
-check; method-specific keys stay with their methods.
+check; method-specific keys stay with their methods, except the `model.lora` combinations a
+method cannot run (`lora_errors`), which would otherwise surface only after a backbone loads.
 """
 
 from __future__ import annotations
@@ -41,6 +42,11 @@ FINITE_AT_LEAST = {  # key -> (minimum, strict): finite floats
 }
 UNIT = ("optim.b1", "optim.b2", "data.eval_fraction")  # finite, in [0, 1]
 MISSING = object()
+# model.lora (rmjax.models.lora, which this light module does not import: tests/test_lora.py
+# keeps these equal to lora.QUANT / lora.TARGETS / lora.MLP_TARGETS)
+LORA_QUANT = ("", "nf4", "int8", "int4")
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "lm_head")
+LORA_MLP = ("gate_proj", "up_proj", "down_proj")
 
 
 def _get(config, key: str) -> Any:
@@ -123,7 +129,62 @@ def config_errors(config) -> list[ConfigError]:
     if _get(config, "data.packing") is True and value and _number(key, value, True) < need:
       raise _bad(key, f"must be 0 (= 2 x max_length) or >= 2 x data.max_length = {need}", value)
   check("data.pack_length", pack_length)
+  errors.extend(lora_errors(config))
   return errors
+
+
+def lora_errors(config) -> list[ConfigError]:
+  """`model.lora` values, and the combinations no method can run: a frozen backbone (the
+  adapters live inside it), QLoRA or a random frozen value backbone in PPO, ArmoRM (its stages
+  take no adapters: the config would silently train in full), ensemble modes that do not fit."""
+  rank = _get(config, "model.lora.rank")
+  if rank is MISSING:
+    return []
+  lc = config.model.lora
+  if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
+    return [_bad("model.lora.rank", "must be an integer >= 0 (0 = LoRA off)", rank)]
+  out = []
+  mode = _get(config, "ensemble.mode")
+  if rank == 0:
+    if mode == "lora":
+      out.append(_bad("ensemble.mode", "'lora' needs model.lora.rank > 0", mode))
+    return out
+  alpha, dropout = lc.get("alpha", 0.0), lc.get("dropout", 0.0)
+  quant, targets = lc.get("quant", "") or "", lc.get("targets", "")
+  if (isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha)
+      or alpha < 0):
+    out.append(_bad("model.lora.alpha", "must be a finite number >= 0 (0 = rank)", alpha))
+  if (isinstance(dropout, bool) or not isinstance(dropout, (int, float))
+      or not 0.0 <= dropout < 1.0):
+    out.append(_bad("model.lora.dropout", "must be a number in [0, 1)", dropout))
+  if quant not in LORA_QUANT:
+    out.append(_bad("model.lora.quant", "must be '' (off), nf4, int8 or int4", quant))
+  names = [t.strip() for t in (targets.split(",") if isinstance(targets, str) else targets)
+           if str(t).strip()]
+  bad = [t for t in names if t not in LORA_TARGETS]
+  if bad or not names:
+    why = (" (the MLP's SwiGLU VJP is hand-written: qwix cannot see it)"
+           if set(bad) & set(LORA_MLP) else "")
+    out.append(_bad("model.lora.targets", f"must name some of {', '.join(LORA_TARGETS)}{why}",
+                    targets))
+  if _get(config, "train.freeze_backbone") is True:
+    out.append(_bad("train.freeze_backbone", "must be False with model.lora.rank > 0 (the "
+                    "adapters train inside the backbone)", True))
+  task = _get(config, "task")
+  if task == "ppo" and quant:
+    out.append(_bad("model.lora.quant", "QLoRA is not supported for PPO (its sampler runs the "
+                    "merged float weights); use ''", quant))
+  if task == "ppo" and _get(config, "ppo.value_init") == "random":
+    out.append(_bad("ppo.value_init", "'random' with model.lora.rank > 0 would freeze a random "
+                    "value backbone (only adapters and the head train); use 'policy'", "random"))
+  if task == "armorm":
+    out.append(_bad("model.lora.rank", "must be 0 for task armorm (its stages take no adapters)",
+                    rank))
+  if mode == "independent":
+    out.append(_bad("ensemble.mode", "'independent' with model.lora.rank > 0 would freeze K "
+                    "backbone copies; use 'lora' (K adapter sets on one backbone) or 'heads'",
+                    mode))
+  return out
 
 
 def validate_config(config) -> None:
