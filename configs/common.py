@@ -86,7 +86,7 @@ def base_config(arg: mlc.ConfigDict, task: str) -> mlc.ConfigDict:
   c.model = mlc.ConfigDict(dict(
       spec=p["spec"], tokenizer=p["tokenizer"], dtype=p["dtype"], param_dtype="float32",
       remat=p["remat"], head="scalar", head_hidden=1024, head_dropout=0.0,
-      attention=p.get("attention", "xla")))  # xla | dot_product | splash | auto (models/attention)
+      attention=p.get("attention", "auto")))  # auto | xla | blocked | dot_product | splash (models/attention)
   # LoRA / QLoRA (rmjax.models.lora): rank 0 = off. targets: q_proj,k_proj,v_proj,o_proj,lm_head
   # (not the MLP: its SwiGLU VJP is hand-written); quant: '' | nf4 | int8 | int4 (QLoRA base)
   c.model.lora = mlc.ConfigDict(dict(rank=0, alpha=16.0, targets="q_proj,k_proj,v_proj,o_proj",
@@ -111,6 +111,7 @@ def base_config(arg: mlc.ConfigDict, task: str) -> mlc.ConfigDict:
       feature_cache="",  # head-only features cache dir ("" = $RMJAX_CACHE or ~/.cache/rmjax)
       token_cache="",    # tokenized data cache dir ("" = $RMJAX_CACHE/tokens; "off" = none)
       packing=False,     # pair tasks: pack sequences into rows (rmjax/data/packing.py)
+      share_prompt=True,  # packed rows hold a pair's prompt once, both responses after it
       pack_length=0))    # packed row length (0 = 2 * max_length)
 
   if arg.get("runlocal", False):  # a quick local smoke run of any variant

@@ -64,6 +64,25 @@ def packed_response_logprobs(token_lp: jax.Array, at: jax.Array, seq_len: jax.Ar
   return cs[row, end] - cs[row, end - n]
 
 
+def shared_prompt_correction(logits: jax.Array, token_lp: jax.Array, ids: jax.Array,
+                             at: jax.Array, n_response: jax.Array,
+                             prompt_at: jax.Array) -> jax.Array:
+  """What to add to `packed_response_logprobs` for prompt-shared rows [P].
+
+  There a response's first token follows the PROMPT's last token (`prompt_at`), not the column
+  before it (for the rejected response that column is the chosen response's end): its row-wise
+  `token_lp` is replaced by its log-prob under the logits at `prompt_at`. Zero for empty
+  responses and for pairs laid out unshared (prompt_at row -1)."""
+  row, first = at[:, 0], at[:, 1] - n_response + 1
+  first = jnp.clip(first, 0, ids.shape[1] - 1)
+  prow, pcol = jnp.maximum(prompt_at[:, 0], 0), prompt_at[:, 1]
+  lg = logits[prow, pcol].astype(jnp.float32)                    # [P, V]
+  target = ids[row, first]
+  lp = jnp.take_along_axis(lg, target[:, None], axis=-1)[:, 0] - jax.nn.logsumexp(lg, axis=-1)
+  use = (n_response > 0) & (prompt_at[:, 0] >= 0)
+  return jnp.where(use, lp - token_lp[row, first], 0.0)
+
+
 def sequence_logprobs(token_lp: jax.Array, loss_mask: jax.Array, average: bool = False) -> jax.Array:
   """Summed (or, with `average`, mean) masked token log-probs per row [B]."""
   loss_mask = loss_mask.astype(token_lp.dtype)

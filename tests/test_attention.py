@@ -1,5 +1,6 @@
-"""Attention backends (rmjax.models.attention): dot_product and splash (Pallas interpret mode on
-CPU) against the xla reference path, in logits and parameter gradients of a tiny GQA Llama."""
+"""Attention backends (rmjax.models.attention): blocked, dot_product and splash (Pallas interpret
+mode on CPU) against the xla reference path, in logits and parameter gradients of a tiny GQA
+Llama, and on packed (segment and shared-prefix) masks."""
 
 import functools
 
@@ -15,7 +16,8 @@ from rmjax.models import Llama, LlamaConfig, RewardModel
 from rmjax.models import attention as attn
 
 CFG = LlamaConfig(vocab_size=97, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                  attention="xla")
 
 
 def _params(cfg=CFG, seed=0):
@@ -76,11 +78,41 @@ def _get(tree, path):
 
 
 # splash at T=128 runs on the (2,2,2) mesh below (one interpret-mode compile fewer)
-@pytest.mark.parametrize("backend,t", [("dot_product", 128), ("dot_product", 256), ("splash", 256)])
+@pytest.mark.parametrize("backend,t", [("dot_product", 128), ("dot_product", 256), ("splash", 256),
+                                       ("blocked", 37), ("blocked", 256)])
 def test_backend_matches_xla_logits_and_grads(params, backend, t):
   ids, mask, ref = _reference(t)
   got = _logits_and_grads(params, CFG.replace(attention=backend), ids, mask)
   _assert_close(got, ref, mask)
+
+
+@pytest.mark.parametrize("backend", ["blocked", "dot_product"])
+def test_packed_segment_and_prefix_masks_match_xla(backend):
+  """Packed rows: segments, padding, and responses that also see a shared prefix segment."""
+  b, t, n, kv, d = 2, 150, 6, 2, 8
+  r = np.random.default_rng(0)
+  q, k, v = (jnp.asarray(r.normal(size=(b, t, h, d)), jnp.float32) for h in (n, kv, kv))
+  seg = np.zeros((b, t), np.int32)
+  seg[:, :40], seg[:, 40:90], seg[:, 90:140] = 1, 2, 3  # 3: a response of prompt 1
+  prefix = np.where(seg == 3, 1, 0)
+  slots = jnp.broadcast_to(jnp.arange(t), (b, t))
+  for key_mask in (jnp.asarray(seg), attn.packed_mask(jnp.asarray(seg), jnp.asarray(prefix))):
+    real = np.asarray(attn.segment_ids(key_mask) > 0)
+    w = jnp.asarray(r.normal(size=(b, t, n * d)), jnp.float32) * real[..., None]
+    run = lambda be: jax.jit(jax.value_and_grad(  # noqa: E731
+        lambda q, k, v: jnp.vdot(attn.attend(q, k, v, key_mask, slots, be), w), argnums=(0, 1, 2)))
+    (ref, gref), (got, ggot) = run("xla")(q, k, v), run(backend)(q, k, v)
+    np.testing.assert_allclose(got, ref, rtol=1e-5)
+    for a, c in zip(ggot, gref):
+      np.testing.assert_allclose(a, c, atol=1e-5)
+    out = attn.attend(q, k, v, key_mask, slots, backend)
+    ref_out = attn.attend(q, k, v, key_mask, slots, "xla")
+    np.testing.assert_allclose(np.asarray(out)[real], np.asarray(ref_out)[real], atol=1e-5)
+  # the prefix is seen: segment 3 differs with and without it
+  with_prefix = attn.attend(q, k, v, attn.packed_mask(jnp.asarray(seg), jnp.asarray(prefix)), slots, backend)
+  alone = attn.attend(q, k, v, jnp.asarray(seg), slots, backend)
+  assert np.abs(np.asarray(with_prefix - alone)[:, 90:140]).max() > 1e-3
+  np.testing.assert_allclose(np.asarray(with_prefix)[:, :90], np.asarray(alone)[:, :90], atol=1e-6)
 
 
 def test_splash_pads_odd_lengths(params):
@@ -136,8 +168,9 @@ def test_greedy_decode_with_splash_config():
 def test_config_field_defaults_and_validation():
   old = CFG.to_dict()
   del old["attention"]  # a model_config.json written before the field existed
-  assert LlamaConfig(**old).attention == "xla" and LlamaConfig(**CFG.to_dict()) == CFG
+  assert LlamaConfig(**old).attention == "auto" and LlamaConfig(**CFG.to_dict()) == CFG
   with pytest.raises(ValueError, match="attention must be one of"):
     CFG.replace(attention="flash")
-  assert [attn.resolve("auto", p) for p in ("tpu", "gpu", "cpu")] == ["splash", "dot_product", "xla"]
+  assert [attn.resolve("auto", p) for p in ("tpu", "gpu", "cpu")] == ["splash", "dot_product",
+                                                                       "blocked"]
   assert attn.resolve("splash", "cpu") == "splash"

@@ -1,6 +1,7 @@
-"""Packed pair batches give the padded batches' rewards, BT loss and gradients (GQA tiny Llama,
-left and right padding), sharded packed == single device, and a packed run trains like a padded
-one on the same pairs."""
+"""Packed pair batches (plain, and prompt-shared: a pair's prompt once, both responses after it)
+give the padded batches' rewards, BT loss and gradients (GQA tiny Llama, left and right
+padding), sharded packed == single device, and a packed run trains like a padded one on the
+same pairs."""
 
 import json
 
@@ -22,13 +23,14 @@ from rmjax.checkpoints.presets import preset_config
 from tests._util import fast_config
 
 
-def _pairs(n=10, seed=0, vocab=512):
+def _pairs(n=10, seed=0, vocab=512, empty_chosen=False):
   rng = np.random.default_rng(seed)
   chosen, rejected, plen = [], [], []
-  for _ in range(n):
+  for i in range(n):
     p = rng.integers(3, 20)
     prompt = rng.integers(3, vocab, p)
-    chosen.append(np.concatenate([prompt, rng.integers(3, vocab, rng.integers(1, 30))]).astype(np.int32))
+    n_chosen = 0 if empty_chosen and i % 3 == 0 else rng.integers(1, 30)  # an empty response
+    chosen.append(np.concatenate([prompt, rng.integers(3, vocab, n_chosen)]).astype(np.int32))
     rejected.append(np.concatenate([prompt, rng.integers(3, vocab, rng.integers(1, 30))]).astype(np.int32))
     plen.append(p)
   return TokenizedPairs(chosen, rejected, np.asarray(plen, np.int32), np.zeros(n, np.float32),
@@ -84,12 +86,38 @@ def test_pack_batch_keeps_pairs_in_one_row_and_every_pair_placed():
     pack_batch(batch, data, row_length=16)
 
 
-@pytest.mark.parametrize("padding", ["right", "left"])
-def test_packed_equals_padded_rewards_loss_and_gradients(model_and_params, padding):
-  model, params = model_and_params
-  data = _pairs(10, seed=1)
+def test_prompt_shared_rows_hold_each_prompt_once():
+  """share_prompt: prompt, chosen response, rejected response back to back; both responses'
+  positions continue from the prompt and their prefix is the prompt's segment."""
+  data = _pairs(12, seed=3, empty_chosen=True)
   batch = next(PairBatcher(data, 8, buckets=(64,), seed=0))
-  packed = pack_batch(batch, data, row_length=96)
+  packed = pack_batch(batch, data, row_length=96, share_prompt=True)
+  ids, seg, pos, pre = (packed[k] for k in ("input_ids", "segment_ids", "positions", "prefix_ids"))
+  for i, j in enumerate(batch["index"]):
+    c, r, p = data.chosen[j], data.rejected[j], int(data.prompt_len[j])
+    (row, pend), (rc, cend), (rr, rend) = packed["prompt_at"][i], packed["chosen_at"][i], packed["rejected_at"][i]
+    assert row == rc == rr
+    np.testing.assert_array_equal(ids[row, pend - p + 1:pend + 1], c[:p])
+    np.testing.assert_array_equal(pos[row, pend - p + 1:pend + 1], np.arange(p))
+    if len(c) == p:  # an empty chosen response reads its reward at the prompt's end
+      assert cend == pend
+    else:
+      np.testing.assert_array_equal(ids[row, pend + 1:cend + 1], c[p:])
+    np.testing.assert_array_equal(ids[row, rend - (len(r) - p) + 1:rend + 1], r[p:])
+    np.testing.assert_array_equal(pos[row, rend - (len(r) - p) + 1:rend + 1], np.arange(p, len(r)))
+    assert (pre[row, rend - (len(r) - p) + 1:rend + 1] == seg[row, pend]).all()
+    assert pre[row, pend] == 0
+  assert (seg > 0).sum() == sum(len(data.chosen[j]) + len(data.rejected[j]) - data.prompt_len[j]
+                                for j in batch["index"])
+
+
+@pytest.mark.parametrize("padding,share", [("right", False), ("left", False), ("right", True),
+                                           ("left", True)])
+def test_packed_equals_padded_rewards_loss_and_gradients(model_and_params, padding, share):
+  model, params = model_and_params
+  data = _pairs(10, seed=1, empty_chosen=share)
+  batch = next(PairBatcher(data, 8, buckets=(64,), seed=0))
+  packed = pack_batch(batch, data, row_length=96, share_prompt=share)
   padded = _left_pad(batch) if padding == "left" else batch
   c0, r0 = forward_pairs(model, params, padded)
   c1, r1 = forward_pairs(model, params, packed)
@@ -105,7 +133,7 @@ def test_sharded_packed_equals_single_device(model_and_params):
   model, params = model_and_params
   data = _pairs(16, seed=2)
   batch = next(PairBatcher(data, 8, buckets=(64,), seed=0))
-  packed = pack_batch(batch, data, row_length=128, row_multiple=4)
+  packed = pack_batch(batch, data, row_length=128, row_multiple=4, share_prompt=True)
   ref = jax.jit(_loss(model))(params, packed)
   mesh = shd.make_mesh((4, 1, 2))
   with jax.set_mesh(mesh):
@@ -120,7 +148,7 @@ def _losses(workdir):
 
 def test_packed_run_trains_like_the_padded_run(tmp_path):
   runs = {}
-  for packing in (False, True):
+  for packing in (False, True):  # packed with the default data.share_prompt=True
     c = fast_config(bt_config.get_config("tiny"), steps=3)
     c.data.packing = packing
     c.data.max_length = 64
@@ -131,8 +159,9 @@ def test_packed_run_trains_like_the_padded_run(tmp_path):
   np.testing.assert_allclose(runs[True], runs[False], atol=1e-4)
 
 
-@pytest.mark.parametrize("reg", ["sft", "dpo_ref"])
-def test_packed_equals_padded_for_grm_regularisers(reg):
+@pytest.mark.parametrize("reg,share", [("sft", False), ("dpo_ref", False), ("sft", True),
+                                       ("dpo_ref", True)])
+def test_packed_equals_padded_for_grm_regularisers(reg, share):
   """GRM's LM regularisers read each packed sequence's response span: same loss, metrics and
   gradients as the padded batch."""
   import ml_collections as mlc
@@ -148,9 +177,9 @@ def test_packed_equals_padded_for_grm_regularisers(reg):
   loss_cfg = mlc.ConfigDict(dict(alpha=0.5, beta=0.1, reg=reg, use_margin=False,
                                  label_smoothing=0.0, centering_coef=0.0))
   loss_fn = grm.grm_loss_fn(model, loss_cfg, ref_lm)
-  data = _pairs(10, seed=4)
+  data = _pairs(10, seed=4, empty_chosen=share)
   batch = next(PairBatcher(data, 8, buckets=(64,), seed=0))
-  packed = pack_batch(batch, data, row_length=96)
+  packed = pack_batch(batch, data, row_length=96, share_prompt=share)
   (l0, m0), g0 = jax.value_and_grad(lambda p, b: loss_fn(p, b, None), has_aux=True)(params, batch)
   (l1, m1), g1 = jax.value_and_grad(lambda p, b: loss_fn(p, b, None), has_aux=True)(params, packed)
   np.testing.assert_allclose(l1, l0, atol=1e-5)

@@ -6,14 +6,28 @@ pairs of a padded batch (the same pairs, in the same order, so a packed run sees
 data of a padded run and resumes the same way) and places each pair's chosen then rejected
 sequence side by side in one row (a pair is never split across rows), first-fit decreasing.
 
+With `share_prompt` (`data.share_prompt`), a pair's prompt is laid out ONCE, followed by the
+chosen response and then the rejected response; both responses see the prompt as their shared
+prefix (and not each other: `rmjax.models.attention`), and the rejected response's positions
+continue from the prompt's end. Each response then sees exactly the context it has in its own
+padded row, so rewards and losses equal the padded ones, while the prompt's tokens are computed
+once instead of twice (on hh-rlhf at max_length 256 that is 1.47x fewer tokens before any
+padding is removed). chosen and rejected share their prompt's token ids by construction
+(`rmjax.data.tokenize.truncate` cuts one prompt for both).
+
 Packed batch (numpy; R rows of `row_length` tokens, B = the padded batch's pair count):
   input_ids     int32 [R, L]   sequences back to back, pad id after the last one
-  segment_ids   int32 [R, L]   0 on padding, k >= 1 for the k-th sequence of the row
+  segment_ids   int32 [R, L]   0 on padding, k >= 1 for the k-th segment of the row
+  positions     int32 [R, L]   each token's position in its own sequence (0 on padding)
   chosen_at     int32 [B, 2]   (row, column) of each pair's chosen LAST token: its reward
   rejected_at   int32 [B, 2]   the same for rejected
   chosen_len, rejected_len  int32 [B]  sequence lengths (prompt + response; LM regularisers)
   prompt_len, margin, weight, index   as in the padded batch ([B]); weight-0 filler pairs are
                                       not packed and point at (0, 0)
+  and with share_prompt:
+  prefix_ids    int32 [R, L]   the prompt's segment id on response tokens (0 elsewhere)
+  prompt_at     int32 [B, 2]   (row, column) of each pair's last prompt token: the logits that
+                               score both responses' first tokens (GRM's LM regularisers)
 R is rounded up to a multiple of `row_multiple` (a handful of shapes for jit, and rows that
 divide the mesh's batch axes). Positions restart at every segment (`Llama` derives them).
 """
@@ -24,7 +38,7 @@ import numpy as np
 
 from rmjax.data.batching import MappedBatches
 
-PACKED_KEYS = ("input_ids", "segment_ids", "chosen_at", "rejected_at")
+PACKED_KEYS = ("input_ids", "segment_ids", "positions", "chosen_at", "rejected_at")
 
 
 def _first_fit(lengths, row_length):
@@ -41,36 +55,60 @@ def _first_fit(lengths, row_length):
   return rows, len(free)
 
 
-def pack_batch(batch: dict, data, row_length: int, row_multiple: int = 1) -> dict:
+def _pieces(chosen, rejected, prompt_len: int, share_prompt: bool):
+  """The segments of one pair in row order: [(tokens, first position, prefix piece or None,
+  'chosen' | 'rejected' | None = whose last token is this piece's end)]."""
+  if not share_prompt or prompt_len == 0:  # no prompt to share: two plain sequences
+    return [(chosen, 0, None, "chosen"), (rejected, 0, None, "rejected")]
+  p = prompt_len
+  return [(chosen[:p], 0, None, None), (chosen[p:], p, 0, "chosen"), (rejected[p:], p, 0, "rejected")]
+
+
+def pack_batch(batch: dict, data, row_length: int, row_multiple: int = 1,
+               share_prompt: bool = False) -> dict:
   """The packed form of a padded pair batch (see the module docstring). `data`:
   `TokenizedPairs` the batch's 'index' refers to."""
   idx, weight = np.asarray(batch["index"]), np.asarray(batch["weight"])
   live = [i for i in range(len(idx)) if weight[i] > 0]
-  seqs = {i: (data.chosen[idx[i]], data.rejected[idx[i]]) for i in live}
-  lengths = [len(seqs[i][0]) + len(seqs[i][1]) for i in live]
+  pieces = {i: _pieces(data.chosen[idx[i]], data.rejected[idx[i]], int(data.prompt_len[idx[i]]),
+                       share_prompt) for i in live}
+  lengths = [sum(len(t) for t, *_ in pieces[i]) for i in live]
   if lengths and max(lengths) > row_length:
     raise ValueError(f"a pair of {max(lengths)} tokens does not fit a packed row of {row_length}; "
                      f"set data.pack_length >= 2 * data.max_length")
   rows_of, n_rows = _first_fit(lengths, row_length)
   n_rows = max(1, -(-max(n_rows, 1) // row_multiple) * row_multiple)
   ids = np.full((n_rows, row_length), data.pad_id, np.int32)
-  seg = np.zeros((n_rows, row_length), np.int32)
+  seg, pos, pre = (np.zeros((n_rows, row_length), np.int32) for _ in range(3))
   fill = np.zeros(n_rows, np.int64)
   n_seg = np.zeros(n_rows, np.int64)
-  at = {"chosen_at": np.zeros((len(idx), 2), np.int32),
-        "rejected_at": np.zeros((len(idx), 2), np.int32),
-        "chosen_len": np.zeros(len(idx), np.int32), "rejected_len": np.zeros(len(idx), np.int32)}
+  n = len(idx)
+  at = {"chosen_at": np.zeros((n, 2), np.int32), "rejected_at": np.zeros((n, 2), np.int32),
+        "chosen_len": np.zeros(n, np.int32), "rejected_len": np.zeros(n, np.int32)}
+  prompt_at = np.zeros((n, 2), np.int32)
   for slot, i in enumerate(live):
     row = rows_of[slot]
-    for key, seq in zip(("chosen_at", "rejected_at"), seqs[i]):
+    first_seg, last_col = n_seg[row] + 1, {}
+    for k, (toks, pos0, prefix, side) in enumerate(pieces[i]):
       start, n_seg[row] = fill[row], n_seg[row] + 1
-      ids[row, start:start + len(seq)] = seq
-      seg[row, start:start + len(seq)] = n_seg[row]
-      fill[row] += len(seq)
-      at[key][i] = (row, fill[row] - 1)
-      at[key.replace("_at", "_len")][i] = len(seq)
+      end = start + len(toks)
+      ids[row, start:end] = toks
+      seg[row, start:end] = n_seg[row]
+      pos[row, start:end] = np.arange(pos0, pos0 + len(toks))
+      if prefix is not None:
+        pre[row, start:end] = first_seg + prefix
+      fill[row] = end
+      last_col[k] = end - 1 if len(toks) else last_col.get(prefix, start - 1)
+      if side is not None:
+        at[f"{side}_at"][i] = (row, last_col[k])
+    if share_prompt:  # (-1, -1): this pair was laid out unshared (no prompt tokens)
+      prompt_at[i] = (row, last_col[0]) if len(pieces[i]) == 3 else (-1, -1)
+    at["chosen_len"][i] = len(data.chosen[idx[i]])
+    at["rejected_len"][i] = len(data.rejected[idx[i]])
   out = {k: v for k, v in batch.items() if not k.endswith(("_ids", "_mask"))}
-  out.update(input_ids=ids, segment_ids=seg, **at)
+  out.update(input_ids=ids, segment_ids=seg, positions=pos, **at)
+  if share_prompt:
+    out.update(prefix_ids=pre, prompt_at=prompt_at)
   return out
 
 
@@ -78,6 +116,8 @@ class PackedBatches(MappedBatches):
   """A pair batcher whose batches are packed (same pairs, order and position state as the
   wrapped `PairBatcher`: resuming is exact)."""
 
-  def __init__(self, batcher, row_length: int, row_multiple: int = 1):
-    super().__init__(batcher, lambda b: pack_batch(b, batcher.data, row_length, row_multiple))
+  def __init__(self, batcher, row_length: int, row_multiple: int = 1, share_prompt: bool = False):
+    super().__init__(batcher, lambda b: pack_batch(b, batcher.data, row_length, row_multiple,
+                                                   share_prompt))
     self.row_length, self.row_multiple = row_length, row_multiple
+    self.share_prompt = share_prompt

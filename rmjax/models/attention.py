@@ -3,26 +3,37 @@
 Layouts: q [B, T, N, D], k / v [B, S, K, D] with N a multiple of K (grouped-query attention; query
 head h reads KV head h // (N // K), the HF order). `key_mask` [B, S] marks real tokens (left or
 right padding), `q_slots` [B, T] the cache slot of each query. Every backend returns [B, T, N * D].
-Packed rows: an INTEGER `key_mask` holds segment ids (0 = padding, k >= 1 = the k-th sequence of
-the row; no cache, T == S) and a query sees causally earlier keys of its own segment only; a
-boolean `key_mask` is the padding mask (one sequence per row).
+
+Packed rows (no cache, T == S): an INTEGER `key_mask` (`packed_mask`) holds per token its segment
+id in the low 16 bits (0 = padding, k >= 1 = the k-th sequence of the row) and, in the bits above,
+the segment id of a shared prefix it also sees (0 = none). A query sees the causally earlier keys
+of its own segment and of its prefix segment: plain packing has no prefixes; prompt-shared
+packing (`rmjax.data.packing`, `data.share_prompt`) lays out prompt, chosen response and
+rejected response once each, both responses seeing the prompt as their prefix, so each response
+sees exactly the context it has in its own padded row. A boolean `key_mask` is the padding mask
+(one sequence per row).
 
 - 'xla': the reference einsum path (scores in float32, masked with finfo.min); handles any
   `q_slots`, so it is the one the KV-cache path (prefill into a cache and decode steps) uses.
+- 'blocked': exact attention in query blocks of `BLOCK` rows that skip the key blocks above the
+  causal diagonal, with a hand-written flash-style VJP (the backward recomputes the probabilities
+  from the saved log-sum-exp instead of differentiating the softmax). Pure XLA, any platform;
+  the fast path on CPU (experiments/benchmarks/RESULTS.md).
 - 'dot_product': `jax.nn.dot_product_attention(implementation=None)`: XLA picks the
   implementation (in jax 0.10 that is still its XLA one; cuDNN needs `implementation='cudnn'`
   and cannot express left padding, so it is not forced here).
 - 'splash': the Pallas TPU splash-attention kernel under `jax.shard_map` over the batch axes
   ('data', 'fsdp') and the head axis ('tensor') of the mesh set with `jax.set_mesh` (no mesh:
-  called directly). Off TPU it runs in Pallas interpret mode (slow; for tests).
-- 'auto': splash on TPU, dot_product on GPU, xla elsewhere (`resolve`).
+  called directly). Off TPU it runs in Pallas interpret mode (slow; for tests). Its segment ids
+  are equality masks: prompt-shared packing cannot be expressed (refused by config validation).
+- 'auto': splash on TPU, dot_product on GPU, blocked elsewhere (`resolve`).
 
-dot_product and splash compute self-attention without a cache (S == T, q_slots == arange(T)).
-Causality plus padding are expressed as segment ids: real tokens are segment 1, padding 0, and a
-query sees causally earlier keys of its own segment. For real tokens that is exactly the xla
-mask; padding rows (whose outputs nothing reads) attend to earlier padding instead of getting the
-xla path's uniform row, so outputs at padded positions differ between backends, and no row is
-ever empty (no NaN in forward or backward).
+blocked, dot_product and splash compute self-attention without a cache (S == T, q_slots ==
+arange(T)). For dot_product and splash, causality plus padding are expressed as segment ids:
+real tokens are segment 1, padding 0, and a query sees causally earlier keys of its own segment.
+For real tokens that is exactly the xla mask; padding rows (whose outputs nothing reads) attend
+to earlier padding instead of getting the xla path's uniform row, so outputs at padded positions
+differ between backends, and no row is ever empty (no NaN in forward or backward).
 
 Splash block sizes: T is padded up to a multiple of 128 inside the wrapper (the kernel's lane
 width; the extra rows are padding segment 0, causally after every real token, and are sliced
@@ -41,7 +52,10 @@ from jax.sharding import PartitionSpec as P
 
 Array = jax.Array
 
-BACKENDS = ("xla", "dot_product", "splash", "auto")
+BACKENDS = ("xla", "blocked", "dot_product", "splash", "auto")
+PREFIX_SHIFT = 16  # packed key mask: segment id | prefix segment id << PREFIX_SHIFT
+SEGMENT_BITS = (1 << PREFIX_SHIFT) - 1
+BLOCK = 64  # query rows per block of the blocked path (fastest of 64 / 128 / 256 on CPU at T=256)
 BATCH_AXES = ("data", "fsdp")
 HEAD_AXIS = "tensor"
 SPLASH_LANES = 128
@@ -49,14 +63,14 @@ SPLASH_BLOCKS = (512, 256, 128)
 
 
 def resolve(backend: str, platform: str | None = None) -> str:
-  """The concrete backend: 'auto' becomes splash on TPU, dot_product on GPU, xla elsewhere."""
+  """The concrete backend: 'auto' becomes splash on TPU, dot_product on GPU, blocked elsewhere."""
   if backend not in BACKENDS:
     raise ValueError(f"attention must be one of {', '.join(BACKENDS)}, got {backend!r}")
   if backend != "auto":
     return backend
   platform = platform or jax.default_backend()
   return {"tpu": "splash", "gpu": "dot_product", "cuda": "dot_product",
-          "rocm": "dot_product"}.get(platform, "xla")
+          "rocm": "dot_product"}.get(platform, "blocked")
 
 
 def attend(q: Array, k: Array, v: Array, key_mask: Array, q_slots: Array,
@@ -69,6 +83,8 @@ def attend(q: Array, k: Array, v: Array, key_mask: Array, q_slots: Array,
     raise ValueError(f"attention={backend!r} needs self-attention without a cache (T == S), got "
                      f"T={q.shape[1]}, S={k.shape[1]}; the cache path uses 'xla'")
   b, t, n, d = q.shape
+  if backend == "blocked":
+    return blocked_attention(q, k, v, key_mask)
   if backend == "dot_product":
     return dot_product_attention(q, k, v, key_mask).reshape(b, t, n * d)
   return splash_attention(q, k, v, key_mask).reshape(b, t, n * d)
@@ -85,26 +101,128 @@ def xla_attention(q, k, v, key_mask, q_slots):
   qg = q.reshape(b, t, nkv, g, hd).transpose(0, 2, 3, 1, 4).reshape(b, nkv, g * t, hd)
   scores = jnp.einsum("bkqd,bskd->bkqs", qg, k.astype(qg.dtype),
                       preferred_element_type=jnp.float32).reshape(b, nkv, g, t, s)
-  allowed = (jnp.arange(s)[None, None, :] <= q_slots[:, :, None]) & (key_mask[:, None, :] > 0)
-  if key_mask.dtype != jnp.bool_:  # packed: segment ids, T == S
-    allowed = allowed & (key_mask[:, :, None] == key_mask[:, None, :])  # [B, T, S]
+  allowed = allowed_mask(key_mask, q_slots, s)
   scores = jnp.where(allowed[:, None, None], scores / math.sqrt(hd), jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(b, nkv, g * t, s)
   out = jnp.einsum("bkqs,bskd->bkqd", probs, v).reshape(b, nkv, g, t, hd)
   return out.transpose(0, 3, 1, 2, 4).reshape(b, t, nh * hd)
 
 
+def packed_mask(segment_ids: Array, prefix_ids: Array | None = None) -> Array:
+  """The int key mask of packed rows: `segment_ids` [B, T] (0 = padding) and, optionally,
+  `prefix_ids` [B, T], the segment id of the shared prefix each token also sees (0 = none)."""
+  seg = segment_ids.astype(jnp.int32)
+  if prefix_ids is None:
+    return seg
+  return seg | (prefix_ids.astype(jnp.int32) << PREFIX_SHIFT)
+
+
 def segment_ids(key_mask: Array) -> Array:
   """[B, T] int32: 0 for padding, else the segment (1 for every real token when unpacked)."""
-  return key_mask.astype(jnp.int32)
+  if key_mask.dtype == jnp.bool_:
+    return key_mask.astype(jnp.int32)
+  return key_mask.astype(jnp.int32) & SEGMENT_BITS
+
+
+def allowed_mask(key_mask: Array, q_slots: Array, s: int) -> Array:
+  """[B, T, S] bool: key slot s is visible to query t (causal, real, and for packed rows in
+  the query's segment or its prefix segment)."""
+  allowed = jnp.arange(s)[None, None, :] <= q_slots[:, :, None]
+  if key_mask.dtype == jnp.bool_:
+    return allowed & key_mask[:, None, :]
+  seg = key_mask & SEGMENT_BITS
+  prefix = key_mask >> PREFIX_SHIFT
+  kseg = seg[:, None, :]
+  return allowed & (kseg > 0) & ((kseg == seg[:, :, None]) | (kseg == prefix[:, :, None]))
 
 
 def dot_product_attention(q, k, v, key_mask):
-  """`jax.nn.dot_product_attention`, causal within segments -> [B, T, N, D]."""
-  seg = segment_ids(key_mask)
-  same = (seg[:, :, None] == seg[:, None, :])[:, None]  # [B, 1, T, S]
-  return jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=same,
+  """`jax.nn.dot_product_attention`, causal within segments (and prefixes) -> [B, T, N, D]."""
+  if key_mask.dtype == jnp.bool_:
+    seg = segment_ids(key_mask)
+    mask = (seg[:, :, None] == seg[:, None, :])[:, None]  # [B, 1, T, S]; padding sees padding
+  else:
+    t = key_mask.shape[1]
+    seg = segment_ids(key_mask)
+    mask = allowed_mask(key_mask, jnp.broadcast_to(jnp.arange(t), seg.shape), t)
+    mask = (mask | (seg[:, :, None] == 0))[:, None]  # padding rows see earlier keys: no empty row
+  return jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask,
                                       is_causal=True, implementation=None)
+
+
+def _query_blocks(t: int, block: int):
+  return [(a, min(a + block, t)) for a in range(0, t, block)]
+
+
+def blocked_attention(q, k, v, key_mask, block: int = BLOCK):
+  """Exact causal attention in query blocks -> [B, T, N * D] (see the module docstring).
+
+  Query block [a, e) reads keys [0, e) only, so about half of the T x T scores of a causal
+  layer are never computed; the VJP recomputes each block's probabilities from the saved
+  log-sum-exp (flash-attention style) instead of keeping or differentiating the softmax."""
+  b, t, nh, hd = q.shape
+  nkv = k.shape[2]
+  g = nh // nkv
+  allowed = allowed_mask(key_mask, jnp.broadcast_to(jnp.arange(t), (b, t)), t)
+  qg = (q * (1.0 / math.sqrt(hd))).astype(q.dtype)
+  qg = qg.reshape(b, t, nkv, g, hd).transpose(0, 2, 3, 1, 4)  # [B, K, g, T, D]
+  kh = k.astype(q.dtype).transpose(0, 2, 1, 3)  # [B, K, S, D]
+  vh = v.astype(q.dtype).transpose(0, 2, 1, 3)
+  out = _blocked_core(qg, kh, vh, allowed, block)
+  return out.transpose(0, 3, 1, 2, 4).reshape(b, t, nh * hd)
+
+
+_NEG = float(jnp.finfo(jnp.float32).min)
+
+
+def _block_scores(q, k, allowed, a, e):
+  """Masked float32 scores of query rows [a, e) against keys [0, e): [B, K, g, e-a, e]."""
+  s = jnp.einsum("bkgqd,bksd->bkgqs", q[:, :, :, a:e], k[:, :, :e],
+                 preferred_element_type=jnp.float32)
+  return jnp.where(allowed[:, None, None, a:e, :e], s, _NEG)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _blocked_core(q, k, v, allowed, block):
+  """q [B, K, g, T, D] (pre-scaled), k / v [B, K, T, D], allowed [B, T, T] -> [B, K, g, T, D]."""
+  return _blocked_fwd(q, k, v, allowed, block)[0]
+
+
+def _blocked_fwd(q, k, v, allowed, block):
+  outs, lses = [], []
+  for a, e in _query_blocks(q.shape[3], block):
+    s = _block_scores(q, k, allowed, a, e)
+    m = jnp.max(s, axis=-1, keepdims=True)
+    p = jnp.exp(s - m)  # a row with no visible key (padding) is uniform, never empty
+    l = jnp.sum(p, axis=-1, keepdims=True)
+    o = jnp.einsum("bkgqs,bksd->bkgqd", p.astype(v.dtype), v[:, :, :e],
+                   preferred_element_type=jnp.float32) / l
+    outs.append(o.astype(q.dtype))
+    lses.append(m + jnp.log(l))
+  out = jnp.concatenate(outs, axis=3)
+  return out, (q, k, v, allowed, out, jnp.concatenate(lses, axis=3))
+
+
+def _blocked_bwd(block, res, d_out):
+  q, k, v, allowed, out, lse = res
+  delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1, keepdims=True)
+  dq = []
+  dk = jnp.zeros(k.shape, jnp.float32)
+  dv = jnp.zeros(v.shape, jnp.float32)
+  for a, e in _query_blocks(q.shape[3], block):
+    p = jnp.exp(_block_scores(q, k, allowed, a, e) - lse[:, :, :, a:e])
+    do = d_out[:, :, :, a:e]
+    dv = dv.at[:, :, :e].add(jnp.einsum("bkgqs,bkgqd->bksd", p.astype(do.dtype), do,
+                                        preferred_element_type=jnp.float32))
+    dp = jnp.einsum("bkgqd,bksd->bkgqs", do, v[:, :, :e], preferred_element_type=jnp.float32)
+    ds = (p * (dp - delta[:, :, :, a:e])).astype(q.dtype)
+    dq.append(jnp.einsum("bkgqs,bksd->bkgqd", ds, k[:, :, :e], preferred_element_type=jnp.float32))
+    dk = dk.at[:, :, :e].add(jnp.einsum("bkgqs,bkgqd->bksd", ds, q[:, :, :, a:e],
+                                        preferred_element_type=jnp.float32))
+  return (jnp.concatenate(dq, axis=3).astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None)
+
+
+_blocked_core.defvjp(_blocked_fwd, _blocked_bwd)
 
 
 def splash_block(t: int) -> tuple[int, int]:

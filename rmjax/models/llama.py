@@ -46,7 +46,7 @@ class LlamaConfig:
   dtype: str = "float32"         # compute dtype of matmuls
   param_dtype: str = "float32"
   remat: str = "none"            # 'none' | 'full' | 'dots' (save matmul outputs)
-  attention: str = "xla"         # 'xla' | 'dot_product' | 'splash' | 'auto' (rmjax.models.attention)
+  attention: str = "auto"        # 'xla' | 'blocked' | 'dot_product' | 'splash' | 'auto' (models/attention)
 
   def __post_init__(self):
     if self.head_dim is None:
@@ -111,14 +111,15 @@ def rope_inv_freq(cfg: LlamaConfig) -> Array:
 
 
 def apply_rope(x: Array, positions: Array, inv_freq: Array) -> Array:
-  """Rotate-half RoPE. x: [B, T, H, D]; positions: [B, T]."""
+  """Rotate-half RoPE. x: [B, T, H, D]; positions: [B, T].
+
+  Computed on the two halves of the head dim (x1 cos - x2 sin, x2 cos + x1 sin) with one
+  concatenate of the result: no [D]-wide angle, cos/sin or rotated copies (cheaper on CPU)."""
   angles = positions[..., None].astype(jnp.float32) * inv_freq  # [B, T, D/2]
-  angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]  # [B, T, 1, D]
-  cos, sin = jnp.cos(angles), jnp.sin(angles)
-  x32 = x.astype(jnp.float32)
+  cos, sin = jnp.cos(angles)[:, :, None, :], jnp.sin(angles)[:, :, None, :]
   half = x.shape[-1] // 2
-  rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
-  return (x32 * cos + rotated * sin).astype(x.dtype)
+  x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
+  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
 
 
 def positions_from_mask(attention_mask: Array) -> Array:
@@ -313,7 +314,9 @@ class Llama(nn.Module):
   `output`: 'logits' | 'hidden' (after the final norm) | 'both' -> (logits, hidden).
   Packed rows (several sequences per row): `segment_ids` [B, T] (0 = padding, k >= 1 = the
   k-th sequence) instead of `attention_mask`; a token attends causally within its own segment
-  and positions restart at each segment (no cache).
+  and positions restart at each segment (no cache). `prefix_ids` [B, T] (with explicit
+  `positions`) adds, per token, the segment id of a shared prefix it also sees (0 = none): a
+  prompt laid out once with both responses after it (`rmjax.models.attention.packed_mask`).
   """
   cfg: LlamaConfig
 
@@ -332,14 +335,16 @@ class Llama(nn.Module):
       self.lm_head = _dense(cfg.vocab_size, ("embed", "vocab"), cfg, "lm_head")
 
   def hidden_states(self, input_ids, attention_mask=None, positions=None, cache=None,
-                    segment_ids=None):
+                    segment_ids=None, prefix_ids=None):
     """Final hidden states [B, T, D] after the last norm (and the new cache)."""
     b, t = input_ids.shape
     if segment_ids is not None:  # packed: the int key mask carries the segments (attention.py)
       if cache is not None:
         raise ValueError("packed rows (segment_ids) cannot decode with a cache")
-      key_mask = segment_ids.astype(jnp.int32)
-      positions = positions_from_segments(key_mask) if positions is None else positions
+      if prefix_ids is not None and positions is None:
+        raise ValueError("prefix_ids need explicit positions (a response continues its prefix)")
+      key_mask = attn_lib.packed_mask(segment_ids, prefix_ids)
+      positions = positions_from_segments(segment_ids.astype(jnp.int32)) if positions is None else positions
       q_slots = jnp.broadcast_to(jnp.arange(t), (b, t))
       layer_cache = None
     elif cache is None:
@@ -373,8 +378,9 @@ class Llama(nn.Module):
     return nn.with_logical_constraint(logits.astype(jnp.float32), ("act_batch", "act_length", "act_vocab"))
 
   def __call__(self, input_ids, attention_mask=None, positions=None, cache=None, output="logits",
-               segment_ids=None):
-    x, new_cache = self.hidden_states(input_ids, attention_mask, positions, cache, segment_ids)
+               segment_ids=None, prefix_ids=None):
+    x, new_cache = self.hidden_states(input_ids, attention_mask, positions, cache, segment_ids,
+                                      prefix_ids)
     if output == "hidden":
       out = x
     elif output == "logits":

@@ -38,11 +38,14 @@ class RewardModel(nn.Module):
       raise ValueError(f"unknown head {self.head!r} (scalar, mlp, ensemble)")
 
   def __call__(self, input_ids, attention_mask, deterministic: bool = True,
-               segment_ids=None, pool_at=None) -> dict:
+               segment_ids=None, pool_at=None, prefix_ids=None, positions=None) -> dict:
     """Packed rows (`rmjax.data.packing`): `segment_ids` [R, L] replaces the mask and the
-    rewards are read at `pool_at` [P, 2] (row, column of each sequence's last token)."""
+    rewards are read at `pool_at` [P, 2] (row, column of each sequence's last token);
+    prompt-shared rows add `prefix_ids` and `positions` (`Llama`)."""
     out = {}
     kw = {} if segment_ids is None else {"segment_ids": segment_ids}
+    if prefix_ids is not None:
+      kw.update(prefix_ids=prefix_ids, positions=positions)
     if self.keep_lm_logits or self.is_initializing():  # params always hold the full backbone
       logits, hidden = self.backbone(input_ids, attention_mask, output="both", **kw)
       if self.keep_lm_logits:

@@ -28,7 +28,7 @@ from rmjax.models import lora
 from rmjax.models.llama import Llama
 from rmjax.models.reward_model import RewardModel
 from rmjax.tasks import common
-from rmjax.tasks.pairs import forward_pairs, pair_data, pair_eval_fn, pair_task
+from rmjax.tasks.pairs import forward_pairs, packed_kwargs, pair_data, pair_eval_fn, pair_task
 from rmjax.tasks.spec import TaskSpec
 from rmjax.train.loop import Task
 
@@ -62,10 +62,17 @@ def _pair_logprobs(logits_c, logits_r, batch):
   """Summed response log-probs of chosen and rejected rows, each [B] (packed batches: both
   read the packed rows' logits at their own spans)."""
   if "segment_ids" in batch:
-    tok_lp = lm_losses.token_logprobs(logits_c, batch["input_ids"])
-    return tuple(lm_losses.packed_response_logprobs(tok_lp, batch[f"{side}_at"],
-                                                    batch[f"{side}_len"], batch["prompt_len"])
-                 for side in ("chosen", "rejected"))
+    ids = batch["input_ids"]
+    tok_lp = lm_losses.token_logprobs(logits_c, ids)
+    out = []
+    for side in ("chosen", "rejected"):
+      at, seq_len = batch[f"{side}_at"], batch[f"{side}_len"]
+      lp = lm_losses.packed_response_logprobs(tok_lp, at, seq_len, batch["prompt_len"])
+      if "prompt_at" in batch:  # prompt-shared rows: each response's first token follows the prompt
+        lp = lp + lm_losses.shared_prompt_correction(logits_c, tok_lp, ids, at,
+                                                     seq_len - batch["prompt_len"], batch["prompt_at"])
+      out.append(lp)
+    return tuple(out)
   lp_c = lm_losses.response_logprobs(logits_c, batch["chosen_ids"], batch["chosen_mask"],
                                      batch["prompt_len"])
   lp_r = lm_losses.response_logprobs(logits_r, batch["rejected_ids"], batch["rejected_mask"],
@@ -77,7 +84,7 @@ def reference_logprobs(ref_lm: Llama, ref_params, batch):
   """Summed response log-probs under the frozen reference (no gradient), chosen and rejected."""
   if "segment_ids" in batch:
     logits = ref_lm.apply({"params": jax.lax.stop_gradient(ref_params)}, batch["input_ids"],
-                          segment_ids=batch["segment_ids"])
+                          segment_ids=batch["segment_ids"], **packed_kwargs(batch))
     lp_c, lp_r = _pair_logprobs(logits, logits, batch)
     return jax.lax.stop_gradient(lp_c), jax.lax.stop_gradient(lp_r)
   ids = jnp.concatenate([batch["chosen_ids"], batch["rejected_ids"]], axis=0)

@@ -49,7 +49,7 @@ def forward_pairs(model, params, batch, *, rng=None):
     at = jnp.concatenate([batch["chosen_at"], batch["rejected_at"]], axis=0)
     seg = batch["segment_ids"]
     out = model.apply({"params": params}, batch["input_ids"], seg > 0, segment_ids=seg,
-                      pool_at=at, **kw)
+                      pool_at=at, **packed_kwargs(batch), **kw)
     if "logits" in out:  # [R, L, V] of the packed rows: both sides read it (GRM's regulariser)
       logits = out.pop("logits")
       b = batch["weight"].shape[0]
@@ -61,6 +61,25 @@ def forward_pairs(model, params, batch, *, rng=None):
     out = model.apply({"params": params}, ids, mask, **kw)
   b = batch["weight"].shape[0]
   return {k: v[:b] for k, v in out.items()}, {k: v[b:] for k, v in out.items()}
+
+
+def packed_kwargs(batch) -> dict:
+  """The model inputs of a packed batch beyond ids and segments: explicit positions and, for
+  prompt-shared rows, the prefix segments (`rmjax.data.packing`)."""
+  if "prefix_ids" not in batch:
+    return {}
+  return {"prefix_ids": batch["prefix_ids"], "positions": batch["positions"]}
+
+
+def pair_pack_check(config) -> None:
+  """Prompt-shared packing needs a mask splash cannot express (`rmjax.models.attention`)."""
+  from rmjax.models import attention  # noqa: PLC0415 (keeps this module's imports light)
+  d = config.data
+  if d.get("packing", False) and d.get("share_prompt", False) and attention.resolve(
+      config.model.attention) == "splash":
+    raise ConfigError("config key data.share_prompt: prompt-shared packed rows need a prefix "
+                      "mask that splash attention cannot express; set data.share_prompt=False "
+                      "or model.attention=blocked|xla|dot_product")
 
 
 def pair_eval_fn(model):
@@ -118,9 +137,10 @@ def packed_batches(config, batcher) -> PackedBatches:
   if config.train.freeze_backbone and config.train.get("cache_features", True):
     raise ConfigError("config key data.packing: head-only training on cached features has no "
                       "token batches to pack; set train.cache_features=False or packing=False")
+  pair_pack_check(config)
   length = config.data.get("pack_length", 0) or 2 * config.data.max_length
   divisor = shd.batch_divisor(shd.make_mesh(tuple(config.mesh.shape)))
-  return PackedBatches(batcher, length, divisor)
+  return PackedBatches(batcher, length, divisor, bool(config.data.get("share_prompt", False)))
 
 
 # ------------------------------------------------------------------------ head-only features
