@@ -1,13 +1,23 @@
 """`rmjax compile`: the train steps of a config compiled for a TPU slice that is not attached
-(libtpu's compile-only devices), through the CLI as a user runs it. Needs libtpu (the `tpu`
-extra); skipped without it. Tiny configs: each compile takes seconds."""
+(libtpu's compile-only devices), through the CLI as a user runs it (and `compile_config` in
+process for the LoRA comparison). Compiling needs libtpu (the `tpu` extra); those tests are
+skipped without it. The LoRA optimizer-state check needs only abstract shapes on a CPU mesh.
+Tiny configs: each compile takes seconds."""
 
 import json
 import pathlib
 import subprocess
 import sys
 
+import jax
 import pytest
+
+from configs import bt as bt_config
+from configs import grm as grm_config
+from configs import ppo as ppo_config
+from rmjax import sharding as shd
+from rmjax.models import lora
+from rmjax.tasks import aot
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -68,3 +78,65 @@ def test_task_without_abstract_step_is_one_line_config_error(tmp_path):
   assert proc.returncode == 2, proc.stdout + proc.stderr
   lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
   assert len(lines) == 1 and "task 'overopt' has no abstract train step" in lines[0], proc.stderr
+
+
+def _lora_config(config, rank=4):
+  config.model.lora.update(rank=rank, alpha=8.0)
+  return config
+
+
+def _adam_paths(opt_state) -> list:
+  """'/'-joined paths of the leaves that hold Adam's first moment (the trained ones)."""
+  if hasattr(opt_state, "inner_states"):  # a masked optimizer (frozen leaves)
+    opt_state = opt_state.inner_states["train"].inner_state
+  mu = opt_state[1][0].mu
+  return sorted(lora.path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(mu))
+
+
+def test_lora_steps_hold_adam_state_for_adapters_and_heads_only():
+  """No libtpu needed (a CPU mesh, abstract shapes only): under model.lora the compiled train
+  steps carry `rmjax train`'s freeze mask, so only adapters and heads hold optimizer state (bt,
+  GRM's dpo_ref without a reference copy, PPO's policy and value model), and PPO's scoring pass
+  and sampler take the plain (merged) trees."""
+  mesh = shd.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+  for config, step in ((bt_config.get_config("tiny"), aot.bt_steps),
+                       (grm_config.get_config("tiny,reg=dpo_ref,alpha=0.5"), aot.grm_steps)):
+    full = step(config, aot.model_config(config), mesh)[0].args[0]
+    every = [lora.path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(full.params)]
+    assert _adam_paths(full.opt_state) == sorted(k for k in every if not k.startswith("reference/"))
+    state = step(_lora_config(config), aot.model_config(config), mesh)[0].args[0]
+    flat = [lora.path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(state.params)]
+    trained = [k for k in flat if lora.is_adapter(k) or not k.startswith("backbone/")]
+    assert "reference" not in state.params and any(map(lora.is_adapter, trained))
+    assert _adam_paths(state.opt_state) == sorted(trained), config.task
+    assert jax.tree_util.tree_leaves(state.opt_state.inner_states["freeze"]) == []
+  c = _lora_config(ppo_config.get_config("tiny,smoke"))
+  c.model.lora.targets = "q_proj,v_proj,lm_head"
+  steps = {s.name: s for s in aot.ppo_steps(c, None, mesh)}
+  state = steps["ppo.update"].args[0]
+  assert _adam_paths(state.policy_opt) == sorted(
+      f"{m}/kernel_lora_{x}" for m in ("layers/self_attn/q_proj", "layers/self_attn/v_proj",
+                                       "lm_head") for x in "ab")
+  assert _adam_paths(state.value_opt) == sorted(
+      [f"backbone/layers/self_attn/{m}/kernel_lora_{x}" for m in ("q_proj", "v_proj")
+       for x in "ab"] + ["value_head/Dense_0/kernel"])
+  for name in ("ppo.score", "ppo.prefill", "ppo.decode"):
+    for tree in steps[name].args[:3 if name == "ppo.score" else 1]:
+      assert not any(lora.is_adapter(lora.path_str(p))
+                     for p, _ in jax.tree_util.tree_leaves_with_path(tree)), name
+
+
+def test_lora_bt_step_compiles_with_fewer_argument_bytes_than_full(tmp_path):
+  """`rmjax compile`'s plan for a LoRA config (rank 4): the donated state holds Adam moments for
+  adapters + head only, so its argument bytes are well under the full fine-tune's (params +
+  two moments for every weight: ~3x the params)."""
+  pytest.importorskip("libtpu", reason="TPU AOT compilation needs libtpu: pip install -e '.[tpu]'")
+  rows = {}
+  for name, config in (("full", bt_config.get_config("tiny")),
+                       ("lora", _lora_config(bt_config.get_config("tiny")))):
+    [rows[name]] = aot.compile_config(config, "v5e:2x2", workdir=str(tmp_path / name))
+  full, low = rows["full"], rows["lora"]
+  assert full["fits"] and low["fits"] and low["lora_rank"] == 4 and "lora_rank" not in full
+  n_params = full["argument_bytes"] / 3  # f32 params + mu + nu (batch: a few KB)
+  assert low["argument_bytes"] < 0.5 * full["argument_bytes"], (low, full)
+  assert low["argument_bytes"] > n_params * 0.9  # the frozen base itself is still an argument

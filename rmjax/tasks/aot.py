@@ -4,11 +4,15 @@ for a TPU slice that is not attached, from abstract inputs only (no weights, no 
 `STEPS[task](config, cfg, mesh)` returns the task's `Step`s: each is the same pure function, the
 same in/out shardings and the same donation the trainer jits (`rmjax.train.loop.train`, the PPO
 `Trainer`, `rmjax.inference.generate`), built from the task's own pieces (its `make_model`, loss
-function, ArmoRM heads / `RegressionRM`, `ppo.make_update`, `_prefill` / `_decode`) with
+function, ArmoRM heads / `RegressionRM`, the `Trainer`'s `update_fn`, `_prefill` / `_decode`) with
 `jax.ShapeDtypeStruct` arguments: batch shapes from `train.batch_size` x `data.max_length`
 (PPO: `ppo.rollout_batch` x (`prompt_len` + `max_new_tokens`)), the LlamaConfig from the spec's
-config alone (`rmjax.checkpoints.presets.config_only`). `compile_config` compiles them with `rmjax.aot` and
-reports per-chip HBM, FLOPs and a roofline; an OOM ends as `DoesNotFit` (one line, exit 2).
+config alone (`rmjax.checkpoints.presets.config_only`). Under `model.lora` a pair method's step
+goes through the same `lora.apply_to_task` as its `build` (adapters-and-heads optimizer mask,
+base gradients stopped, adapter dropout), and PPO's are the `Trainer`'s own (its masks and merged
+views), so the compiled state holds Adam moments for the adapters and heads only.
+`compile_config` compiles them with `rmjax.aot` and reports per-chip HBM, FLOPs and a roofline;
+an OOM ends as `DoesNotFit` (one line, exit 2).
 """
 
 from __future__ import annotations
@@ -30,9 +34,11 @@ from rmjax.aot import chip_of, compile_function, format_table, llama_flops, topo
 from rmjax.checkpoints.presets import config_only
 from rmjax.errors import ConfigError, RmjaxError
 from rmjax.inference import generate
+from rmjax.models import lora
 from rmjax.models.llama import Llama, LlamaConfig, init_cache
 from rmjax.rl import rollout
 from rmjax.tasks import armorm, bt, ensemble, grm, pairs, ppo, ppo_setup
+from rmjax.train.loop import Task
 from rmjax.train.state import abstract_state, make_optimizer, make_train_step
 
 
@@ -88,10 +94,17 @@ def loop_step(name, config, mesh, init_params, loss_fn, batch_spec: dict, traina
 
 # ------------------------------------------------------------------------ pair methods
 
+def _lora_loss(model, config):
+  """The model a pair method's loss runs in training (LoRA dropout when configured)."""
+  return lora.train_model(model, config.model.get("lora"))
+
+
 def _pair_step(name, config, cfg, mesh, model, loss_fn, init_params=None, frozen=(),
                passes=1.0, frozen_passes=0.0) -> list:
   """`pairs.pair_task`'s step: chosen + rejected rows [B, T] (or cached features [B, D] for
-  head-only training), the backbone frozen under train.freeze_backbone."""
+  head-only training), the backbone frozen under train.freeze_backbone; under `model.lora`
+  made LoRA-aware by `lora.apply_to_task` exactly as the method's `build` does (`frozen`: the
+  same top-level groups it passes)."""
   b, t = config.train.batch_size, config.data.max_length
   _check_rows(b, mesh, "train.batch_size")
   if pairs.head_only(config, model):
@@ -110,14 +123,18 @@ def _pair_step(name, config, cfg, mesh, model, loss_fn, init_params=None, frozen
     return model.init(rng, ids, jnp.ones_like(ids))["params"]
 
   freeze = set(frozen) | ({"backbone"} if config.train.freeze_backbone else set())
-  return [loop_step(name, config, mesh, init_params or default_init, loss_fn, spec,
-                    (lambda k: k not in freeze) if freeze else None, flops)]
+  task = lora.apply_to_task(Task(init_params=init_params or default_init, loss_fn=loss_fn,
+                                 train_batches=None,
+                                 trainable=(lambda k: k not in freeze) if freeze else None),
+                            config, frozen=tuple(frozen))
+  return [loop_step(name, config, mesh, task.init_params, task.loss_fn, spec, task.trainable,
+                    flops)]
 
 
 def bt_steps(config, cfg, mesh, name="bt") -> list:
   model = bt.make_model(config, cfg)
   return _pair_step(f"{name}.train_step", config, cfg, mesh, model,
-                    bt.bt_loss_fn(model, config.loss))
+                    bt.bt_loss_fn(_lora_loss(model, config), config.loss))
 
 
 def ensemble_steps(config, cfg, mesh) -> list:
@@ -131,7 +148,7 @@ def ensemble_steps(config, cfg, mesh) -> list:
   model = ensemble.make_model(config, cfg)
   boot = None if e.bootstrap == "none" else np.ones((config.train.batch_size, e.members), np.float32)
   return _pair_step("ensemble.train_step", config, cfg, mesh, model,
-                    ensemble.ensemble_loss_fn(model, config.loss, boot),
+                    ensemble.ensemble_loss_fn(_lora_loss(model, config), config.loss, boot),
                     passes=e.members if e.mode == "independent" else 1)
 
 
@@ -139,18 +156,22 @@ def grm_steps(config, cfg, mesh) -> list:
   grm.check_loss_config(config.loss)
   model = grm.make_model(config, cfg, keep_lm_logits=True)
   with_ref = config.loss.reg == "dpo_ref"
-  ref_lm = Llama(cfg) if with_ref else None
+  lora_cfg = config.model.get("lora")
+  # grm.build's: a LoRA policy's reference is its own base (adapters off), no second copy
+  with_ref_copy = with_ref and lora.settings(lora_cfg) is None
+  ref_lm = lora.wrap(Llama(cfg), lora_cfg) if with_ref else None
 
   def init_params(rng):  # grm.build's: the frozen reference beside the reward model
     ids = jnp.zeros((2, 8), jnp.int32)
     params = model.init(rng, ids, jnp.ones_like(ids))["params"]
-    if with_ref:
+    if with_ref_copy:
       params = dict(params, **{grm.REFERENCE: ref_lm.init(rng, ids, jnp.ones_like(ids))["params"]})
     return params
 
   return _pair_step("grm.train_step", config, cfg, mesh, model,
-                    grm.grm_loss_fn(model, config.loss, ref_lm), init_params=init_params,
-                    frozen=(grm.REFERENCE,) if with_ref else (), frozen_passes=float(with_ref))
+                    grm.grm_loss_fn(_lora_loss(model, config), config.loss, ref_lm),
+                    init_params=init_params, frozen=(grm.REFERENCE,) if with_ref_copy else (),
+                    frozen_passes=float(with_ref))
 
 
 # ------------------------------------------------------------------------ ArmoRM
@@ -187,10 +208,13 @@ def armorm_steps(config, cfg, mesh) -> list:
 # ------------------------------------------------------------------------ PPO
 
 def ppo_steps(config, cfg, mesh) -> list:
-  """The PPO `Trainer`'s update (policy + value, two AdamW states), its scoring pass (policy,
-  frozen reference, value) and the sampler's prefill and decode loop, on the trainer's
-  shardings. The reward is a host function (gold / token count / a proxy on frozen features):
-  the run holds no reward-model params on the mesh."""
+  """The PPO `Trainer`'s update (its own `update_fn`: policy + value, two AdamW states, under
+  `model.lora` their adapter masks and merged views), its scoring pass (policy, frozen
+  reference, value) and the sampler's prefill and decode loop, on the trainer's shardings. The
+  scoring pass and the sampler run plain Llama / ValueModel trees (LoRA: the merged weights,
+  shaped and sharded like the base; the reference is the base itself). The reward is a host
+  function (gold / token count / a proxy on frozen features): the run holds no reward-model
+  params on the mesh."""
   pc = config.ppo
   ppo_setup.check(config)
   if config.model.spec == "words":
@@ -206,17 +230,18 @@ def ppo_steps(config, cfg, mesh) -> list:
   ints = {k: ((b, length), "int32") for k in ("ids", "mask")}
   batch = _batch(dict(ints, resp_mask=((b, n), "int32"), **{
       k: ((b, n), "float32") for k in ("old_logp", "values", "advantages", "returns")}), bsh)
-  update = ppo.make_update(cfg, cfg, pl, pc, trainer.tx_policy, trainer.tx_value)
-  steps = [Step("ppo.update", update, (state, batch), (sh, bsh), (sh, rep), (0,),
+  steps = [Step("ppo.update", trainer.update_fn, (state, batch), (sh, bsh), (sh, rep), (0,),
                 2 * pc.epochs * llama_flops(cfg, b, length))]
+  policy, policy_sh = lora.split(state.policy)[0], lora.split(sh.policy)[0]  # plain trees
+  value, value_sh = lora.split(state.value)[0], lora.split(sh.value)[0]
 
   def score(policy, ref, value, ids, mask, resp_mask):
     return rollout.score_sequences(policy, ref, value, ids, mask, resp_mask, cfg=cfg,
                                    value_cfg=cfg, prompt_len=pl)
   seqs = _batch(dict(ints, resp_mask=((b, n), "int32")), bsh)
-  steps.append(Step("ppo.score", score, (state.policy, state.policy, state.value, seqs["ids"],
+  steps.append(Step("ppo.score", score, (policy, policy, value, seqs["ids"],
                                          seqs["mask"], seqs["resp_mask"]),
-                    (sh.policy, sh.policy, sh.value, bsh, bsh, bsh),
+                    (policy_sh, policy_sh, value_sh, bsh, bsh, bsh),
                     {"old_logp": bsh, "ref_logp": bsh, "values": bsh, "entropy": rep}, (),
                     3 * llama_flops(cfg, b, length, train=False)))
 
@@ -229,7 +254,7 @@ def ppo_steps(config, cfg, mesh) -> list:
   logits = jax.ShapeDtypeStruct((b, cfg.vocab_size), jnp.dtype(cfg.dtype), sharding=bsh)
   steps.append(Step("ppo.prefill",
                     lambda p, i, m: generate._prefill(p, i, m, cfg=cfg, cache_len=length),
-                    (state.policy, prompt["ids"], prompt["mask"]), (sh.policy, bsh, bsh),
+                    (policy, prompt["ids"], prompt["mask"]), (policy_sh, bsh, bsh),
                     (bsh, cache_sh), (), llama_flops(cfg, b, pl, train=False)))
   sampling = generate.SamplingConfig(max_new_tokens=n, temperature=pc.temperature, top_p=pc.top_p,
                                      eos_ids=setup.eos_ids, pad_id=0)
@@ -241,8 +266,8 @@ def ppo_steps(config, cfg, mesh) -> list:
   steps.append(Step("ppo.decode",
                     lambda p, lg, c, m, r, kn: generate._decode(p, lg, c, m, r, kn, cfg=cfg,
                                                                 structure=structure),
-                    (state.policy, logits, cache, prompt["mask"], rng, knobs),
-                    (sh.policy, bsh, cache_sh, bsh, rep, jax.tree_util.tree_map(lambda _: rep, knobs)),
+                    (policy, logits, cache, prompt["mask"], rng, knobs),
+                    (policy_sh, bsh, cache_sh, bsh, rep, jax.tree_util.tree_map(lambda _: rep, knobs)),
                     (out_sh, cache_sh), (2,), llama_flops(cfg, b, n, train=False)))
   return steps
 
@@ -264,6 +289,10 @@ def _settings(config) -> dict:
   out = {"task": config.task, "spec": m.spec, "remat": m.remat, "attention": m.get("attention", "xla"),
          "dtype": m.dtype, "param_dtype": m.param_dtype, "batch_size": config.train.batch_size,
          "max_length": config.data.max_length, "accum_steps": config.optim.accum_steps}
+  s = (m.get("lora") or {})
+  if s.get("rank", 0):  # LoRA: the state holds Adam moments for adapters and heads only
+    out.update(lora_rank=int(s["rank"]), lora_targets=str(s.get("targets", "")),
+               lora_quant=str(s.get("quant", "") or ""))
   if config.task == "ppo":
     pc = config.ppo
     out.update(rollout_batch=pc.rollout_batch, prompt_len=pc.prompt_len,
