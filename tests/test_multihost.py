@@ -7,7 +7,7 @@ each) against 1 process with 8 devices.
   (read off the mesh's device placement), for the meshes the train tests use.
 - `rmjax train` on 2 processes: no example twice in a global batch, every example once an
   epoch, the global batches equal the 1-process run's, final params equal the 1-process
-  8-device run within 1e-6, and both processes restarted from the step-10 checkpoint end at the
+  8-device run within 1e-6, and both processes restarted from the step-4 checkpoint end at the
   same params as the uninterrupted 2-process run.
 
 Run as a script (`python tests/test_multihost.py rows PORT PID`) it is the worker of the
@@ -235,9 +235,9 @@ def _rows_worker(port, pid):
 
 
 TRAIN_ARGS = [
-    '--config.train.steps=20', '--config.train.checkpoint_every=10', '--config.train.eval_every=10',
+    '--config.train.steps=8', '--config.train.checkpoint_every=4', '--config.train.eval_every=4',
     '--config.train.batch_size=8', '--config.train.log_every=1', '--config.train.progress=False',
-    '--config.train.tensorboard=False', '--config.data.source=synthetic:64',
+    '--config.train.tensorboard=False', '--config.data.source=synthetic:32',
     '--config.data.eval_source=synthetic:16', '--config.data.max_length=64',
     '--config.optim.warmup_steps=2']
 
@@ -259,7 +259,7 @@ def _train_cmds(workdir, processes, batch_log, cache):
   return out
 
 
-def _params(workdir, step=20):
+def _params(workdir, step=8):
   import jax
   import orbax.checkpoint as ocp
   path = pathlib.Path(workdir) / 'checkpoints' / str(step) / 'state'
@@ -293,29 +293,29 @@ def test_two_processes_train_like_one_and_resume(tmp_path):
   procs = _start(_train_cmds(two, 2, tmp_path / 'two.batches', tmp_path / 'cache'), tmp_path, 'two')
   procs += _start(_train_cmds(one, 1, tmp_path / 'one.batches', tmp_path / 'cache'), tmp_path, 'one')
   _finish(procs, t0 + 420)
-  # restart both processes from the step-10 checkpoint of the 2-process run (= killed after it)
+  # restart both processes from the step-4 checkpoint of the 2-process run (= killed after it)
   shutil.copytree(two / 'checkpoints', restart / 'checkpoints')
-  shutil.rmtree(restart / 'checkpoints' / '20')
+  shutil.rmtree(restart / 'checkpoints' / '8')
   procs = _start(_train_cmds(restart, 2, tmp_path / 'restart.batches', tmp_path / 'cache'), tmp_path, 'restart')
   _finish(procs, time.time() + 300)
 
-  # data: no example twice in a global batch, every example once an epoch (64 = 8 batches of 8)
+  # data: no example twice in a global batch, every example once an epoch (32 = 4 batches of 8)
   two_log, one_log = _batch_log(tmp_path / 'two.batches', 2), _batch_log(tmp_path / 'one.batches', 1)
-  assert len(two_log) == 20
+  assert len(two_log) == 8
   epochs: dict = {}
   for (epoch, _), rows, weight in two_log:
     assert all(w == 1.0 for w in weight) and len(rows) == 8 and len(set(rows)) == 8
     epochs.setdefault(epoch, []).extend(rows)
   for epoch, rows in epochs.items():
-    if len(rows) == 64:
-      assert sorted(rows) == list(range(64)), epoch
-  assert sum(len(r) == 64 for r in epochs.values()) == 2
+    if len(rows) == 32:
+      assert sorted(rows) == list(range(32)), epoch
+  assert sum(len(r) == 32 for r in epochs.values()) == 2
   assert two_log == one_log  # the same global batches whatever the process count
-  assert _batch_log(tmp_path / 'restart.batches', 2) == two_log[10:]  # resumed at the position
+  assert _batch_log(tmp_path / 'restart.batches', 2) == two_log[4:]  # resumed at the position
 
   # process 0 alone writes metrics: one row per step; eval over the sliced eval batches agrees
   m2, m1 = _metrics(two), _metrics(one)
-  assert [r['step'] for r in m2] == list(range(1, 21))
+  assert [r['step'] for r in m2] == list(range(1, 9))
   np.testing.assert_allclose([r['loss'] for r in m2], [r['loss'] for r in m1], rtol=1e-5)
   for r2, r1 in zip(m2, m1):
     for k in ('eval_loss', 'eval_accuracy', 'eval_n'):
@@ -331,9 +331,9 @@ def test_two_processes_train_like_one_and_resume(tmp_path):
   jax.tree_util.tree_map(close, p2, p1)
   jax.tree_util.tree_map(np.testing.assert_array_equal, pr, p2)
   assert (restart / 'metrics.jsonl').is_file()
-  assert [r['step'] for r in _metrics(restart)] == list(range(11, 21))
+  assert [r['step'] for r in _metrics(restart)] == list(range(5, 9))
   np.testing.assert_array_equal([r['loss'] for r in _metrics(restart)],
-                                [r['loss'] for r in m2[10:]])
+                                [r['loss'] for r in m2[4:]])
 
 
 if __name__ == '__main__':
