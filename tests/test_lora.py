@@ -21,6 +21,7 @@ from configs import ensemble as ensemble_config
 from configs import grm as grm_config
 from configs import ppo as ppo_config
 from configs import salmon as salmon_config
+from rmjax.checkpoints.orbax import Checkpointer
 from rmjax.errors import ConfigError
 from rmjax.inference.scorer import Scorer
 from rmjax.models import lora
@@ -325,6 +326,56 @@ def test_qlora_int8_trains_only_adapters(tmp_path, tiny):
   base = RewardModel(cfg).apply({"params": dict(lora.split(lora.merge(fresh, c.model.lora))[0],
                                                 backbone=backbone)}, ids, mask)["reward"]
   np.testing.assert_allclose(np.asarray(r_q), np.asarray(base), atol=2e-2)
+
+
+def _bits(x):
+  """A leaf as a numpy array that compares bit for bit (uint4 codes widened to uint8)."""
+  x = np.asarray(x)
+  return x.astype(np.uint8) if x.dtype == jnp.uint4 else x
+
+
+def test_qlora_nf4_saves_resumes_and_scores_identically(tmp_path, tiny):
+  """nf4 QLoRA: qwix's uint4 base codes (which tensorstore cannot write) are checkpointed as
+  uint8 and restored as uint4: a run stopped after its step-2 checkpoint and resumed ends at the
+  same bits (params, Adam state, losses) as an uninterrupted 4-step run, and `rmjax score`'s
+  Scorer restores the nf4 base and scores exactly like the in-memory state."""
+  def config(steps):
+    c = _config(steps=steps, quant="nf4")
+    c.optim.schedule = "constant"  # a step's lr does not depend on train.steps
+    c.train.checkpoint_every = 2
+    return c
+  a, b = tmp_path / "a", tmp_path / "b"
+  _, full = train(config(4), str(a), bt.build(config(4)), return_state=True)
+  train(config(2), str(b), bt.build(config(2)))
+  _, resumed = train(config(4), str(b), bt.build(config(4)), return_state=True)
+  q = resumed.params["backbone"]["layers"]["self_attn"]["q_proj"]["kernel"]
+  assert isinstance(q, lora.WithAux) and q.array.qvalue.dtype == jnp.uint4
+  full_leaves, resumed_leaves = (jax.tree_util.tree_leaves(jax.device_get(s))
+                                 for s in (full, resumed))
+  assert len(full_leaves) == len(resumed_leaves)
+  for x, y in zip(full_leaves, resumed_leaves):
+    np.testing.assert_array_equal(_bits(x), _bits(y))
+  assert _losses(a) == _losses(b) and len(_losses(b)) == 4  # steps 1-2 + resumed 3-4
+  assert float(jnp.abs(_flat(resumed.params)[
+      "backbone/layers/self_attn/q_proj/kernel_lora_b"]).max()) > 0
+  # on disk: the codes as uint8 (no uint4 leaf), values 0..15
+  raw = Checkpointer(str(b / "checkpoints")).restore_raw(2)
+  stored = [x for x in jax.tree_util.tree_leaves(raw) if x.dtype == np.uint8]
+  assert stored and all(int(x.max()) <= 15 for x in stored)
+  assert not any(x.dtype == jnp.uint4 for x in jax.tree_util.tree_leaves(raw))
+  # the scorer restores the same uint4 codes and scores like the trained state
+  ids, mask = _ids()
+  model = bt.make_model(config(4), tiny[0])
+  want = np.asarray(model.apply({"params": resumed.params}, ids, mask)["reward"])
+  for wd in (a, b):
+    scorer = Scorer(str(wd), bt.SPEC)
+    sq = scorer.params["backbone"]["layers"]["self_attn"]["q_proj"]["kernel"]
+    assert sq.array.qvalue.dtype == jnp.uint4
+    for x, y in zip(jax.tree_util.tree_leaves(jax.device_get(scorer.params)),
+                    jax.tree_util.tree_leaves(jax.device_get(resumed.params))):
+      np.testing.assert_array_equal(_bits(x), _bits(y))
+    got = scorer.model.apply({"params": scorer.params}, ids, mask)["reward"]
+    np.testing.assert_array_equal(np.asarray(got), want)
 
 
 def test_cli_lora_train_checkpoint_and_score(tmp_path):

@@ -8,6 +8,12 @@ Each step directory holds two items: 'state' (the state pytree -- a TrainState, 
 Readers get a one-line `CheckpointError` for a step that does not exist (naming the steps that
 do) and for a truncated, zeroed or partly deleted checkpoint; only the writer (`create=True`,
 `rmjax.train.run.Run`) creates the directory.
+
+Dtypes tensorstore cannot write are stored as a wider one that holds the same values
+(`STORED_AS`): the uint4 codes of nf4 QLoRA base weights (`rmjax.models.lora`) as uint8. A
+restore onto an abstract tree casts them back to the target's dtype on its shardings, so a
+resumed run or a scorer gets the very codes that were saved; `restore_raw` (no target) returns
+them as stored.
 """
 
 from __future__ import annotations
@@ -16,11 +22,43 @@ import os
 from typing import Any, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
 from rmjax.errors import CheckpointError, RmjaxError
+
+STORED_AS = {np.dtype(jnp.uint4): np.dtype(np.uint8)}  # unwritable dtype -> the one on disk
+
+
+def _stored_dtype(x):
+  return STORED_AS.get(np.dtype(x.dtype)) if hasattr(x, "dtype") else None
+
+
+def to_stored(tree):
+  """`tree` with every leaf of a `STORED_AS` dtype cast to its stored dtype (values kept)."""
+  return jax.tree_util.tree_map(
+      lambda x: x.astype(_stored_dtype(x)) if _stored_dtype(x) is not None else x, tree)
+
+
+def stored_abstract(abstract):
+  """The restore target of an abstract tree: `STORED_AS` leaves as their stored dtype (same
+  shape and sharding)."""
+  return jax.tree_util.tree_map(
+      lambda x: (jax.ShapeDtypeStruct(x.shape, _stored_dtype(x), sharding=x.sharding)
+                 if _stored_dtype(x) is not None else x), abstract)
+
+
+def from_stored(tree, abstract):
+  """Restored `tree` with its `STORED_AS` leaves cast back to `abstract`'s dtype and placed
+  on its sharding."""
+  def back(x, ref):
+    if _stored_dtype(ref) is None:
+      return x
+    out = jnp.asarray(x).astype(ref.dtype)
+    return jax.device_put(out, ref.sharding) if getattr(ref, "sharding", None) is not None else out
+  return jax.tree_util.tree_map(back, tree, abstract)
 
 
 class Checkpointer:
@@ -49,7 +87,7 @@ class Checkpointer:
     return list(self.manager.all_steps())
 
   def save(self, step: int, state: Any, data: dict, metrics: Optional[dict] = None) -> None:
-    self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+    self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(to_stored(state)),
                                                     data=ocp.args.JsonSave(data)),
                       metrics=metrics)
 
@@ -79,24 +117,28 @@ class Checkpointer:
                             f"{type(e).__name__}: {msg}") from e
 
   def restore(self, abstract_state: Any, step: Optional[int] = None):
-    """(state, data) at `step` (latest by default); arrays land on `abstract_state`'s shardings."""
+    """(state, data) at `step` (latest by default); arrays land on `abstract_state`'s shardings
+    (and dtypes: `STORED_AS` leaves are cast back)."""
     out = self._restore(step, ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
-    return out["state"], out["data"]
+        state=ocp.args.StandardRestore(stored_abstract(abstract_state)),
+        data=ocp.args.JsonRestore()))
+    return from_stored(out["state"], abstract_state), out["data"]
 
   def restore_params(self, abstract_params: Any, step: Optional[int] = None):
     """Params alone (for scoring/eval), without building an optimizer state."""
+    target = stored_abstract(abstract_params)
     out = self._restore(step, ocp.args.Composite(
         state=ocp.args.PyTreeRestore(
-            item={"params": abstract_params},
+            item={"params": target},
             restore_args=jax.tree_util.tree_map(
                 lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, global_shape=x.shape,
-                                               dtype=x.dtype), {"params": abstract_params}),
+                                               dtype=x.dtype), {"params": target}),
             partial_restore=True)))
-    return out["state"]["params"]
+    return from_stored(out["state"]["params"], abstract_params)
 
   def restore_raw(self, step: Optional[int] = None):
-    """The saved 'state' tree as host arrays, with no target structure (tests, inspection)."""
+    """The saved 'state' tree as host arrays, with no target structure (tests, inspection);
+    leaves in their stored dtypes (`STORED_AS`)."""
     out = self._restore(step, ocp.args.Composite(state=ocp.args.PyTreeRestore()))
     return jax.tree_util.tree_map(np.asarray, out["state"])
 

@@ -5,8 +5,9 @@ returns the model with qwix's LoRA interception (`qwix.apply_lora_to_model` + on
 every targeted projection `x @ W` becomes `x @ W + alpha/rank * (x @ A) @ B`, with A [in, r]
 (he-uniform) and B [r, out] (zeros, so a fresh adapter leaves the model unchanged) stored beside
 the kernel as `<name>_lora_a` / `<name>_lora_b` (stacked over layers by `nn.scan` like the
-kernel). `quant` ('int8', 'int4'; 'nf4' runs but its uint4 codes cannot be checkpointed, so
-training refuses it) stores the targeted frozen kernels quantized (QLoRA); adapters stay float.
+kernel). `quant` ('int8', 'int4', 'nf4') stores the targeted frozen kernels quantized (QLoRA;
+nf4's uint4 codes are checkpointed as uint8 by `rmjax.checkpoints.orbax` and restored as uint4);
+adapters stay float.
 `dropout` (training only) draws from the 'dropout' rng stream, split per layer by Llama's scan.
 
 Targets are module names: q_proj, k_proj, v_proj, o_proj (attention) and lm_head. The MLP
@@ -262,9 +263,6 @@ def apply_to_task(task, config, frozen: tuple = ()) -> Any:
   s = settings(config.model.get("lora"))
   if s is None:
     return task
-  if s.quant == "nf4":  # qwix stores nf4 codes as uint4, which tensorstore cannot write
-    raise ConfigError("model.lora.quant='nf4' trains, but its uint4 base weights cannot be "
-                      "checkpointed (orbax/tensorstore); use 'int4' or 'int8'")
   pred = trainable(frozen)
   loss_fn = task.loss_fn
   return dataclasses.replace(
