@@ -218,9 +218,18 @@ def swiglu(x: Array, w_gate: Array, w_up: Array, w_down: Array) -> Array:
   A hand-written VJP because XLA:CPU's autodiff of this block fuses the silu derivative into
   transposed copies feeding the weight-gradient dots, which ran ~2x slower than the nine
   matmuls alone (experiments/benchmarks/RESULTS.md). The backward keeps only the two
-  pre-activations and recomputes silu.
+  pre-activations and recomputes silu; the down projection's weight gradient is formed as
+  (g^T h)^T so the transposed operand XLA:CPU copies is the [B*T, D] gradient, not the wider
+  [B*T, F] activation fused with its elementwise producer. The sigmoid is 0.5 tanh(x / 2) + 0.5
+  (`_sigmoid`).
   """
   return _swiglu_fwd(x, w_gate, w_up, w_down)[0]
+
+
+def _sigmoid(x):
+  """sigmoid(x) as 0.5 * tanh(x / 2) + 0.5: the same function, but XLA:CPU's tanh is ~4x
+  faster than its logistic on a [2048, 1536] float32 activation (2.1 vs 9.2 ms for silu * up)."""
+  return 0.5 * jnp.tanh(0.5 * x) + 0.5
 
 
 def _mlp_constraint(h):
@@ -230,14 +239,14 @@ def _mlp_constraint(h):
 def _swiglu_fwd(x, w_gate, w_up, w_down):
   gate = _mlp_constraint(jnp.einsum("btd,df->btf", x, w_gate))
   up = _mlp_constraint(jnp.einsum("btd,df->btf", x, w_up))
-  out = jnp.einsum("btf,fd->btd", nn.silu(gate) * up, w_down)
+  out = jnp.einsum("btf,fd->btd", gate * _sigmoid(gate) * up, w_down)
   return out, (x, w_gate, w_up, w_down, gate, up)
 
 
 def _swiglu_bwd(res, g):
   x, w_gate, w_up, w_down, gate, up = res
   gate32 = gate.astype(jnp.float32)
-  sig = jax.nn.sigmoid(gate32)
+  sig = _sigmoid(gate32)
   act = (gate32 * sig).astype(up.dtype)
   dh = _mlp_constraint(jnp.einsum("btd,fd->btf", g, w_down))
   dh32 = dh.astype(jnp.float32)
@@ -248,7 +257,7 @@ def _swiglu_bwd(res, g):
   dx = jnp.einsum("btf,df->btd", d_gate, w_gate) + jnp.einsum("btf,df->btd", d_up, w_up)
   dw_gate = jnp.einsum("btd,btf->df", x, d_gate)
   dw_up = jnp.einsum("btd,btf->df", x, d_up)
-  dw_down = jnp.einsum("btf,btd->fd", h, g)
+  dw_down = jnp.einsum("btd,btf->df", g, h).T
   return (dx.astype(x.dtype), dw_gate.astype(w_gate.dtype), dw_up.astype(w_up.dtype),
           dw_down.astype(w_down.dtype))
 
