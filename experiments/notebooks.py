@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import pathlib
 import sys
@@ -21,24 +22,42 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOKS = ("armorm", "grm", "ppo_uncertainty", "salmon", "uncertainty")
 
 
+def _kernel_env(smoke: bool) -> dict:
+  """The kernel's environment: this process's, plus the smoke switch, offline hub, repo on path."""
+  return dict(os.environ, RMJAX_SMOKE="1" if smoke else "0",
+              JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"), HF_HUB_OFFLINE="1",
+              PYTHONPATH=os.pathsep.join([str(REPO)] + [
+                  p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+
+
+def _client(name: str, timeout: int):
+  nb = nbformat.read(REPO / "notebooks" / f"{name}.ipynb", as_version=4)
+  return nb, NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                            resources={"metadata": {"path": str(REPO)}})
+
+
 def execute(name: str, smoke: bool = True, timeout: int = 600):
   """The executed notebook `notebooks/<name>.ipynb` (kernel cwd = the repo root)."""
-  nb = nbformat.read(REPO / "notebooks" / f"{name}.ipynb", as_version=4)
-  env = {"RMJAX_SMOKE": "1" if smoke else "0", "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu"),
-         "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join(
-             [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
-  saved = {k: os.environ.get(k) for k in env}
-  os.environ.update(env)  # the kernel inherits this process's environment
-  try:
-    NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                   resources={"metadata": {"path": str(REPO)}}).execute()
-  finally:
-    for k, v in saved.items():
-      if v is None:
-        os.environ.pop(k, None)
-      else:
-        os.environ[k] = v
+  nb, client = _client(name, timeout)
+  client.execute(env=_kernel_env(smoke))
   return nb
+
+
+def execute_many(names, smoke: bool = True, timeout: int = 600, parallel: int = 2) -> dict:
+  """{name: executed notebook, or the exception its run raised}, `parallel` kernels at a time
+  (a kernel mostly compiles on one core: two side by side use a second one)."""
+  env = _kernel_env(smoke)
+
+  async def run_all():
+    gate = asyncio.Semaphore(parallel)
+
+    async def one(name):
+      async with gate:
+        nb, client = _client(name, timeout)
+        await client.async_execute(env=env)
+        return nb
+    return await asyncio.gather(*map(one, names), return_exceptions=True)
+  return dict(zip(names, asyncio.run(run_all())))
 
 
 def errors(nb) -> list:
