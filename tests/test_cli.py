@@ -1,24 +1,28 @@
-"""The CLI as a user runs it: train -> score -> eval -> convert, and one-line errors on bad input."""
+"""The CLI as a user runs it: train -> score -> eval -> convert, and one-line errors on bad input.
+
+The commands run in-process (`_cli.run_cli`: the same entry point, flag parsing and error
+handler, no jax import per call); `score` and `eval` on the trained run also run as real
+`python -m rmjax` processes, side by side.
+"""
 
 import gzip
 import json
-import pathlib
-import subprocess
-import sys
+import types
 
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+from _cli import REPO, run_cli, run_subprocesses
+
 FAST = ["--config.data.source=synthetic:120", "--config.data.eval_source=synthetic:16",
         "--config.train.batch_size=8", "--config.train.progress=False"]
 
 
-def rmjax(*args, check=True, timeout=600):
-  proc = subprocess.run([sys.executable, "-m", "rmjax", *map(str, args)], cwd=REPO,
-                        capture_output=True, text=True, timeout=timeout)
+def rmjax(*args, check=True):
+  """`rmjax <args>` in-process: .returncode, .stdout, .stderr."""
+  code, out, err = run_cli(args)
   if check:
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-  return proc
+    assert code == 0, out + err
+  return types.SimpleNamespace(returncode=code, stdout=out, stderr=err)
 
 
 def one_line_error(proc, *needles):
@@ -55,18 +59,21 @@ def test_score_and_eval(trained, tmp_path):
       {"prompt": [{"role": "user", "content": "Say something harsh about rain."}],
        "response": "awful rain."}]) + "\n")
   out = tmp_path / "out.jsonl"
-  rmjax("score", f"--workdir={trained}", f"--data={inp}", f"--out={out}")
-  rows = [json.loads(l) for l in out.read_text().splitlines()]
-  assert len(rows) == 2 and rows[0]["id"] == "a" and "id" not in rows[1]
-  assert all(isinstance(r["reward"], float) for r in rows)
-
   pairs = tmp_path / "pairs.jsonl.gz"
   with gzip.open(pairs, "wt") as f:
     for i in range(6):
       f.write(json.dumps({"prompt": "Say something kind about dogs.", "chosen": "good great dogs. " * (i + 1),
                           "rejected": "bad dogs.", "subset": "s%d" % (i % 2)}) + "\n")
-  proc = rmjax("eval", f"--workdir={trained}", f"--data={pairs}")
-  report = json.loads(proc.stdout.strip().splitlines()[-1])
+  score, evaluate = run_subprocesses(  # real processes, side by side
+      ["score", f"--workdir={trained}", f"--data={inp}", f"--out={out}"],
+      ["eval", f"--workdir={trained}", f"--data={pairs}"])
+  assert score[0] == 0, score[1] + score[2]
+  assert evaluate[0] == 0, evaluate[1] + evaluate[2]
+  rows = [json.loads(l) for l in out.read_text().splitlines()]
+  assert len(rows) == 2 and rows[0]["id"] == "a" and "id" not in rows[1]
+  assert all(isinstance(r["reward"], float) for r in rows)
+
+  report = json.loads(evaluate[1].strip().splitlines()[-1])
   assert report["n"] == 6 and set(report["per_subset"]) == {"s0", "s1"}
   assert 0.0 <= report["accuracy"] <= 1.0 and "ece" in report
   assert report["length_baseline_accuracy"] == 1.0
