@@ -35,5 +35,5 @@ setup(
         # kernel's TPU backend. Tests still run on CPU (JAX_PLATFORMS=cpu, Pallas interpret mode).
         "tpu": ["jax[tpu]>=0.10.0,<0.12"],
     },
-    entry_points={"console_scripts": ["rmjax=rmjax.main:run"]},
+    entry_points={"console_scripts": ["rmjax=rmjax.launch:run"]},
 )

@@ -1,3 +1,3 @@
-from rmjax.main import run
+from rmjax.launch import run
 
 run()
