@@ -14,7 +14,7 @@ LAYERS = [
     {"models", "data", "checkpoints", "sharding", "eval", "aot"},
     {"rl", "inference", "train"},
     {"tasks"},
-    {"main", "__main__", "commands"},
+    {"launch", "main", "__main__", "commands"},
 ]
 
 
