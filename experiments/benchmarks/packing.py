@@ -6,7 +6,10 @@ synthetic pairs when it is absent) tokenized with the SmolLM2 chat template at `
 the model is the SmolLM2-135M architecture with random weights (`smollm2-135m-config`). The same
 `--batches` batches of `--pairs` pairs go through each arm:
   padded   rmjax `PairBatcher` batches: chosen and rejected padded to the length bucket
-  packed   the same batches through `rmjax.data.packing.pack_batch` (rows of 2 x max_length)
+  packed_plain   the same batches through `rmjax.data.packing.pack_batch` (rows of
+           2 x max_length), chosen and rejected as two whole sequences
+  packed   the same, prompt-shared (`data.share_prompt`, the default): each pair's prompt once,
+           both responses after it (same rewards and loss as padded: tests/test_packing.py)
   torch    LlamaForSequenceClassification + AdamW, the 2 x pairs sequences padded to the longest
 Every shape is compiled before the clock starts (rmjax compiles once per shape; a real run sees
 a handful). Useful tokens = real tokens of the pairs. Prints one JSON object last
@@ -70,10 +73,11 @@ def main(argv=None):
   data.rejected = [r % cfg.vocab_size for r in data.rejected]
   batcher = PairBatcher(data, args.pairs, buckets=(64, 128, 256, 512), seed=0)
   padded = [next(batcher) for _ in range(args.batches)]
-  packed = [pack_batch(b, data, 2 * args.max_length) for b in padded]
+  plain = [pack_batch(b, data, 2 * args.max_length) for b in padded]
+  packed = [pack_batch(b, data, 2 * args.max_length, share_prompt=True) for b in padded]
   useful = int(sum(b["chosen_mask"].sum() + b["rejected_mask"].sum() for b in padded))
   arms = {}
-  for name, batches in (("padded", padded), ("packed", packed)):
+  for name, batches in (("padded", padded), ("packed_plain", plain), ("packed", packed)):
     step = rmjax_step_fn(cfg, params)
     for b in batches:  # compile every shape first
       jax.block_until_ready(step(b))
@@ -81,7 +85,8 @@ def main(argv=None):
     computed = sum(int(np.prod(b["chosen_ids"].shape)) * 2 if "chosen_ids" in b
                    else int(np.prod(b["input_ids"].shape)) for b in batches)
     arms[name] = {"useful_tokens_per_s": round(useful / secs, 1), "pass_s": round(secs, 3),
-                  "computed_tokens": computed, "useful_fraction": round(useful / computed, 3)}
+                  "computed_tokens": computed, "useful_fraction": round(useful / computed, 3),
+                  "attention": cfg.attention}
   if not args.no_torch:
     run, _ = torch_model(cfg, params)
     batches = []
@@ -106,9 +111,13 @@ def main(argv=None):
             "batches": args.batches, "max_length": args.max_length, "useful_tokens": useful,
             "env": _common.environment(), **arms,
             "packed_vs_padded": round(arms["packed"]["useful_tokens_per_s"]
-                                      / arms["padded"]["useful_tokens_per_s"], 3)}
+                                      / arms["padded"]["useful_tokens_per_s"], 3),
+            "packed_plain_vs_padded": round(arms["packed_plain"]["useful_tokens_per_s"]
+                                            / arms["padded"]["useful_tokens_per_s"], 3)}
   if "torch" in arms:
     result["packed_vs_torch"] = round(arms["packed"]["useful_tokens_per_s"]
+                                      / arms["torch"]["useful_tokens_per_s"], 3)
+    result["padded_vs_torch"] = round(arms["padded"]["useful_tokens_per_s"]
                                       / arms["torch"]["useful_tokens_per_s"], 3)
   _common.emit(result)
   return result
