@@ -58,7 +58,7 @@ def test_alpha_zero_is_the_bt_trajectory(tmp_path):
 
 
 def _unboxed_params(task, rng=jax.random.PRNGKey(0)):
-  params = nn.unbox(task.init_params(rng))
+  params = nn.unbox(jax.jit(task.init_params)(rng))  # one compile, not op-by-op init
   shardings = jax.tree_util.tree_map(lambda x: x.sharding, params)
   return task.load_pretrained(params, shardings)
 
@@ -87,8 +87,11 @@ def test_reference_is_frozen_without_optimizer_state():
   n = lambda tree: sum(x.size for x in jax.tree_util.tree_leaves(tree) if hasattr(x, "size"))
   trainable = n(params["backbone"]) + n(params["reward_head"])
   assert n(opt_state) < 2 * trainable + 100  # Adam mu + nu for trainable leaves only
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
-                     rng=jax.random.PRNGKey(2))
+  # committed to the device like the step's outputs, so the second step reuses the first's
+  # executable (uncommitted inputs would compile the step twice)
+  state = jax.device_put(TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                                    opt_state=opt_state, rng=jax.random.PRNGKey(2)),
+                         jax.devices()[0])
   step = jax.jit(make_train_step(task.loss_fn, tx, schedule))
   for _ in range(2):  # the warmup schedule gives lr 0 at step 0
     state, _ = step(state, batch)
