@@ -86,7 +86,16 @@ def llama_forward_flops(cfg, batch: int, seq: int) -> float:
 
 
 def peak_rss_mib() -> float:
-  """Peak resident memory of this process so far (Linux reports KiB, macOS bytes)."""
+  """Peak resident memory of this process so far: Linux's VmHWM (the high-water mark of this
+  process image; getrusage's ru_maxrss survives exec, so a child forked from a big process would
+  report its parent's size), else ru_maxrss (macOS bytes)."""
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("VmHWM:"):
+          return int(line.split()[1]) / 1024
+  except OSError:
+    pass
   rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
   return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
 

@@ -3,7 +3,10 @@
 rmjax: `RewardModel` (backbone + scalar head) with the real BT loss and `make_train_step`
 (AdamW, clipping), jitted with donation. Baseline: transformers `LlamaForSequenceClassification`
 (num_labels=1) + torch AdamW + the same BT loss. Batch = `--pairs` chosen/rejected pairs, i.e.
-2 x pairs sequences of `--seq` tokens (default 4 pairs = 8 x 256). Prints one JSON object last.
+2 x pairs sequences of `--seq` tokens (default 4 pairs = 8 x 256). The torch arm runs in its own
+child process, right after the rmjax arm: in one process, XLA's and PyTorch's thread pools slowed
+each other's first steps (up to 2x), and one process's peak RSS would hold both models. Prints
+one JSON object last.
 
   python -m experiments.benchmarks.train_step --preset smollm2-135m-config
   python -m experiments.benchmarks.train_step --preset tiny
@@ -12,7 +15,10 @@ rmjax: `RewardModel` (backbone + scalar head) with the real BT loss and `make_tr
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
+import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -41,6 +47,8 @@ def parse_args(argv=None):
   p.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
   p.add_argument("--remat", default="none", choices=("none", "full", "dots"))
   p.add_argument("--no-torch", action="store_true")
+  p.add_argument("--torch-only", action="store_true",
+                 help="(internal) the torch arm alone: prints its times and peak RSS as JSON")
   return p.parse_args(argv)
 
 
@@ -67,15 +75,6 @@ def rmjax_step_fn(cfg, params):
     return metrics["loss"]
   step.state = lambda: holder["state"]
   return step
-
-
-def rmjax_step(cfg, params, batch, iters, warmup):
-  step = rmjax_step_fn(cfg, params)
-  run = lambda: step(batch)  # noqa: E731
-  first = _common.time_fn(run, warmup=0, iters=1)["median_s"]
-  t = _common.time_fn(run, warmup=warmup, iters=iters)
-  head = jax.device_get(step.state().params["reward_head"])
-  return t, first, float(run()), head
 
 
 def torch_model(cfg, params, head=None):
@@ -119,16 +118,25 @@ def torch_model(cfg, params, head=None):
   return run, torch
 
 
-def torch_step(cfg, params, head, batch, iters, warmup):
+def torch_environ() -> dict:
+  """The torch arm's environment: PyTorch as its users run it, without rmjax's glibc tunable
+  (rmjax/launch.py); TORCH_TUNED=1 keeps the tunable for the torch arm too."""
+  env = dict(os.environ)
+  if not env.get("TORCH_TUNED"):
+    env.pop("GLIBC_TUNABLES", None)
+    env["RMJAX_NO_REEXEC"] = "1"
+  return env
+
+
+def torch_run(cfg, params, head, batch):
+  """(run() -> loss, thread count) for the torch arm on `batch`, or None without torch."""
   made = torch_model(cfg, params, head)
   if made is None:
     return None
   run, torch = made
   ids = np.concatenate([batch["chosen_ids"], batch["rejected_ids"]])
   mask = np.concatenate([batch["chosen_mask"], batch["rejected_mask"]])
-  first_loss = float(run(ids, mask))
-  t = _common.time_fn(lambda: run(ids, mask), warmup=warmup, iters=iters, sync=None)
-  return t, first_loss, torch.get_num_threads()
+  return (lambda: run(ids, mask)), torch.get_num_threads()
 
 
 def main(argv=None):
@@ -146,14 +154,24 @@ def main(argv=None):
   tokens = 2 * p * t
   fwd = _common.llama_forward_flops(cfg, 2 * p, t) - 2 * 2 * p * t * cfg.hidden_size * cfg.vocab_size
   flops = 3 * fwd  # forward + backward (no LM head in a reward model)
+  if args.torch_only:
+    run, threads = torch_run(cfg, params, None, batch)
+    first = _common.time_fn(run, warmup=0, iters=1, sync=None)["median_s"]
+    tt = _common.time_fn(run, warmup=args.warmup, iters=args.iters, sync=None)
+    print(json.dumps({**tt, "first_call_s": first, "threads": threads,
+                      "peak_rss_mib": _common.peak_rss_mib()}))
+    return None
   peak = _common.matmul_peak_gflops(dtype=dtype)
 
-  jt, first, jloss, head = rmjax_step(cfg, params, batch, args.iters, args.warmup)
+  step = rmjax_step_fn(cfg, params)
+  run_rmjax = lambda: step(batch)  # noqa: E731
+  first = _common.time_fn(run_rmjax, warmup=0, iters=1)["median_s"]
+  jt = _common.time_fn(run_rmjax, warmup=args.warmup, iters=args.iters)
   result = {
       "benchmark": "train_step",
       "config": {"preset": args.preset, "pairs": p, "seq": t, "sequences": 2 * p, "dtype": dtype,
-                 "remat": args.remat, "iters": args.iters, "params": cfg.num_params,
-                 "gflops_per_step": round(flops / 1e9, 1)},
+                 "remat": args.remat, "attention": cfg.attention, "iters": args.iters,
+                 "params": cfg.num_params, "gflops_per_step": round(flops / 1e9, 1)},
       "env": _common.environment(),
       "matmul_peak_gflops": round(peak, 1),
       "rmjax": {"tokens_per_s": round(tokens / jt["median_s"], 1), "step_s": round(jt["median_s"], 4),
@@ -161,14 +179,20 @@ def main(argv=None):
                 "mfu": round(flops / jt["median_s"] / 1e9 / peak, 4),
                 "peak_rss_mib": round(_common.peak_rss_mib(), 1)},
   }
-  th = None if args.no_torch else torch_step(cfg, params, head, batch, args.iters, args.warmup)
-  if th is not None:
-    tt, tloss, threads = th
+  child = None if args.no_torch else subprocess.run(
+      [sys.executable, "-m", "experiments.benchmarks.train_step", "--torch-only",
+       "--preset", args.preset, "--pairs", str(p), "--seq", str(t), "--dtype", args.dtype,
+       "--iters", str(args.iters), "--warmup", str(args.warmup)],
+      capture_output=True, text=True, check=False, env=torch_environ())
+  if child is not None and child.returncode == 0:
+    tt = json.loads(child.stdout.strip().splitlines()[-1])
     result["torch"] = {"tokens_per_s": round(tokens / tt["median_s"], 1),
                        "step_s": round(tt["median_s"], 4), "times_s": tt["times_s"],
-                       "mfu": round(flops / tt["median_s"] / 1e9 / peak, 4), "threads": threads,
-                       "peak_rss_mib": round(_common.peak_rss_mib(), 1)}
-    result["ratio_rmjax_over_torch"] = round(jt["median_s"] and tt["median_s"] / jt["median_s"], 3)
+                       "first_call_s": round(tt["first_call_s"], 2),
+                       "mfu": round(flops / tt["median_s"] / 1e9 / peak, 4),
+                       "threads": tt["threads"], "peak_rss_mib": round(tt["peak_rss_mib"], 1),
+                       "glibc_tunables": torch_environ().get("GLIBC_TUNABLES", "")}
+    result["ratio_rmjax_over_torch"] = round(tt["median_s"] / jt["median_s"], 3)
   _common.emit(result)
   return result
 
