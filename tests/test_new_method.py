@@ -57,11 +57,17 @@ def test_hinge_method_train_score_eval(tmp_path):
              XLA_FLAGS="--xla_force_host_platform_device_count=2")
   wd = tmp_path / "wd"
 
+  def start(*args):
+    return subprocess.Popen([sys.executable, "-m", "rmjax", *map(str, args)], cwd=tmp_path,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+  def finish(proc):
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-2000:]
+    return out
+
   def rmjax(*args):
-    proc = subprocess.run([sys.executable, "-m", "rmjax", *map(str, args)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return proc.stdout
+    return finish(start(*args))
 
   rmjax("train", f"--config={tmp_path / 'hinge_config.py'}:tiny", f"--workdir={wd}",
         "--config.train.steps=6", "--config.train.checkpoint_every=6", "--config.train.eval_every=6",
@@ -75,10 +81,12 @@ def test_hinge_method_train_score_eval(tmp_path):
   data = tmp_path / "in.jsonl"
   data.write_text("".join(json.dumps({"prompt": f"q{i}", "response": "word " * i}) + "\n"
                           for i in range(1, 6)))
-  rmjax("score", f"--workdir={wd}", f"--data={data}", f"--out={tmp_path / 'out.jsonl'}")
+  score = start("score", f"--workdir={wd}", f"--data={data}", f"--out={tmp_path / 'out.jsonl'}")
+  evaluate = start("eval", f"--workdir={wd}", "--data=synthetic:16")  # side by side
+  finish(score)
   scores = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
   assert len(scores) == 5 and all(isinstance(s["reward"], float) for s in scores)
 
-  out = rmjax("eval", f"--workdir={wd}", "--data=synthetic:16")
+  out = finish(evaluate)
   report = json.loads(out.strip().splitlines()[-1])
   assert report["n"] == 16 and 0.0 <= report["accuracy"] <= 1.0
