@@ -12,7 +12,9 @@ the model is the SmolLM2-135M architecture with random weights (`smollm2-135m-co
            both responses after it (same rewards and loss as padded: tests/test_packing.py)
   torch    LlamaForSequenceClassification + AdamW, the 2 x pairs sequences padded to the longest
 Every shape is compiled before the clock starts (rmjax compiles once per shape; a real run sees
-a handful). Useful tokens = real tokens of the pairs. Prints one JSON object last
+a handful). The torch arm runs in its own child process on the same batches, in PyTorch's default
+environment (`train_step.torch_environ`). Useful tokens = real tokens of the pairs. Prints one JSON
+object last
 (`packed_vs_torch` = packed useful tokens/s / torch's).
 
   python -m experiments.benchmarks.packing [--batches 4] [--pairs 8] [--max_length 256]
@@ -21,7 +23,10 @@ a handful). Useful tokens = real tokens of the pairs. Prints one JSON object las
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
+import sys
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -31,7 +36,7 @@ import numpy as np  # noqa: E402
 
 from configs import bt as bt_config  # noqa: E402
 from experiments.benchmarks import _common  # noqa: E402
-from experiments.benchmarks.train_step import rmjax_step_fn, torch_model  # noqa: E402
+from experiments.benchmarks.train_step import rmjax_step_fn, torch_environ, torch_model  # noqa: E402
 from rmjax import checkpoints  # noqa: E402
 from rmjax.checkpoints.presets import load_pretrained  # noqa: E402
 from rmjax.data.batching import PairBatcher, tokenize_pairs  # noqa: E402
@@ -48,7 +53,32 @@ def parse_args(argv=None):
   p.add_argument("--max_length", type=int, default=256)
   p.add_argument("--preset", default="smollm2-135m-config", help="model architecture (random)")
   p.add_argument("--no-torch", action="store_true")
+  p.add_argument("--torch-only", action="store_true", help="(internal) the torch arm alone")
   return p.parse_args(argv)
+
+
+def torch_arm(cfg, params, padded, useful) -> dict:
+  """The torch arm: each batch's 2 x pairs sequences padded to the batch's longest (TRL)."""
+  run, _ = torch_model(cfg, params)
+  batches = []
+  for b in padded:
+    rows = [r[:m.sum()] for r, m in zip(np.concatenate([b["chosen_ids"], b["rejected_ids"]]),
+                                        np.concatenate([b["chosen_mask"], b["rejected_mask"]]))]
+    t = max(len(r) for r in rows)
+    ids = np.zeros((len(rows), t), np.int64)
+    mask = np.zeros((len(rows), t), np.int64)
+    for i, r in enumerate(rows):
+      ids[i, :len(r)], mask[i, :len(r)] = r, 1
+    batches.append((ids, mask))
+  run(*batches[0])
+  t0 = time.perf_counter()
+  for ids, mask in batches:
+    run(ids, mask)
+  secs = time.perf_counter() - t0
+  computed = sum(int(np.prod(ids.shape)) for ids, _ in batches)
+  return {"useful_tokens_per_s": round(useful / secs, 1), "pass_s": round(secs, 3),
+          "computed_tokens": computed, "useful_fraction": round(useful / computed, 3),
+          "peak_rss_mib": round(_common.peak_rss_mib(), 1)}
 
 
 def _pass(step, batches):
@@ -76,6 +106,9 @@ def main(argv=None):
   plain = [pack_batch(b, data, 2 * args.max_length) for b in padded]
   packed = [pack_batch(b, data, 2 * args.max_length, share_prompt=True) for b in padded]
   useful = int(sum(b["chosen_mask"].sum() + b["rejected_mask"].sum() for b in padded))
+  if args.torch_only:
+    print(json.dumps(torch_arm(cfg, params, padded, useful)))
+    return None
   arms = {}
   for name, batches in (("padded", padded), ("packed_plain", plain), ("packed", packed)):
     step = rmjax_step_fn(cfg, params)
@@ -88,25 +121,12 @@ def main(argv=None):
                   "computed_tokens": computed, "useful_fraction": round(useful / computed, 3),
                   "attention": cfg.attention}
   if not args.no_torch:
-    run, _ = torch_model(cfg, params)
-    batches = []
-    for b in padded:  # pad to the longest sequence of the batch, as TRL's collator does
-      rows = [r[:m.sum()] for r, m in zip(np.concatenate([b["chosen_ids"], b["rejected_ids"]]),
-                                          np.concatenate([b["chosen_mask"], b["rejected_mask"]]))]
-      t = max(len(r) for r in rows)
-      ids = np.zeros((len(rows), t), np.int64)
-      mask = np.zeros((len(rows), t), np.int64)
-      for i, r in enumerate(rows):
-        ids[i, :len(r)], mask[i, :len(r)] = r, 1
-      batches.append((ids, mask))
-    run(*batches[0])
-    t0 = time.perf_counter()
-    for ids, mask in batches:
-      run(ids, mask)
-    secs = time.perf_counter() - t0
-    computed = sum(int(np.prod(ids.shape)) for ids, _ in batches)
-    arms["torch"] = {"useful_tokens_per_s": round(useful / secs, 1), "pass_s": round(secs, 3),
-                     "computed_tokens": computed, "useful_fraction": round(useful / computed, 3)}
+    child = subprocess.run([sys.executable, "-m", "experiments.benchmarks.packing", "--torch-only",
+                            *(argv if argv is not None else sys.argv[1:])], capture_output=True,
+                           text=True, check=False, env=torch_environ())
+    if child.returncode:
+      raise RuntimeError(f"torch arm failed: {child.stderr[-2000:]}")
+    arms["torch"] = json.loads(child.stdout.strip().splitlines()[-1])
   result = {"benchmark": "packing", "preset": args.preset, "source": source, "pairs_per_batch": args.pairs,
             "batches": args.batches, "max_length": args.max_length, "useful_tokens": useful,
             "env": _common.environment(), **arms,
