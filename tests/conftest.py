@@ -44,3 +44,27 @@ def smollm2_gguf():
   ref = transformers.AutoModelForCausalLM.from_pretrained(
       os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32).eval()
   return cfg, params, ref, load_tokenizer("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def _jax_cache_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("jax_cache"))
+
+
+@pytest.fixture(scope="module")
+def jax_compile_cache(_jax_cache_dir):
+  """A persistent JAX compilation cache for one module (opt in with
+  `pytestmark = pytest.mark.usefixtures("jax_compile_cache")`), shared by the session's opted-in
+  modules: the same tiny model built again (backbone init, param init, train steps of equal
+  configs) loads its executables instead of compiling them. Off again after the module, so tests
+  that count compilations elsewhere see none of it."""
+  import jax  # noqa: PLC0415
+  keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+          "jax_persistent_cache_min_entry_size_bytes")
+  old = {k: getattr(jax.config, k) for k in keys}
+  jax.config.update(keys[0], _jax_cache_dir)
+  jax.config.update(keys[1], 0.1)  # not the many tiny slice/convert programs
+  jax.config.update(keys[2], 0)
+  yield _jax_cache_dir
+  for k, v in old.items():
+    jax.config.update(k, v)

@@ -61,19 +61,9 @@ def train_argv(workdir, *extra, config=CFG, steps=2):
           f"--config.train.checkpoint_every={steps}", *FAST, *extra]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def compile_cache(tmp_path_factory):
-  """In-process runs rebuild the same tiny model many times (each bad data case inits it before
-  the data fails): a compilation cache for this module turns the repeats into cache hits."""
-  keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-          "jax_persistent_cache_min_entry_size_bytes")
-  old = {k: getattr(jax.config, k) for k in keys}
-  jax.config.update(keys[0], str(tmp_path_factory.mktemp("jax_cache")))
-  jax.config.update(keys[1], 0.0)
-  jax.config.update(keys[2], 0)
-  yield
-  for k, v in old.items():
-    jax.config.update(k, v)
+# In-process runs rebuild the same tiny model many times (each bad data case inits it before
+# the data fails): a compilation cache turns the repeats into cache hits.
+pytestmark = pytest.mark.usefixtures("jax_compile_cache")
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,8 @@ from rmjax.train.loop import train
 from _util import fast_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+# the in-process runs build the same tiny model again and again: its init compiles once
+pytestmark = pytest.mark.usefixtures("jax_compile_cache")
 
 
 def tiny_config(steps=5, **train_overrides):
