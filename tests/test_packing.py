@@ -187,3 +187,28 @@ def test_packed_equals_padded_for_grm_regularisers(reg, share):
     np.testing.assert_allclose(m1[k], m0[k], atol=1e-4, rtol=1e-5, err_msg=k)
   for a, b in zip(jax.tree_util.tree_leaves(g0), jax.tree_util.tree_leaves(g1)):
     np.testing.assert_allclose(b, a, atol=1e-5)
+
+
+def test_process_blocks_pack_apart_and_equal_the_global_batch(model_and_params):
+  """Several processes: each packs its own block of pairs, pads to the agreed row count and
+  points at its block's global rows; side by side the blocks give the one-process loss."""
+  from rmjax.data.packing import PackedBatches
+  model, params = model_and_params
+  data = _pairs(16, seed=6)
+  whole = next(PairBatcher(data, 8, buckets=(64,), seed=0))
+  blocks = [PairBatcher(data, 8, buckets=(64,), seed=0, process_index=i, process_count=2)
+            for i in range(2)]
+  firsts = [pack_batch(next(PairBatcher(data, 8, buckets=(64,), seed=0, process_index=i,
+                                        process_count=2)), data, 96, share_prompt=True)
+            for i in range(2)]
+  rows = max(f["input_ids"].shape[0] for f in firsts)
+  agreed = []
+  packed = [next(PackedBatches(b, 96, 1, True, block=(i, 2),
+                               agree=lambda n: agreed.append(n) or rows))
+            for i, b in enumerate(blocks)]
+  assert sorted(agreed) == sorted(f["input_ids"].shape[0] for f in firsts)
+  glued = {k: np.concatenate([p[k] for p in packed]) for k in packed[0]}
+  assert glued["input_ids"].shape[0] == 2 * rows
+  np.testing.assert_array_equal(np.sort(glued["index"]), np.sort(whole["index"]))
+  ref = _loss(model)(params, whole)
+  np.testing.assert_allclose(_loss(model)(params, glued), ref, atol=1e-5)

@@ -112,12 +112,60 @@ def pack_batch(batch: dict, data, row_length: int, row_multiple: int = 1,
   return out
 
 
+PAIR_AT_KEYS = ("chosen_at", "rejected_at", "prompt_at")
+
+
+def as_process_block(packed: dict, rows: int, block: int, pad_id: int = 0) -> dict:
+  """One process's packed batch as block `block` of a global batch of equal blocks of `rows`
+  rows each: padding rows appended, and the (row, column) pointers moved to global row numbers
+  (a pair's rows live in its own process's block; (-1, -1) pointers stay)."""
+  out = dict(packed)
+  extra = rows - packed["input_ids"].shape[0]
+  if extra < 0:
+    raise ValueError(f"a block of {packed['input_ids'].shape[0]} rows does not fit {rows}")
+  for key in ("input_ids", "segment_ids", "positions", "prefix_ids"):
+    if key in packed:
+      fill = pad_id if key == "input_ids" else 0
+      out[key] = np.concatenate([packed[key], np.full((extra, packed[key].shape[1]), fill,
+                                                      packed[key].dtype)])
+  for key in PAIR_AT_KEYS:
+    if key in packed:
+      at = packed[key].copy()
+      at[:, 0] = np.where(at[:, 0] >= 0, at[:, 0] + block * rows, at[:, 0])
+      out[key] = at
+  return out
+
+
+def max_over_processes(n: int) -> int:
+  """The largest `n` of all processes (every process calls it in the same order)."""
+  import jax  # noqa: PLC0415 -- multi-process only: data/ stays importable without a backend
+  from jax.experimental import multihost_utils  # noqa: PLC0415 -- same
+  if jax.process_count() == 1:
+    return n
+  return int(np.max(multihost_utils.process_allgather(np.asarray([n], np.int64))))
+
+
 class PackedBatches(MappedBatches):
   """A pair batcher whose batches are packed (same pairs, order and position state as the
-  wrapped `PairBatcher`: resuming is exact)."""
+  wrapped `PairBatcher`: resuming is exact).
 
-  def __init__(self, batcher, row_length: int, row_multiple: int = 1, share_prompt: bool = False):
-    super().__init__(batcher, lambda b: pack_batch(b, batcher.data, row_length, row_multiple,
-                                                   share_prompt))
+  Several processes (`block` = this process's (index, count) of the batch, as
+  `rmjax.sharding.batch_shard` gives it): each packs its own pairs, the processes agree on the
+  row count (the largest, through `agree`) and each pads to it and points its pairs at its
+  block's global rows (`as_process_block`), so the global batch is the processes' blocks side
+  by side. `row_multiple` is then per block."""
+
+  def __init__(self, batcher, row_length: int, row_multiple: int = 1, share_prompt: bool = False,
+               block: tuple = (0, 1), agree=max_over_processes):
     self.row_length, self.row_multiple = row_length, row_multiple
-    self.share_prompt = share_prompt
+    self.share_prompt, self.block, self.agree = share_prompt, block, agree
+    super().__init__(batcher, self._pack)
+
+  def _pack(self, batch):
+    packed = pack_batch(batch, self.batcher.data, self.row_length, self.row_multiple,
+                        self.share_prompt)
+    index, count = self.block
+    if count == 1:
+      return packed
+    return as_process_block(packed, self.agree(packed["input_ids"].shape[0]), index,
+                            self.batcher.data.pad_id)

@@ -130,17 +130,17 @@ def pair_data(config, tok):
 
 def packed_batches(config, batcher) -> PackedBatches:
   """`data.packing`: the train batches packed into rows of `data.pack_length` tokens (default
-  2 x max_length: any pair fits one row), the row count a multiple of the mesh's batch shards."""
-  if jax.process_count() > 1:
-    raise ConfigError("config key data.packing: packed batches are single-process for now "
-                      "(each process would pack a different row count)")
+  2 x max_length: any pair fits one row), the row count a multiple of the mesh's batch shards.
+  Several processes: each packs its block of pairs and all pad to the largest row count."""
   if config.train.freeze_backbone and config.train.get("cache_features", True):
     raise ConfigError("config key data.packing: head-only training on cached features has no "
                       "token batches to pack; set train.cache_features=False or packing=False")
   pair_pack_check(config)
   length = config.data.get("pack_length", 0) or 2 * config.data.max_length
-  divisor = shd.batch_divisor(shd.make_mesh(tuple(config.mesh.shape)))
-  return PackedBatches(batcher, length, divisor, bool(config.data.get("share_prompt", False)))
+  mesh = shd.make_mesh(tuple(config.mesh.shape))
+  block = shd.batch_shard(mesh)
+  return PackedBatches(batcher, length, shd.batch_divisor(mesh) // block[1],
+                       bool(config.data.get("share_prompt", False)), block=block)
 
 
 # ------------------------------------------------------------------------ head-only features
