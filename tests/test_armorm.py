@@ -24,6 +24,9 @@ from rmjax.train import head_fit
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# tiny models built again and again in this module: their compiles are shared (conftest)
+pytestmark = pytest.mark.usefixtures("jax_compile_cache")
+
 
 def tiny_config(**stage2):
   from configs import armorm as conf

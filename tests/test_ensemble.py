@@ -19,6 +19,9 @@ from rmjax.tasks import ensemble
 from rmjax.train.loop import train
 from _util import fast_config
 
+# tiny models built again and again in this module: their compiles are shared (conftest)
+pytestmark = pytest.mark.usefixtures("jax_compile_cache")
+
 
 def tiny_config(steps=3, **ens):
   c = fast_config(ensemble_config.get_config("tiny,members=4"), steps=steps, train_pairs=96)

@@ -20,6 +20,9 @@ from rmjax.eval.metrics import calibration_bins, pair_report
 from _util import fast_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+
+# tiny models built again and again in this module: their compiles are shared (conftest)
+pytestmark = pytest.mark.usefixtures("jax_compile_cache")
 ROWS = [{"prompt": "Say something kind about dogs.", "chosen": "good great dogs. " * (i + 1),
          "rejected": "bad dogs.", "subset": f"s{i % 2}"} for i in range(6)]
 ROWS += [{"prompt": "q", "chosen": "same", "rejected": "same"},  # identical: dropped, counted

@@ -21,6 +21,9 @@ from _util import fast_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
+# tiny models built again and again in this module: their compiles are shared (conftest)
+pytestmark = pytest.mark.usefixtures("jax_compile_cache")
+
 
 def tiny_config(steps=3, arg="tiny", **loss):
   c = fast_config(grm_config.get_config(arg), steps=steps)

@@ -19,6 +19,9 @@ from rmjax.train import loop
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
+# tiny models built again and again in this module: their compiles are shared (conftest)
+pytestmark = pytest.mark.usefixtures("jax_compile_cache")
+
 
 def _collect_config(**kw):
   c = salmon_config.get_config("tiny")
