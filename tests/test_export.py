@@ -16,6 +16,9 @@ from safetensors.numpy import load_file
 
 from _cli import REPO, run_cli, run_subprocess
 from _util import fast_config
+
+# tiny models built again and again in this module: their compiles are shared (conftest)
+pytestmark = pytest.mark.usefixtures("jax_compile_cache")
 from rmjax import tasks
 from rmjax.checkpoints import hf, hf_export, hf_rm, load_pretrained, tokenizer_export
 from rmjax.data.tokenize import ByteTokenizer
