@@ -89,7 +89,9 @@ def test_collect_bad_shard():
 def _steering_config():
   c = salmon_config.get_config("tiny")
   c.salmon.update(preferences="length:800", eval_preferences="length:32", dimensions=("Concise",))
-  c.train.update(steps=60, batch_size=16, eval_every=60, checkpoint_every=60, progress=False,
+  # 30 steps: eval accuracy 1.0, short/long preferred 0.98 / 0.96 of held-out pairs (60 steps:
+  # 0.95, 1.0 / 0.96), well above the thresholds below
+  c.train.update(steps=30, batch_size=16, eval_every=30, checkpoint_every=30, progress=False,
                  tensorboard=False, async_checkpoint=False)
   c.optim.lr = 3e-3
   c.data.buckets = (64, 96, 128, 160, 192, 256)
