@@ -31,6 +31,7 @@ from rmjax.data.tokenize import ChatEncoder
 from rmjax.errors import ConfigError
 from rmjax.eval.metrics import pair_report
 from rmjax.inference import embed
+from rmjax.models import attention
 from rmjax.models.reward_model import RewardModel
 from rmjax.tasks import common
 from rmjax.train.loop import Task
@@ -73,7 +74,6 @@ def packed_kwargs(batch) -> dict:
 
 def pair_pack_check(config) -> None:
   """Prompt-shared packing needs a mask splash cannot express (`rmjax.models.attention`)."""
-  from rmjax.models import attention  # noqa: PLC0415 (keeps this module's imports light)
   d = config.data
   if d.get("packing", False) and d.get("share_prompt", False) and attention.resolve(
       config.model.attention) == "splash":
