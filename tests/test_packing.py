@@ -111,13 +111,38 @@ def test_prompt_shared_rows_hold_each_prompt_once():
                                 for j in batch["index"])
 
 
+def test_row_length_is_the_multiple_that_packs_into_fewest_tokens():
+  """length_multiple: per batch, rows of the multiple of it (<= row_length) with the fewest
+  R x L tokens; each pair still whole in one row, and no shorter multiple holds the pairs."""
+  data = _pairs(12, seed=4)
+  batch = next(PairBatcher(data, 8, buckets=(64,), seed=0))
+  lengths = [len(data.chosen[j]) + len(data.rejected[j]) for j in batch["index"]]
+  fixed = pack_batch(batch, data, row_length=256)
+  packed = pack_batch(batch, data, row_length=256, length_multiple=16)
+  rows, length = packed["input_ids"].shape
+  assert length % 16 == 0 and max(lengths) <= length < 256
+  assert rows * length < fixed["input_ids"].size
+  assert rows * length <= 16 * -(-sum(lengths) // 16) * 2  # not worse than twice the tight area
+  for side in ("chosen", "rejected"):
+    for i, j in enumerate(batch["index"]):
+      row, col = packed[f"{side}_at"][i]
+      seq = getattr(data, side)[j]
+      np.testing.assert_array_equal(packed["input_ids"][row, col - len(seq) + 1:col + 1], seq)
+  assert (packed["segment_ids"] > 0).sum() == sum(lengths)
+  # the shape is the best over the multiples: no other multiple packs into fewer tokens
+  from rmjax.data.packing import _first_fit
+  for size in range(16 * -(-max(lengths) // 16), 257, 16):
+    assert _first_fit(lengths, size)[1] * size >= rows * length
+
+
 @pytest.mark.parametrize("padding,share", [("right", False), ("left", False), ("right", True),
                                            ("left", True)])
 def test_packed_equals_padded_rewards_loss_and_gradients(model_and_params, padding, share):
   model, params = model_and_params
   data = _pairs(10, seed=1, empty_chosen=share)
   batch = next(PairBatcher(data, 8, buckets=(64,), seed=0))
-  packed = pack_batch(batch, data, row_length=96, share_prompt=share)
+  packed = pack_batch(batch, data, row_length=96, share_prompt=share,
+                      length_multiple=32 if padding == "left" else 0)  # both row-length rules
   padded = _left_pad(batch) if padding == "left" else batch
   c0, r0 = forward_pairs(model, params, padded)
   c1, r1 = forward_pairs(model, params, packed)
@@ -133,7 +158,8 @@ def test_sharded_packed_equals_single_device(model_and_params):
   model, params = model_and_params
   data = _pairs(16, seed=2)
   batch = next(PairBatcher(data, 8, buckets=(64,), seed=0))
-  packed = pack_batch(batch, data, row_length=128, row_multiple=4, share_prompt=True)
+  packed = pack_batch(batch, data, row_length=128, row_multiple=4, share_prompt=True,
+                      length_multiple=32)
   ref = jax.jit(_loss(model))(params, packed)
   mesh = shd.make_mesh((4, 1, 2))
   with jax.set_mesh(mesh):
@@ -199,16 +225,16 @@ def test_process_blocks_pack_apart_and_equal_the_global_batch(model_and_params):
   blocks = [PairBatcher(data, 8, buckets=(64,), seed=0, process_index=i, process_count=2)
             for i in range(2)]
   firsts = [pack_batch(next(PairBatcher(data, 8, buckets=(64,), seed=0, process_index=i,
-                                        process_count=2)), data, 96, share_prompt=True)
-            for i in range(2)]
-  rows = max(f["input_ids"].shape[0] for f in firsts)
+                                        process_count=2)), data, 96, share_prompt=True,
+                       length_multiple=16) for i in range(2)]
+  rows, length = (max(f["input_ids"].shape[d] for f in firsts) for d in (0, 1))
   agreed = []
-  packed = [next(PackedBatches(b, 96, 1, True, block=(i, 2),
-                               agree=lambda n: agreed.append(n) or rows))
+  packed = [next(PackedBatches(b, 96, 1, True, block=(i, 2), length_multiple=16,
+                               agree=lambda shape: agreed.append(shape) or (rows, length)))
             for i, b in enumerate(blocks)]
-  assert sorted(agreed) == sorted(f["input_ids"].shape[0] for f in firsts)
+  assert sorted(agreed) == sorted(f["input_ids"].shape for f in firsts)
   glued = {k: np.concatenate([p[k] for p in packed]) for k in packed[0]}
-  assert glued["input_ids"].shape[0] == 2 * rows
+  assert glued["input_ids"].shape == (2 * rows, length)
   np.testing.assert_array_equal(np.sort(glued["index"]), np.sort(whole["index"]))
   ref = _loss(model)(params, whole)
   np.testing.assert_allclose(_loss(model)(params, glued), ref, atol=1e-5)

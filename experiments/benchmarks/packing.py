@@ -6,16 +6,18 @@ synthetic pairs when it is absent) tokenized with the SmolLM2 chat template at `
 the model is the SmolLM2-135M architecture with random weights (`smollm2-135m-config`). The same
 `--batches` batches of `--pairs` pairs go through each arm:
   padded   rmjax `PairBatcher` batches: chosen and rejected padded to the length bucket
-  packed_plain   the same batches through `rmjax.data.packing.pack_batch` (rows of
-           2 x max_length), chosen and rejected as two whole sequences
+  packed_plain   the same batches through `rmjax.data.packing.pack_batch` (rows of up to
+           2 x max_length, per batch the multiple of `--length_multiple` with the fewest
+           tokens, as `data.pack_length_multiple`), chosen and rejected as two whole sequences
   packed   the same, prompt-shared (`data.share_prompt`, the default): each pair's prompt once,
            both responses after it (same rewards and loss as padded: tests/test_packing.py)
   torch    LlamaForSequenceClassification + AdamW, the 2 x pairs sequences padded to the longest
 Every shape is compiled before the clock starts (rmjax compiles once per shape; a real run sees
 a handful). The torch arm runs in its own child process on the same batches, in PyTorch's default
-environment (`train_step.torch_environ`). Useful tokens = real tokens of the pairs. Prints one JSON
-object last
-(`packed_vs_torch` = packed useful tokens/s / torch's).
+environment (`train_step.torch_environ`). Useful tokens = real tokens of the pairs. The timed
+batches are a sample: `epoch` gives each arm's computed tokens over ALL batches of one epoch
+(numpy only), so the sample's share of padding can be checked against the whole distribution's.
+Prints one JSON object last (`packed_vs_torch` = packed useful tokens/s / torch's).
 
   python -m experiments.benchmarks.packing [--batches 4] [--pairs 8] [--max_length 256]
 """
@@ -51,6 +53,8 @@ def parse_args(argv=None):
   p.add_argument("--batches", type=int, default=4)
   p.add_argument("--pairs", type=int, default=8)
   p.add_argument("--max_length", type=int, default=256)
+  p.add_argument("--length_multiple", type=int, default=128,
+                 help="packed row lengths: multiples of this up to 2 x max_length (0 = fixed)")
   p.add_argument("--preset", default="smollm2-135m-config", help="model architecture (random)")
   p.add_argument("--no-torch", action="store_true")
   p.add_argument("--torch-only", action="store_true", help="(internal) the torch arm alone")
@@ -81,6 +85,31 @@ def torch_arm(cfg, params, padded, useful) -> dict:
           "peak_rss_mib": round(_common.peak_rss_mib(), 1)}
 
 
+def _computed(batch) -> int:
+  """Tokens a batch computes: 2 x pairs x bucket padded, rows x row length packed."""
+  if "chosen_ids" in batch:
+    return 2 * int(np.prod(batch["chosen_ids"].shape))
+  return int(np.prod(batch["input_ids"].shape))
+
+
+def epoch_tokens(data, pairs: int, max_length: int, length_multiple: int) -> dict:
+  """Useful and computed tokens of every arm over one epoch of `pairs`-pair batches."""
+  batcher = PairBatcher(data, pairs, buckets=(64, 128, 256, 512), seed=0)
+  out = dict.fromkeys(("useful", "padded", "torch", "packed_plain", "packed"), 0)
+  for _ in range(batcher.steps_per_epoch):
+    b = next(batcher)
+    lengths = np.concatenate([b["chosen_mask"].sum(1), b["rejected_mask"].sum(1)])
+    out["useful"] += int(lengths.sum())
+    out["padded"] += _computed(b)
+    out["torch"] += len(lengths) * int(lengths.max())
+    for name, share in (("packed_plain", False), ("packed", True)):
+      out[name] += _computed(pack_batch(b, data, 2 * max_length, share_prompt=share,
+                                        length_multiple=length_multiple))
+  return {**out, "batches": batcher.steps_per_epoch,
+          **{f"useful_fraction_{k}": round(out["useful"] / out[k], 3)
+             for k in ("padded", "torch", "packed_plain", "packed")}}
+
+
 def _pass(step, batches):
   t = time.perf_counter()
   out = None
@@ -103,8 +132,9 @@ def main(argv=None):
   data.rejected = [r % cfg.vocab_size for r in data.rejected]
   batcher = PairBatcher(data, args.pairs, buckets=(64, 128, 256, 512), seed=0)
   padded = [next(batcher) for _ in range(args.batches)]
-  plain = [pack_batch(b, data, 2 * args.max_length) for b in padded]
-  packed = [pack_batch(b, data, 2 * args.max_length, share_prompt=True) for b in padded]
+  plain, packed = ([pack_batch(b, data, 2 * args.max_length, share_prompt=share,
+                                length_multiple=args.length_multiple) for b in padded]
+                    for share in (False, True))
   useful = int(sum(b["chosen_mask"].sum() + b["rejected_mask"].sum() for b in padded))
   if args.torch_only:
     print(json.dumps(torch_arm(cfg, params, padded, useful)))
@@ -115,10 +145,11 @@ def main(argv=None):
     for b in batches:  # compile every shape first
       jax.block_until_ready(step(b))
     secs = _pass(step, batches)
-    computed = sum(int(np.prod(b["chosen_ids"].shape)) * 2 if "chosen_ids" in b
-                   else int(np.prod(b["input_ids"].shape)) for b in batches)
+    computed = sum(_computed(b) for b in batches)
     arms[name] = {"useful_tokens_per_s": round(useful / secs, 1), "pass_s": round(secs, 3),
                   "computed_tokens": computed, "useful_fraction": round(useful / computed, 3),
+                  "shapes": sorted({tuple(b["chosen_ids" if "chosen_ids" in b else "input_ids"].shape)
+                                    for b in batches}),
                   "attention": cfg.attention}
   if not args.no_torch:
     child = subprocess.run([sys.executable, "-m", "experiments.benchmarks.packing", "--torch-only",
@@ -128,7 +159,9 @@ def main(argv=None):
       raise RuntimeError(f"torch arm failed: {child.stderr[-2000:]}")
     arms["torch"] = json.loads(child.stdout.strip().splitlines()[-1])
   result = {"benchmark": "packing", "preset": args.preset, "source": source, "pairs_per_batch": args.pairs,
-            "batches": args.batches, "max_length": args.max_length, "useful_tokens": useful,
+            "batches": args.batches, "max_length": args.max_length,
+            "length_multiple": args.length_multiple, "useful_tokens": useful,
+            "epoch": epoch_tokens(data, args.pairs, args.max_length, args.length_multiple),
             "env": _common.environment(), **arms,
             "packed_vs_padded": round(arms["packed"]["useful_tokens_per_s"]
                                       / arms["padded"]["useful_tokens_per_s"], 3),

@@ -119,7 +119,8 @@ def pair_data(config, tok):
                         seed=config.seed)
   if d.get("packing", False):
     batcher = packed_batches(config, batcher)
-    stats["packing"] = {"row_length": batcher.row_length}
+    stats["packing"] = {"row_length": batcher.row_length,
+                        "length_multiple": batcher.length_multiple}
   eval_batches = None
   if evals:
     eval_batches = PairBatcher(eval_tok, config.train.batch_size, buckets=tuple(d.buckets),
@@ -129,8 +130,10 @@ def pair_data(config, tok):
 
 
 def packed_batches(config, batcher) -> PackedBatches:
-  """`data.packing`: the train batches packed into rows of `data.pack_length` tokens (default
-  2 x max_length: any pair fits one row), the row count a multiple of the mesh's batch shards.
+  """`data.packing`: the train batches packed into rows of up to `data.pack_length` tokens
+  (default 2 x max_length: any pair fits one row; per batch the multiple of
+  `data.pack_length_multiple` that packs it into the fewest tokens), the row count a multiple
+  of the mesh's batch shards.
   Several processes: each packs its block of pairs and all pad to the largest row count."""
   if config.train.freeze_backbone and config.train.get("cache_features", True):
     raise ConfigError("config key data.packing: head-only training on cached features has no "
@@ -140,7 +143,8 @@ def packed_batches(config, batcher) -> PackedBatches:
   mesh = shd.make_mesh(tuple(config.mesh.shape))
   block = shd.batch_shard(mesh)
   return PackedBatches(batcher, length, shd.batch_divisor(mesh) // block[1],
-                       bool(config.data.get("share_prompt", False)), block=block)
+                       bool(config.data.get("share_prompt", False)), block=block,
+                       length_multiple=int(config.data.get("pack_length_multiple", 0)))
 
 
 # ------------------------------------------------------------------------ head-only features

@@ -34,7 +34,7 @@ AT_LEAST = {  # key -> minimum (integers)
     "train.steps": 1, "train.batch_size": 1, "train.log_every": 1, "train.checkpoint_every": 1,
     "train.keep_checkpoints": 1, "train.eval_every": 0, "optim.accum_steps": 1,
     "optim.warmup_steps": 0, "data.max_length": MIN_MAX_LENGTH, "data.limit": 0,
-    "data.max_eval_examples": 0, "data.pack_length": 0,
+    "data.max_eval_examples": 0, "data.pack_length": 0, "data.pack_length_multiple": 0,
 }
 FINITE_AT_LEAST = {  # key -> (minimum, strict): finite floats
     "optim.lr": (0.0, True), "optim.weight_decay": (0.0, False), "optim.clip_norm": (0.0, False),
