@@ -175,7 +175,52 @@ class Embedder(nn.Module):
 def _dense(features, names, cfg, name):
   return nn.Dense(
       features, use_bias=False, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
-      kernel_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), names), name=name)
+      kernel_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), names), name=name,
+      dot_general=dense_dot_general)
+
+
+_LAX_DOT_GENERAL = jax.lax.dot_general
+_LAX_DOT_GENERAL_CODE = jax.lax.dot_general.__code__
+
+
+def _dot_general_intercepted() -> bool:
+  """Whether `jax.lax.dot_general` is patched now: qwix's LoRA swaps the function's code (or
+  the attribute) while a LoRA model runs, and adds its adapters in that call."""
+  f = jax.lax.dot_general
+  return f is not _LAX_DOT_GENERAL or f.__code__ is not _LAX_DOT_GENERAL_CODE
+
+
+def dense_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None,
+                      **kw):
+  """`nn.Dense`'s `x @ W` with `matmul`'s VJP (the weight gradient through `weight_grad`).
+
+  Falls back to `jax.lax.dot_general` (plain autodiff) for any other contraction, and while
+  `jax.lax.dot_general` is intercepted (qwix LoRA: a custom VJP here would hide the adapters'
+  dots inside it from qwix and from autodiff)."""
+  plain = (((lhs.ndim - 1,), (0,)), ((), ()))
+  if (_dot_general_intercepted() or dimension_numbers != plain or kw
+          or preferred_element_type is not None or lhs.dtype != rhs.dtype):
+    return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
+                               preferred_element_type=preferred_element_type, **kw)
+  return matmul(lhs, rhs)
+
+
+@jax.custom_vjp
+def matmul(x: Array, w: Array) -> Array:
+  """x @ w for x [..., I], w [I, O]; the VJP forms dW with `weight_grad`."""
+  return x @ w
+
+
+def _matmul_fwd(x, w):
+  return x @ w, (x, w)
+
+
+def _matmul_bwd(res, g):
+  x, w = res
+  return (g @ w.T).astype(x.dtype), weight_grad(x, g).astype(w.dtype)
+
+
+matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 
 class Attention(nn.Module):
@@ -211,6 +256,23 @@ class Attention(nn.Module):
     return out, new_cache
 
 
+def weight_grad(x: Array, g: Array, transposed: bool = False) -> Array:
+  """x^T g over all leading dims: [..., I], [..., O] -> [I, O] (the weight gradient of x @ W);
+  with `transposed` formed as (g^T x)^T, so the operand copied below is g, not x.
+
+  On CPU x^T (or g^T) is materialised behind an optimization barrier: XLA otherwise folds the
+  transpose into the dot as a contraction over the lhs's first dim, which XLA:CPU's YNNPACK
+  library dots do not take, and its fallback dot ran at ~60% of their speed inside the layer
+  scan (experiments/benchmarks/RESULTS.md). Other platforms get the plain contraction."""
+  x2, g2 = x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])
+  if transposed:
+    x2, g2 = g2, x2
+  barrier = jax.lax.optimization_barrier
+  return jax.lax.platform_dependent(
+      x2, g2, cpu=lambda a, b: barrier(barrier(a.T) @ b).T if transposed else barrier(a.T) @ b,
+      default=lambda a, b: (a.T @ b).T if transposed else a.T @ b)
+
+
 @jax.custom_vjp
 def swiglu(x: Array, w_gate: Array, w_up: Array, w_down: Array) -> Array:
   """SwiGLU MLP `(silu(x @ w_gate) * (x @ w_up)) @ w_down`, x: [B, T, D] -> [B, T, D].
@@ -218,10 +280,10 @@ def swiglu(x: Array, w_gate: Array, w_up: Array, w_down: Array) -> Array:
   A hand-written VJP because XLA:CPU's autodiff of this block fuses the silu derivative into
   transposed copies feeding the weight-gradient dots, which ran ~2x slower than the nine
   matmuls alone (experiments/benchmarks/RESULTS.md). The backward keeps only the two
-  pre-activations and recomputes silu; the down projection's weight gradient is formed as
-  (g^T h)^T so the transposed operand XLA:CPU copies is the [B*T, D] gradient, not the wider
-  [B*T, F] activation fused with its elementwise producer. The sigmoid is 0.5 tanh(x / 2) + 0.5
-  (`_sigmoid`).
+  pre-activations and recomputes silu; the weight gradients go through `weight_grad` (the
+  down projection's as (g^T h)^T, so the transposed operand XLA:CPU copies is the [B*T, D]
+  gradient, not the wider [B*T, F] activation fused with its elementwise producer). The
+  sigmoid is 0.5 tanh(x / 2) + 0.5 (`_sigmoid`).
   """
   return _swiglu_fwd(x, w_gate, w_up, w_down)[0]
 
@@ -255,9 +317,9 @@ def _swiglu_bwd(res, g):
       (dh32 * up.astype(jnp.float32) * sig * (1 + gate32 * (1 - sig))).astype(gate.dtype))
   h = _mlp_constraint(act * up)
   dx = jnp.einsum("btf,df->btd", d_gate, w_gate) + jnp.einsum("btf,df->btd", d_up, w_up)
-  dw_gate = jnp.einsum("btd,btf->df", x, d_gate)
-  dw_up = jnp.einsum("btd,btf->df", x, d_up)
-  dw_down = jnp.einsum("btd,btf->df", g, h).T
+  dw_gate = weight_grad(x, d_gate)
+  dw_up = weight_grad(x, d_up)
+  dw_down = weight_grad(h, g, transposed=True)
   return (dx.astype(x.dtype), dw_gate.astype(w_gate.dtype), dw_up.astype(w_up.dtype),
           dw_down.astype(w_down.dtype))
 
