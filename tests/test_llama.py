@@ -101,3 +101,37 @@ def test_config_validation():
     LlamaConfig(num_attention_heads=6, num_key_value_heads=4)
   with pytest.raises(ValueError, match="remat"):
     LlamaConfig(remat="sometimes")
+
+
+
+def test_dense_and_swiglu_vjps_equal_plain_autodiff(monkeypatch):
+  """The projections' matmul VJP and SwiGLU's weight gradients (`weight_grad`, YNN-friendly on
+  CPU) give plain autodiff's gradients; while dot_general is intercepted (qwix LoRA) the dense
+  layers take plain autodiff."""
+  from rmjax.models import llama as llama_lib
+  params, model = _init(), Llama(CFG)
+  ids = jax.random.randint(jax.random.PRNGKey(1), (2, 9), 0, CFG.vocab_size)
+  ct = jax.random.normal(jax.random.PRNGKey(2), (2, 9, CFG.vocab_size))
+  grad = lambda: jax.grad(lambda p: jnp.sum(model.apply({"params": p}, ids) * ct))(params)  # noqa: E731
+  calls = []
+  monkeypatch.setattr(llama_lib, "matmul", lambda *a, _f=llama_lib.matmul: calls.append(1) or _f(*a))
+  fast = grad()
+  n_fast = len(calls)
+  assert n_fast >= 5  # q, k, v, o in the scanned layer, lm_head
+  monkeypatch.setattr(llama_lib, "_dot_general_intercepted", lambda: True)
+  plain = grad()
+  assert len(calls) == n_fast  # plain autodiff only
+  for a, b in zip(jax.tree_util.tree_leaves(fast), jax.tree_util.tree_leaves(plain)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  x = jax.random.normal(jax.random.PRNGKey(3), (2, 5, 7))
+  g = jax.random.normal(jax.random.PRNGKey(4), (2, 5, 3))
+  for transposed in (False, True):
+    np.testing.assert_allclose(jax.jit(llama_lib.weight_grad, static_argnums=2)(x, g, transposed),
+                               np.einsum("bti,bto->io", x, g), rtol=1e-5, atol=1e-6)
+  w = [jax.random.normal(jax.random.PRNGKey(5 + i), s) for i, s in enumerate(((7, 4), (7, 4), (4, 7)))]
+  ct2 = jax.random.normal(jax.random.PRNGKey(9), (2, 5, 7))
+  reference = lambda x, a, b, c: (jax.nn.silu(x @ a) * (x @ b)) @ c  # noqa: E731
+  got, want = (jax.grad(lambda *a: jnp.sum(f(*a) * ct2), argnums=(0, 1, 2, 3))(x, *w)
+               for f in (llama_lib.swiglu, reference))
+  for a, b in zip(got, want):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
