@@ -37,7 +37,7 @@ from rmjax.inference import generate
 from rmjax.models import lora
 from rmjax.models.llama import Llama, LlamaConfig, init_cache
 from rmjax.rl import rollout
-from rmjax.tasks import armorm, bt, ensemble, grm, pairs, ppo, ppo_setup
+from rmjax.tasks import armorm, bt, common, ensemble, grm, pairs, ppo, ppo_setup
 from rmjax.train.loop import Task
 from rmjax.train.state import abstract_state, make_optimizer, make_train_step
 
@@ -60,10 +60,7 @@ class Step:
 
 def model_config(config) -> LlamaConfig:
   """The backbone LlamaConfig `rmjax.tasks.common.backbone` would give, without the weights."""
-  m = config.model
-  cfg = config_only(m.spec)
-  return cfg.replace(dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat,
-                     attention=m.get("attention", "xla"))
+  return common.numeric_policy(config, config_only(config.model.spec))
 
 
 def _check_rows(rows: int, mesh, what: str):

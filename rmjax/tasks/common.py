@@ -11,12 +11,19 @@ from rmjax.checkpoints import hf_rm
 from rmjax.models.llama import LlamaConfig
 
 
+def numeric_policy(config, cfg: LlamaConfig) -> LlamaConfig:
+  """`cfg` with the run's numeric policy (`model.dtype`, `param_dtype`, `remat`, `attention`;
+  configs saved before `model.attention` existed ran 'xla'): the one place every model of a
+  run (reward models, the PPO policy, AOT plans) gets it from."""
+  m = config.model
+  return cfg.replace(dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat,
+                     attention=m.get("attention", "xla"))
+
+
 def backbone(config) -> tuple[LlamaConfig, dict]:
   """(LlamaConfig with the config's numeric policy, pretrained params on host)."""
   cfg, params = checkpoints.load_pretrained(config.model.spec, seed=config.seed)
-  cfg = cfg.replace(dtype=config.model.dtype, param_dtype=config.model.param_dtype,
-                    remat=config.model.remat, attention=config.model.get("attention", "xla"))
-  return cfg, params
+  return numeric_policy(config, cfg), params
 
 
 def tokenizer(config):

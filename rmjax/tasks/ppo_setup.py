@@ -31,7 +31,7 @@ from rmjax.models import lora
 from rmjax.models.llama import Llama, LlamaConfig
 from rmjax.rl import ppo, rollout
 from rmjax.rl import value as value_lib
-from rmjax.tasks import overopt
+from rmjax.tasks import common, overopt
 from rmjax.data.pairs import write_pairs
 from rmjax.sharding import strip_boxes
 from rmjax import checkpoints
@@ -196,8 +196,7 @@ def build(config, workdir: str, mesh) -> PPOSetup:
     s.eos_ids, s.pad_id = (tok.eos_token_id,), tok.pad_token_id
   else:
     cfg, params = checkpoints.load_pretrained(config.model.spec, seed=config.seed)
-    cfg = cfg.replace(dtype=config.model.dtype, param_dtype=config.model.param_dtype,
-                      remat=config.model.remat)
+    cfg = common.numeric_policy(config, cfg)
     tok = checkpoints.load_tokenizer(config.model.tokenizer or config.model.spec)
     s.encode_prompt = lambda p: _render(tok, p, True)
     s.decode = lambda rows: [tok.decode(r, skip_special_tokens=True).strip() or "." for r in rows]
