@@ -144,11 +144,13 @@ def test_packed_equals_padded_rewards_loss_and_gradients(model_and_params, paddi
   packed = pack_batch(batch, data, row_length=96, share_prompt=share,
                       length_multiple=32 if padding == "left" else 0)  # both row-length rules
   padded = _left_pad(batch) if padding == "left" else batch
-  c0, r0 = forward_pairs(model, params, padded)
-  c1, r1 = forward_pairs(model, params, packed)
+  forward = jax.jit(lambda p, b: forward_pairs(model, p, b))
+  c0, r0 = forward(params, padded)
+  c1, r1 = forward(params, packed)
   np.testing.assert_allclose(c1["reward"], c0["reward"], atol=1e-5)
   np.testing.assert_allclose(r1["reward"], r0["reward"], atol=1e-5)
-  (l0, g0), (l1, g1) = (jax.value_and_grad(_loss(model))(params, b) for b in (padded, packed))
+  grad = jax.jit(jax.value_and_grad(_loss(model)))
+  (l0, g0), (l1, g1) = (grad(params, b) for b in (padded, packed))
   np.testing.assert_allclose(l1, l0, atol=1e-5)
   for a, b in zip(jax.tree_util.tree_leaves(g0), jax.tree_util.tree_leaves(g1)):
     np.testing.assert_allclose(b, a, atol=1e-5)
@@ -206,8 +208,9 @@ def test_packed_equals_padded_for_grm_regularisers(reg, share):
   data = _pairs(10, seed=4, empty_chosen=share)
   batch = next(PairBatcher(data, 8, buckets=(64,), seed=0))
   packed = pack_batch(batch, data, row_length=96, share_prompt=share)
-  (l0, m0), g0 = jax.value_and_grad(lambda p, b: loss_fn(p, b, None), has_aux=True)(params, batch)
-  (l1, m1), g1 = jax.value_and_grad(lambda p, b: loss_fn(p, b, None), has_aux=True)(params, packed)
+  grad = jax.jit(jax.value_and_grad(lambda p, b: loss_fn(p, b, None), has_aux=True))
+  (l0, m0), g0 = grad(params, batch)
+  (l1, m1), g1 = grad(params, packed)
   np.testing.assert_allclose(l1, l0, atol=1e-5)
   for k in m0:
     np.testing.assert_allclose(m1[k], m0[k], atol=1e-4, rtol=1e-5, err_msg=k)
