@@ -102,11 +102,17 @@ def config_only(spec: str) -> LlamaConfig:
   return PRESET_CONFIGS[where]
 
 
+@functools.lru_cache(maxsize=16)
+def _jitted_init(cfg: LlamaConfig):
+  """`rng -> unboxed params` for `cfg` under jit, one per config: every task build from a random
+  preset calls it, and a new jit per call recompiled the init (~2.5 s for 'tiny' on a CPU core)."""
+  ids = jnp.zeros((1, 2), jnp.int32)
+  return jax.jit(lambda rng: nn.unbox(Llama(cfg).init(rng, ids)["params"]))
+
+
 def random_params(cfg: LlamaConfig, seed: int = 0) -> Any:
   """Unboxed random params for `cfg` (Llama's own initialisers), built under jit."""
-  ids = jnp.zeros((1, 2), jnp.int32)
-  init = jax.jit(lambda rng: nn.unbox(Llama(cfg).init(rng, ids)["params"]))
-  return init(jax.random.PRNGKey(seed))
+  return _jitted_init(cfg)(jax.random.PRNGKey(seed))
 
 
 def _resolve(spec: str):
