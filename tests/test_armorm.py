@@ -21,6 +21,7 @@ from rmjax.errors import DataError
 from rmjax.models.armorm import ArmoHeads, GatingMLP, prompt_end_index
 from rmjax.tasks import armorm
 from rmjax.train import head_fit
+from _util import xla_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -292,7 +293,7 @@ def test_import_released_layout(tmp_path):
 
 def test_cli_train_smoke_then_score_fields(tmp_path):
   """The whole pipeline at smoke size through the CLI, then `rmjax score` / `rmjax eval`."""
-  env = dict(os.environ, HF_HUB_OFFLINE="1", XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  env = dict(os.environ, HF_HUB_OFFLINE="1", XLA_FLAGS=xla_flags(2))
   wd = tmp_path / "wd"
   run = lambda *a: subprocess.run([sys.executable, "-m", "rmjax", *a], cwd=REPO, env=env,
                                   capture_output=True, text=True, timeout=600)

@@ -34,6 +34,8 @@ from rmjax.train import validate
 from rmjax.train.loop import train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+# the tiny backbone, LoRA-wrapped again and again: equal inits and steps compile once (conftest)
+pytestmark = pytest.mark.usefixtures("jax_compile_cache")
 LORA = {"rank": 4, "alpha": 8.0, "targets": "q_proj,k_proj,v_proj,o_proj", "dropout": 0.0,
         "quant": ""}
 

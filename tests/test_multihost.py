@@ -26,6 +26,8 @@ import time
 import numpy as np
 import pytest
 
+from _util import xla_flags
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # script mode
   sys.path.insert(0, str(REPO))
@@ -135,7 +137,7 @@ def _env(devices, **extra):
          if not k.startswith(('JAX_COORDINATOR', 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID', 'SLURM_',
                               'OMPI_', 'TPU_WORKER', 'MEGASCALE', 'RMJAX_DEBUG', 'PYTEST'))}
   env.update(JAX_PLATFORMS='cpu', HF_HUB_OFFLINE='1', HF_DATASETS_OFFLINE='1',
-             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+             XLA_FLAGS=xla_flags(devices),
              PYTHONPATH=os.pathsep.join([str(REPO), env.get('PYTHONPATH', '')]).rstrip(os.pathsep),
              **extra)
   return env

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 
+from _util import xla_flags
 from conftest import REPO
 
 HINGE_TASK = textwrap.dedent('''
@@ -54,7 +55,7 @@ def test_hinge_method_train_score_eval(tmp_path):
   (tmp_path / "hinge_rm.py").write_text(HINGE_TASK)
   (tmp_path / "hinge_config.py").write_text(HINGE_CONFIG)
   env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(REPO)]),
-             XLA_FLAGS="--xla_force_host_platform_device_count=2")
+             XLA_FLAGS=xla_flags(2))
   wd = tmp_path / "wd"
 
   def start(*args):

@@ -14,6 +14,10 @@ from rmjax.errors import ConfigError
 from rmjax.rl import rollout
 from rmjax.tasks import ppo, ppo_setup
 
+# PPO runs of equal tiny configs (the resume check alone runs three): rollout, scoring and update
+# programs compile once and load from the shared cache after (conftest)
+pytestmark = pytest.mark.usefixtures("jax_compile_cache")
+
 
 def _one_device():
   return shd.make_mesh((1, 1, 1), devices=jax.devices()[:1])
