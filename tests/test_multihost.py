@@ -4,7 +4,8 @@ each) against 1 process with 8 devices.
 - PairBatcher: every process emits its contiguous block of each global batch; the global order
   does not depend on the process count; the one global position resumes every process.
 - shard_batch on 2 real processes: each process's rows land on its own devices of the mesh
-  (read off the mesh's device placement), for the meshes the train tests use.
+  (read off the mesh's device placement), for the meshes the train tests use; packed batches:
+  each process packs its own block and both agree on the rows and row length.
 - `rmjax train` on 2 processes: no example twice in a global batch, every example once an
   epoch, the global batches equal the 1-process run's, final params equal the 1-process
   8-device run within 1e-6, and both processes restarted from the step-4 checkpoint end at the
@@ -233,6 +234,26 @@ def _rows_worker(port, pid):
     raise AssertionError('interleaved mesh accepted')
   except ConfigError as e:
     assert 'contiguous' in str(e)
+  # packing on 2 real processes: each packs its own block of every global batch, both agree on
+  # (rows, length) through process_allgather, and the blocks side by side on the mesh hold every
+  # pair of the global batch once, each pointer inside its own process's block of rows
+  from jax.experimental import multihost_utils
+  from rmjax.data.packing import PackedBatches, pack_batch
+  mesh = shd.make_mesh((8, 1, 1))
+  block = shd.batch_shard(mesh)
+  packer = PackedBatches(PairBatcher(tp, 16, seed=3, buckets=(64,)), 96, 4, True, block=block,
+                         length_multiple=16)
+  alone = [pack_batch(next(PairBatcher(tp, 16, seed=3, buckets=(64,), process_index=p,
+                                       process_count=2)), tp, 96, 4, True, 16) for p in (0, 1)]
+  packed = next(packer)
+  rows, length = (max(a['input_ids'].shape[d] for a in alone) for d in (0, 1))
+  assert packed['input_ids'].shape == (rows, length), (packed['input_ids'].shape, rows, length)
+  assert ((packed['chosen_at'][:, 0] // rows) == pid).all()
+  got = shd.shard_batch(packed, mesh)
+  assert got['input_ids'].shape == (2 * rows, length)
+  every = multihost_utils.process_allgather(packed['index'])
+  want = next(PairBatcher(tp, 16, seed=3, buckets=(64,), process_index=0, process_count=1))
+  np.testing.assert_array_equal(np.sort(np.ravel(every)), np.sort(want['index']))
   print('ROWS-OK', flush=True)
 
 
