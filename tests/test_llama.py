@@ -108,7 +108,7 @@ def test_dense_and_swiglu_vjps_equal_plain_autodiff(monkeypatch):
   """The projections' matmul VJP and SwiGLU's weight gradients (`weight_grad`, YNN-friendly on
   CPU) give plain autodiff's gradients; while dot_general is intercepted (qwix LoRA) the dense
   layers take plain autodiff."""
-  from rmjax.models import llama as llama_lib
+  from rmjax.models import matmuls as llama_lib
   params, model = _init(), Llama(CFG)
   ids = jax.random.randint(jax.random.PRNGKey(1), (2, 9), 0, CFG.vocab_size)
   ct = jax.random.normal(jax.random.PRNGKey(2), (2, 9, CFG.vocab_size))

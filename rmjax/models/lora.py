@@ -12,7 +12,7 @@ adapters stay float.
 
 Targets are module names: q_proj, k_proj, v_proj, o_proj (attention) and lm_head. The MLP
 (gate_proj, up_proj, down_proj) is not a target: its kernels feed the hand-written SwiGLU VJP
-(`rmjax.models.llama.swiglu`) as plain arrays, where qwix cannot see a projection.
+(`rmjax.models.matmuls.swiglu`) as plain arrays, where qwix cannot see a projection.
 
 Only adapters (and the non-backbone groups: reward heads) are trained: `trainable` is the
 optimizer's per-leaf predicate, `stop_base_grad` keeps gradients from being computed for the
