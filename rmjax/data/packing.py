@@ -31,9 +31,9 @@ Packed batch (numpy; R rows of `row_length` tokens, B = the padded batch's pair 
 R is rounded up to a multiple of `row_multiple` (rows that divide the mesh's batch axes). L is
 `row_length`, or with `length_multiple` (`data.pack_length_multiple`) the multiple of it up to
 `row_length` that packs the batch into the fewest tokens R x L: a short batch packs into short
-rows instead of leaving most of its last long row empty (on hh-rlhf batches of 8 pairs at
-max_length 256, 0.77 -> 0.83 of the packed tokens real). Every (R, L) is one compiled shape: a
-handful per run. Positions restart at every segment (`Llama` derives them).
+rows instead of leaving most of its last long row empty (an hh-rlhf epoch in batches of 8
+pairs at max_length 256: 2.71M -> 2.54M packed tokens, experiments/benchmarks/RESULTS.md). Every
+(R, L) is one compiled shape: a handful per run. Positions restart at every segment (`Llama` derives them).
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def _row_shape(lengths, row_length: int, row_multiple: int, length_multiple: int
   best = None
   for size in sizes:
     rows_of, n_rows = _first_fit(lengths, size)
-    n_rows = max(1, -(-max(n_rows, 1) // row_multiple) * row_multiple)
+    n_rows = -(-max(n_rows, 1) // row_multiple) * row_multiple
     if best is None or n_rows * size < best[1] * best[2]:
       best = (rows_of, n_rows, size)
   return best

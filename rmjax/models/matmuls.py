@@ -29,11 +29,11 @@ def dense_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_ele
                       **kw):
   """`nn.Dense`'s `x @ W` with `matmul`'s VJP (the weight gradient through `weight_grad`).
 
-  Falls back to `jax.lax.dot_general` (plain autodiff) for any other contraction, and while
-  `jax.lax.dot_general` is intercepted (qwix LoRA: a custom VJP here would hide the adapters'
-  dots inside it from qwix and from autodiff)."""
+  Falls back to `jax.lax.dot_general` (plain autodiff) for any other contraction, precision or
+  dtype, and while `jax.lax.dot_general` is intercepted (qwix LoRA: a custom VJP here would
+  hide the adapters' dots inside it from qwix and from autodiff)."""
   plain = (((lhs.ndim - 1,), (0,)), ((), ()))
-  if (_dot_general_intercepted() or dimension_numbers != plain or kw
+  if (_dot_general_intercepted() or dimension_numbers != plain or kw or precision is not None
           or preferred_element_type is not None or lhs.dtype != rhs.dtype):
     return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
                                preferred_element_type=preferred_element_type, **kw)
