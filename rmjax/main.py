@@ -3,6 +3,7 @@
   rmjax train [--config configs/<family>.py[:variant]] [--workdir DIR] [--config.key=value ...]
   rmjax score --workdir DIR|--model hf:DIR --data IN.jsonl --out OUT.jsonl
   rmjax eval  --workdir DIR|--model hf:DIR --data IN.jsonl|shared:NAME|hub:NAME:SPLIT
+  rmjax compare --workdir A --workdir B [--model hf:DIR] [--rewards FILE] --data SPEC [--ood SPEC] --out DIR
   rmjax convert --from hf:DIR|gguf:FILE --workdir DIR   |   rmjax convert --workdir DIR --to hf:OUT
   rmjax collect --config configs/salmon.py:tiny --workdir DIR
   rmjax sweep --config configs/<family>.py[:variant] --workdir DIR [--dry_run]
@@ -16,13 +17,14 @@ from __future__ import annotations
 
 import os
 import sys
+import textwrap
 
 from absl import app, flags, logging
 
-from rmjax.commands import collect, common, compile, convert, eval, score, sweep, train
+from rmjax.commands import collect, common, compare, compile, convert, eval, score, sweep, train
 from rmjax.errors import ConfigError, RmjaxError
 
-COMMANDS = {"train": train, "score": score, "eval": eval, "convert": convert,
+COMMANDS = {"train": train, "score": score, "eval": eval, "compare": compare, "convert": convert,
             "collect": collect, "sweep": sweep, "compile": compile}
 HELP_FLAGS = ("-h", "--help", "-help", "--helpshort", "--helpfull", "-?")
 FLAGS = flags.FLAGS
@@ -44,7 +46,7 @@ def command_help(name: str) -> str:
   """`rmjax <command> --help`: the summary, the flags the command reads (with defaults), an example."""
   module = COMMANDS[name]
   lines = [f"usage: rmjax {name} [flags]", "", module.SUMMARY[:1].upper() + module.SUMMARY[1:] + ".",
-           "", "flags:"]
+           *textwrap.wrap(getattr(module, "DETAILS", ""), 100), "", "flags:"]
   for flag in (*module.USES, "debug"):
     f = FLAGS[flag]
     default = "" if f.default is None else f" (default: {f.default})"

@@ -100,3 +100,10 @@ def test_bootstrap_coverage_bernoulli():
     ci = stats.bootstrap_ci(x, n_boot=500, seed=rep)
     hits += ci["lo"] <= 0.7 <= ci["hi"]
   assert 0.90 <= hits / 200 <= 0.99
+
+
+def test_eval_pair_report_counts_ties_half():
+  from rmjax.eval.metrics import pair_report  # noqa: PLC0415 -- only this test needs it
+  rep = pair_report([1.0, 0.0, 0.0, -1.0], [0.0, 0.0, 1.0, -1.0], [None] * 4, [3, 2, 2, 1], [1, 2, 3, 1])
+  assert rep["accuracy"] == pytest.approx((1 + 0.5 + 0 + 0.5) / 4) and rep["n_ties"] == 2
+  assert rep["length_baseline_accuracy"] == pytest.approx((1 + 0.5 + 0 + 0.5) / 4)

@@ -1,5 +1,11 @@
-"""Evaluate a reward model on preference pairs: accuracy (per subset, vs the length baseline),
-with the n accounting, written as JSON + PNG + Markdown (`rmjax.eval.report_files`)."""
+"""Evaluate a reward model on preference pairs: accuracy (per subset, vs the length baseline;
+a tie r(chosen) == r(rejected) counts 0.5 and n_ties counts them), with the n accounting,
+written as JSON + PNG + Markdown (`rmjax.eval.report_files`).
+
+Beside the report, `<name>.rewards.jsonl` holds one line per scored pair (`rmjax.eval.
+pair_rewards`): id (a stable hash of prompt + chosen + rejected), set (the --data spec), subset,
+reward_chosen, reward_rejected, len_chosen, len_rejected (characters); `rmjax compare --rewards
+FILE` reads it, and the report names it under 'rewards_file'."""
 
 from __future__ import annotations
 
@@ -9,15 +15,20 @@ import os
 import numpy as np
 
 from rmjax.commands.common import FLAGS, require
-from rmjax.commands.score import load_scorer
+from rmjax.commands.score import load_scorer, write_jsonl_atomic
 from rmjax.data.specs import load_pairs
 from rmjax.errors import ConfigError, DataError
 from rmjax.eval.armorm_report import objective_accuracies
 from rmjax.eval.metrics import calibration_bins, pair_report
-from rmjax.eval.report_files import write_report_files
+from rmjax.eval.pair_rewards import rewards_records
+from rmjax.eval.report_files import report_name, write_report_files
 from rmjax.eval.uncertainty import uncertainty_report
 
 SUMMARY = "accuracy of a trained RM (or an HF RM via --model) on preference pairs"
+DETAILS = ("Writes <out>/<name>.json, .png, .md and the per-pair rewards <name>.rewards.jsonl, one "
+           "line per scored pair: id (stable hash of prompt + chosen + rejected), set (the --data "
+           "spec), subset, reward_chosen, reward_rejected, len_chosen, len_rejected (characters); "
+           "`rmjax compare --rewards FILE` reads it. A tie counts 0.5 (n_ties in the report).")
 EXAMPLE = "rmjax eval --workdir /tmp/bt --data shared:hh_rlhf_test"
 USES = ("workdir", "model", "data", "out", "batch_size", "step", "strict")
 
@@ -89,5 +100,8 @@ def main():
     report["uncertainty"] = uncertainty_report(res_c["members"], res_r["members"])
   report.update(data=data, step=scorer.step, model=FLAGS.model or FLAGS.workdir,
                 accounting=accounting(stats, len(pairs), n_truncated))
+  report["rewards_file"] = os.path.join(directory, report_name(data) + ".rewards.jsonl")
+  write_jsonl_atomic(report["rewards_file"],
+                     rewards_records(pairs, data, res_c["reward"], res_r["reward"]))
   report["files"] = write_report_files(directory, data, report, margins)
   print(json.dumps(report))

@@ -8,6 +8,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from rmjax.eval.stats import pair_correct
+
 # allenai/reward-bench EXAMPLE_COUNTS / SUBSET_MAPPING (official constants, see ALGORITHMS.md 5.1)
 REWARDBENCH_SECTIONS = {
     "chat": {"alpacaeval-easy": 100, "alpacaeval-length": 95, "alpacaeval-hard": 95,
@@ -24,10 +26,10 @@ REWARDBENCH_SECTIONS = {
 def calibration_bins(p_chosen, bins: int = 10) -> dict:
   """The reliability table of sigmoid(r_c - r_r) read as P(chosen preferred): confidence =
   max(p, 1-p) in `bins` equal bins over [0.5, 1]; per non-empty bin its mean confidence, its
-  accuracy (a pair is right when p > 0.5) and its pair count."""
+  accuracy (a pair is right when p > 0.5, half right when p = 0.5) and its pair count."""
   p = np.asarray(p_chosen, np.float64)
   conf = np.maximum(p, 1 - p)
-  correct = (p > 0.5).astype(np.float64)
+  correct = pair_correct(p - 0.5)  # a tie (p = 0.5) is half right
   edges = np.linspace(0.5, 1.0, bins + 1)
   idx = np.clip(np.digitize(conf, edges[1:-1]), 0, bins - 1)
   out = {"confidence": [], "accuracy": [], "n": []}
@@ -66,11 +68,13 @@ def rewardbench_sections(per_subset: dict) -> Optional[dict]:
 
 
 def pair_report(r_c, r_r, subsets: Sequence[Optional[str]], len_c=None, len_r=None) -> dict:
-  """One JSON-able report for scored pairs (ties count wrong, as in RewardBench)."""
+  """One JSON-able report for scored pairs. A tie (r_c == r_r) counts 0.5, not wrong as in
+  RewardBench (`rmjax.eval.stats.pair_correct`); n_ties says how many there were."""
   r_c, r_r = np.asarray(r_c, np.float64), np.asarray(r_r, np.float64)
-  right = (r_c > r_r).astype(np.float64)
   diff = r_c - r_r
+  right = pair_correct(diff)
   report = {"n": int(right.size), "accuracy": float(right.mean()) if right.size else float("nan"),
+            "n_ties": int(np.sum(diff == 0)),
             "margin": float(diff.mean()) if right.size else float("nan"),
             "ece": expected_calibration_error(1.0 / (1.0 + np.exp(-diff)))}
   groups = defaultdict(list)
@@ -84,7 +88,7 @@ def pair_report(r_c, r_r, subsets: Sequence[Optional[str]], len_c=None, len_r=No
       report["rewardbench"] = sections
   if len_c is not None:
     len_c, len_r = np.asarray(len_c), np.asarray(len_r)
-    longer = np.where(len_c > len_r, 1.0, np.where(len_c == len_r, 0.5, 0.0))
+    longer = pair_correct(len_c.astype(np.float64) - len_r)
     report["length_baseline_accuracy"] = float(longer.mean())
     if "per_subset" in report:
       report["length_baseline_per_subset"] = {s: float(longer[idx].mean())
