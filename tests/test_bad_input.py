@@ -7,19 +7,24 @@ Nearly every case runs in-process (`_cli.run_cli`: same entry point, no jax impo
 BT workdir is shared by the module and copied when a case damages it.
 """
 
+import errno
 import gzip
 import hashlib
 import json
 import os
 import pathlib
 import shutil
+import subprocess
+import sys
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from _cli import REPO, run_cli, run_subprocesses
 from rmjax.checkpoints.orbax import Checkpointer
+from rmjax.train.lock import LOCK_NAME, WorkdirLock
 
 CFG = f"{REPO}/configs/bt.py:tiny"
 FAST = ["--config.data.source=synthetic:64", "--config.data.eval_source=synthetic:8",
@@ -99,6 +104,12 @@ def zero_ckpt(wd):
 
 def delete_ckpt_part(wd):
   shutil.rmtree(wd / "checkpoints" / "2" / "state" / "ocdbt.process_0")
+
+
+def other_size(wd):
+  """A model config of another size than the checkpoint's (intermediate_size 128 -> 256)."""
+  path = wd / "model_config.json"
+  path.write_text(json.dumps(dict(json.loads(path.read_text()), intermediate_size=256)))
 
 
 def nan_ckpt(wd):
@@ -233,6 +244,24 @@ CASES = {
                           ["nobody/nothing"]),
     "train-parquet-missing": (lambda c: train_argv(
         c.tmp / "w", f"--config.data.source=parquet:{c.tmp}/none.parquet"), ["none.parquet"]),
+    "train-hh-without-markers": (lambda c: train_argv(c.tmp / "w", "--config.data.source=json:" + str(
+        jsonl(c.tmp / "hh.jsonl", [{"chosen": "no transcript here", "rejected": "nor here"}]))),
+                                 ["hh.jsonl:1: field 'rejected'", "no prompt"]),
+    "train-hh-format-without-markers": (lambda c: train_argv(
+        c.tmp / "w", "--config.data.source=json:" + str(jsonl(c.tmp / "hh.jsonl", [
+            {"chosen": "no transcript here", "rejected": "nor here"}])) + "?format=hh_rlhf"),
+        ["hh.jsonl:1: field 'chosen'", "hh-rlhf"]),
+    "train-empty-file": (lambda c: train_argv(c.tmp / "w", "--config.data.source=json:" + str(
+        write(c.tmp / "empty.jsonl", ""))), ["empty.jsonl", "no records"]),
+    "train-salmon-all-skipped": (lambda c: train_argv(
+        c.tmp / "w", "--config.salmon.preferences=" + str(jsonl(c.tmp / "prefs.jsonl", [PAIR] * 4)),
+        config=f"{REPO}/configs/salmon.py:tiny"), ["prefs.jsonl", "all 4 records dropped",
+                                                   "no scores"]),
+    "train-fails-after-files-written": (lambda c: train_argv(  # overopt writes before the model
+        c.tmp / "w", f"--config.model.spec=hf:{c.tmp}/none", config=f"{REPO}/configs/overopt.py:tiny"),
+        ["none", "no such checkpoint directory"]),
+    "train-colon-path": (lambda c: train_argv(c.tmp / "w", "--config.data.source=v2:pairs.jsonl"),
+                         ["'v2'", "use ./path or json:path"]),
     # score: flags and paths (before the model loads)
     "score-batch-0": (lambda c: c.score("--batch_size=0"), ["--batch_size"]),
     "score-batch-neg": (lambda c: c.score("--batch_size=-3"), ["--batch_size"]),
@@ -287,7 +316,10 @@ CASES = {
                                                               '{"hidden_sizes": 3}').parent),
                                    ["model_config.json"]),
     "score-truncated-checkpoint": (lambda c: c.score(wd=c.copy(damage=truncate_ckpt)),
-                                   ["checkpoints/2"]),
+                                   ["checkpoints/2", "damaged", "older checkpoints: 1"]),
+    "score-other-size-checkpoint": (lambda c: c.score(wd=c.copy(damage=other_size)), [
+        "checkpoints/2", "does not match the model", "down_proj/kernel has shape (2, 128, 64) "
+        "in the checkpoint, (2, 256, 64) in the model"]),
     "score-zeroed-checkpoint": (lambda c: c.score(wd=c.copy(damage=zero_ckpt)), ["checkpoints/2"]),
     "score-partly-deleted-checkpoint": (lambda c: c.score(wd=c.copy(damage=delete_ckpt_part)),
                                         ["checkpoints/2"]),
@@ -372,6 +404,10 @@ CASES = {
                                            f"--workdir={c.tmp}/c"], ["huge"]),
     "collect-missing-config": (lambda c: ["collect", f"--config={c.tmp}/none.py",
                                           f"--workdir={c.tmp}/c"], ["none.py"]),
+    "collect-prompt-is-a-list": (lambda c: [
+        "collect", f"--config={REPO}/configs/salmon.py:tiny", f"--workdir={c.tmp}/c",
+        "--config.collect.prompts=" + str(jsonl(c.tmp / "prompts.jsonl", [{"prompt": "hi"}, ["hi"]]))],
+                                 ["prompts.jsonl:2", "JSON object"]),
 }
 XFAIL: set = set()  # kinds whose fix has not landed yet (none)
 NEEDS_NON_ROOT = {"train-read-only-workdir"}  # root writes anywhere
@@ -478,6 +514,54 @@ def test_failed_train_leaves_every_byte_of_the_workdir(trained, tmp_path):
     assert tree_hash(trained) == before, extra or config
 
 
+def test_one_writer_per_workdir(trained, tmp_path):
+  """A second train on a workdir another live process holds exits 2 at once in one line naming
+  the workdir and the holder's pid, touching nothing; kill -9 of the holder frees it."""
+  wd = _copy(trained, tmp_path)
+  holder = subprocess.Popen(
+      [sys.executable, "-c", "import sys, time; from rmjax.train.lock import WorkdirLock; "
+       "WorkdirLock(sys.argv[1]).__enter__(); print('locked', flush=True); time.sleep(300)",
+       str(wd)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == "locked"
+    before = tree_hash(wd)
+    code, out, err = run_cli(train_argv(wd, steps=3))
+    one_line_error(code, out, err, str(wd), f"pid {holder.pid}", "another process")
+    assert tree_hash(wd) == before
+  finally:
+    holder.kill()  # SIGKILL: the OS drops the lock, the stale lock file stays
+    holder.wait()
+  assert (wd / LOCK_NAME).exists()
+  with WorkdirLock(str(wd)):
+    assert (wd / LOCK_NAME).read_text().split()[0] == str(os.getpid())
+  assert not (wd / LOCK_NAME).exists()
+
+
+def test_damaged_newest_checkpoint_and_a_failed_save(trained, tmp_path, monkeypatch):
+  """Resuming past a truncated newest checkpoint (2) falls back to step 1 with one warning line
+  naming both; a save that then fails on a full disk (an injected ENOSPC at step 3) exits 2 in
+  one line naming the workdir, the step and the OS error, at that save, with step 2 intact."""
+  wd = _copy(trained, tmp_path)
+  truncate_ckpt(wd)
+  real_save = ocp.CheckpointManager.save
+
+  def save(self, step, *args, **kw):
+    if step == 3:
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(wd / "checkpoints"))
+    return real_save(self, step, *args, **kw)
+  monkeypatch.setattr(ocp.CheckpointManager, "save", save)
+  code, out, err = run_cli(train_argv(wd, "--config.train.checkpoint_every=1", steps=4))
+  assert code == 2 and "Traceback" not in err, err
+  warning, error = [l for l in err.splitlines() if l.strip()]
+  assert "step 2, is damaged" in warning and "resuming from step 1" in warning, warning
+  assert error == (f"rmjax: error: {wd}: saving the checkpoint of step 3 failed (No space left "
+                   "on device); the newest checkpoint, step 2, is intact"), error
+  assert '"n_dropped": {}' in out  # the data report on the console
+  ck = Checkpointer(str(wd / "checkpoints"))
+  assert ck.all_steps() == [1, 2] and (wd / "checkpoints" / "damaged-2").is_dir()
+  assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(ck.restore_raw(2)["params"]))
+
+
 def test_overwrite_replaces_a_run_of_another_method(trained, tmp_path):
   wd = _copy(trained, tmp_path)
   code, out, err = run_cli(train_argv(wd, "--overwrite", config=f"{REPO}/configs/grm.py:tiny",
@@ -495,7 +579,8 @@ def test_nan_mid_run_stops_and_the_newest_checkpoint_scores(tmp_path):
   code, out, err = run_cli(train_argv(wd, "--config.optim.lr=1e30", "--config.optim.warmup_steps=4",
                                       "--config.optim.schedule=linear",
                                       "--config.train.checkpoint_every=1", steps=4))
-  line = one_line_error(code, out, err, "non-finite loss", "last good checkpoint is step")
+  line = one_line_error(code, out, err, "non-finite loss", "last good checkpoint is step",
+                        "the step's batch held synthetic:")
   ck = Checkpointer(str(wd / "checkpoints"))
   assert ck.latest_step() is not None and str(ck.latest_step()) in line
   assert list((wd / "checkpoints").glob("diverged-*")), "the poisoned checkpoint is kept aside"

@@ -19,6 +19,7 @@ from absl import flags
 from rmjax import sharding, tasks
 from rmjax.commands.common import FLAGS, config
 from rmjax.errors import ConfigError
+from rmjax.train.lock import WorkdirLock
 from rmjax.train.run import check_workdir
 from rmjax.train.validate import check_workdir_writable
 
@@ -56,24 +57,28 @@ def main():
       "workdirs", f"{cfg.task}-{time.strftime('%Y%m%d-%H%M%S')}")
   spec = tasks.get(cfg.task)
   check_workdir_writable(workdir)
-  target = workdir
+  replace = False
   try:
     check_workdir(cfg, workdir)
   except ConfigError:
     if not FLAGS.overwrite:
       raise
-    # the old run stays untouched until the new one has finished in a staging folder
-    target = staging_dir(workdir)
-    try:
-      check_workdir(cfg, target)  # a staged run of this config resumes; of another, restarts
-    except ConfigError:
-      shutil.rmtree(target)
-    print(f"--overwrite: training in {target}; it replaces {workdir} when done", flush=True)
+    replace = True
   sharding.maybe_initialize_distributed(coordinator=FLAGS.coordinator,
                                         num_processes=FLAGS.num_processes,
                                         process_id=FLAGS.process_id)
-  final = spec.train(cfg, target)
-  if target != workdir and jax.process_index() == 0:
-    replace_workdir(workdir, target)
+  # one writer per workdir (process 0 writes for all processes), taken before anything is read
+  with WorkdirLock(workdir, enabled=jax.process_index() == 0):
+    target = workdir
+    if replace:  # the old run stays untouched until the new one has finished in a staging folder
+      target = staging_dir(workdir)
+      try:
+        check_workdir(cfg, target)  # a staged run of this config resumes; of another, restarts
+      except ConfigError:
+        shutil.rmtree(target)
+      print(f"--overwrite: training in {target}; it replaces {workdir} when done", flush=True)
+    final = spec.train(cfg, target)
+    if target != workdir and jax.process_index() == 0:
+      replace_workdir(workdir, target)
   print(json.dumps({"workdir": os.path.abspath(workdir), "final": final}, default=float))
   print(f"results: {os.path.abspath(workdir)} (metrics.jsonl, checkpoints/, tensorboard/)")

@@ -151,6 +151,26 @@ def extract_prompt_text(chosen, rejected):
   return chosen[:n], chosen[n:], rejected[n:]
 
 
+def _splits_a_word(prompt, chosen, rejected):
+  """Whether a common prefix ends inside a word of either text ('no' of 'no transcript' /
+  'nor here'): two texts that merely start alike, not a shared prompt."""
+  return prompt[-1:].isalnum() and (chosen[:1].isalnum() or rejected[:1].isalnum())
+
+
+def parse_hh_rlhf(obj, path='<data>', line=None):
+  """`format=hh_rlhf`: both sides must be hh-rlhf transcripts (no other layout is tried)."""
+  if not isinstance(obj, dict):
+    raise DataError(path, line, None, f'expected a JSON object, got {type(obj).__name__}')
+  for name in ('chosen', 'rejected'):
+    if name not in obj:
+      raise DataError(path, line, name, 'missing field')
+  turns = _split_conversations(split_hh_transcript(obj['chosen'], path, line, 'chosen'),
+                               split_hh_transcript(obj['rejected'], path, line, 'rejected'),
+                               path, line)
+  return make_pair(*turns, subset=obj.get('subset'), margin=obj.get('margin'), path=path,
+                   line=line)
+
+
 def _conversational(obj, path, line, extra):
   chosen = _message_turns(obj['chosen'], path, line, 'chosen')
   rejected = _message_turns(obj['rejected'], path, line, 'rejected')
@@ -185,14 +205,12 @@ def parse_pair(obj, path='<data>', line=None):
     return make_pair(obj['prompt'], chosen, rejected, **extra)
   if isinstance(chosen, str) and isinstance(rejected, str):
     if _is_hh(chosen) or _is_hh(rejected):  # hh-rlhf transcripts
-      turns = _split_conversations(split_hh_transcript(chosen, path, line, 'chosen'),
-                                   split_hh_transcript(rejected, path, line, 'rejected'),
-                                   path, line)
-      return make_pair(*turns, **extra)
+      return parse_hh_rlhf(obj, path, line)
     prompt, chosen, rejected = extract_prompt_text(chosen, rejected)  # standard, implicit
-    if not prompt.strip():
+    if not prompt.strip() or _splits_a_word(prompt, chosen, rejected):
       raise DataError(path, line, 'rejected', 'chosen and rejected share no prompt (an '
-                      'implicit-prompt record must start with the same prompt text)')
+                      'implicit-prompt record must start with the same prompt text, an hh-rlhf '
+                      "record with '\\n\\nHuman: ...')")
     return make_pair(prompt, chosen, rejected, **extra)
   bad = 'chosen' if not isinstance(chosen, (str, list)) else 'rejected'
   raise DataError(path, line, bad, f'expected a string or a message list, got '

@@ -25,7 +25,7 @@ import pathlib
 import urllib.parse
 
 from rmjax.data.pairs import (
-    check_text, collect_pairs, iter_records, make_pair, parse_pair, prompt_key)
+    check_text, collect_pairs, iter_records, make_pair, parse_hh_rlhf, parse_pair, prompt_key)
 from rmjax.data.hub import dataset_records
 from rmjax.errors import ConfigError, DataError
 
@@ -181,7 +181,7 @@ def parse_auto(obj, path, line):
 
 
 SHARED_FORMATS = {
-    'auto': parse_auto, 'pairs': parse_pair, 'hh_rlhf': parse_pair,
+    'auto': parse_auto, 'pairs': parse_pair, 'hh_rlhf': parse_hh_rlhf,
     'llmbar': from_llmbar, 'rm_bench': from_rm_bench, 'rm_bench_diag': from_rm_bench_diag,
     'autoj_pairwise_test': from_autoj, 'pandalm_testset': from_pandalm,
     'judgebench': from_judgebench, 'alpaca_eval_annotations': from_alpaca_eval,

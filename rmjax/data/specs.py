@@ -22,6 +22,7 @@ from rmjax.data.ratings import read_ratings, tag_pairs
 from rmjax.errors import ConfigError, DataError
 
 
+KINDS = ("json", "parquet", "shared", "hub", "synthetic")  # SPEC's `kind:` prefixes
 PATH_KINDS = ((".jsonl", "json"), (".jsonl.gz", "json"), (".json", "json"), (".json.gz", "json"),
               (".parquet", "parquet"))
 
@@ -32,9 +33,13 @@ def resolve_spec(spec: str) -> str:
   else is a ConfigError naming what is accepted."""
   spec = str(spec)
   kind = spec.split(":", 1)[0] if ":" in spec.split("/")[0] else None
-  if kind is not None:
-    return spec
   path, _, query = spec.partition("?")
+  if kind in KINDS or (kind is not None and not pathlib.Path(path).exists()):
+    if kind not in KINDS:
+      raise ConfigError(f"bad data source {spec!r}: {kind!r} is not a source kind ("
+                        f"{', '.join(KINDS)}); for a file whose path holds ':' use ./path or "
+                        "json:path")
+    return spec
   for ext, kind in PATH_KINDS:
     if path.endswith(ext):
       return f"{kind}:{spec}"
@@ -108,15 +113,28 @@ def load_pairs(spec: str, seed: int = 0, limit: int = 0):
   return examples, dict(stats, kept=len(examples))
 
 
+def require_examples(spec: str, examples, stats: dict) -> None:
+  """A source that yields no example is a DataError naming it and why (not a batch-size error
+  further on): 'no records', or every record dropped with the counts by reason."""
+  if examples:
+    return
+  n_in, dropped = stats.get("n_in", 0), stats.get("dropped", {})
+  why = "no records" if not n_in else f"all {n_in} records dropped (" + ", ".join(
+      f"{reason}: {n}" for reason, n in sorted(dropped.items())) + ")"
+  raise DataError(spec, None, None, f"{why}; nothing to train on")
+
+
 def train_eval_pairs(config):
   """(train examples, eval examples, stats): eval from `data.eval_source`, else a held-out
   fraction of the train source split by prompt hash (a prompt never lands on both sides);
   data.eval_fraction=0 without an eval_source trains without eval (no eval examples)."""
   d = config.data
   train, stats = load_pairs(d.source, config.seed, d.limit)
+  require_examples(d.source, train, stats)
   eval_stats = None
   if d.eval_source:
     evals, eval_stats = load_pairs(d.eval_source, config.seed + 1)
+    require_examples(d.eval_source, evals, eval_stats)
   else:
     train, evals = sources.split_by_prompt_hash(train, eval_fraction=d.eval_fraction, seed=config.seed)
     if d.eval_fraction and not (train and evals):

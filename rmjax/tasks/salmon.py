@@ -22,6 +22,7 @@ from rmjax.data import salmon_aggregate as agg
 from rmjax.data.batching import PairBatcher, TokenizedPairs
 from rmjax.data.pairs import iter_records
 from rmjax.data.sources import split_by_prompt_hash
+from rmjax.data.specs import require_examples
 from rmjax.data.tokenize import normalize_prompt
 from rmjax.errors import ConfigError
 from rmjax.inference.embed import batched_forward
@@ -69,22 +70,25 @@ def score_ids(encoder, config, messages, response, principles=None) -> list:
 # Training data
 # ------------------------------------------------------------------------------------------------
 
-def load_records(spec: str, seed: int = 0) -> list:
-  """Judged pair records: 'synthetic:N' (known-rule judge over the synthetic pairs),
-  'length:N' (pairs that differ only in length, same judge) or JSONL paths joined with '+'."""
+def load_records(spec: str, seed: int = 0) -> tuple[list, int]:
+  """(judged pair records, records read that are not judged pairs: no 'scores'):
+  'synthetic:N' (known-rule judge over the synthetic pairs), 'length:N' (pairs that differ only
+  in length, same judge) or JSONL paths joined with '+'."""
   if not spec:
     raise ConfigError("salmon.preferences is empty: point it at `rmjax collect` output "
                       "(WORKDIR/preferences.jsonl) or use synthetic:N")
   if spec.startswith("synthetic:"):
-    return agg.synthetic_records(int(spec.split(":", 1)[1] or 2000), seed=seed)
+    return agg.synthetic_records(int(spec.split(":", 1)[1] or 2000), seed=seed), 0
   if spec.startswith("length:"):
-    return agg.length_records(int(spec.split(":", 1)[1] or 1000), seed=seed)
-  out = []
+    return agg.length_records(int(spec.split(":", 1)[1] or 1000), seed=seed), 0
+  out, unjudged = [], 0
   for path in spec.split("+"):
     for _, obj in iter_records(path):
       if isinstance(obj, dict) and "scores" in obj:
         out.append(obj)
-  return out
+      else:
+        unjudged += 1
+  return out, unjudged
 
 
 def aggregate_config(config, records, seed, clean=False):
@@ -123,9 +127,9 @@ def tokenize_examples(examples, tok, config):
 def salmon_data(config, tok):
   """(train batcher, eval batches fn or None, eval views, stats); eval labels carry no noise."""
   s = config.salmon
-  records = load_records(s.preferences, config.seed)
+  records, unjudged = load_records(s.preferences, config.seed)
   if s.eval_preferences:
-    train_recs, eval_recs = records, load_records(s.eval_preferences, config.seed + 1)
+    train_recs, eval_recs = records, load_records(s.eval_preferences, config.seed + 1)[0]
   else:
     train_recs, eval_recs = split_by_prompt_hash(
         records, config.data.eval_fraction, config.seed,
@@ -134,6 +138,11 @@ def salmon_data(config, tok):
   eval_ex, _ = aggregate_config(config, eval_recs, config.seed + 1, clean=True)
   eval_ex = eval_ex[:config.data.max_eval_examples or None]
   train_tok, _, tstats = tokenize_examples(train_ex, tok, config)
+  dropped = {"no scores (not a judged pair)": unjudged, "judged a tie": astats["skipped_tie"],
+             "incomplete scores": astats["records"] - astats["complete"],
+             "overlong": tstats["dropped_overlong"]}
+  require_examples(s.preferences, train_tok.chosen, {
+      "n_in": len(train_recs) + unjudged, "dropped": {k: n for k, n in dropped.items() if n}})
   eval_tok, eval_views, estats = tokenize_examples(eval_ex, tok, config)
   buckets = tuple(config.data.buckets)
   batcher = PairBatcher(train_tok, config.train.batch_size, buckets=buckets, seed=config.seed)

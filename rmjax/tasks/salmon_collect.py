@@ -22,7 +22,7 @@ from rmjax.data import synthetic
 from rmjax.data.sources import _shared_files
 from rmjax.data.pairs import iter_records
 from rmjax.data.tokenize import normalize_prompt
-from rmjax.errors import ConfigError
+from rmjax.errors import ConfigError, DataError
 from rmjax.inference.generate import SamplingConfig, generate, left_pad
 from rmjax.inference.judge import judge_scores, judge_token_ids
 from rmjax.tasks import common
@@ -47,6 +47,9 @@ def load_prompts(spec: str, seed: int = 0, limit: int = 0) -> list:
         objs += list(iter_records(str(f)))
     taken = []
     for line, obj in objs:
+      if not isinstance(obj, dict):
+        raise DataError(path, line, None, f"expected a JSON object with prompt, instruction or "
+                        f"turns, got {type(obj).__name__}")
       text = obj.get("prompt", obj.get("instruction"))
       if text is None and obj.get("turns"):
         text = obj["turns"][0]
@@ -170,12 +173,12 @@ def collect(config, workdir: str) -> dict:
   prompts = load_prompts(c.prompts, config.seed, c.limit)[c.shard_index::c.num_shards]
   if not prompts:
     raise ConfigError(f"collect.prompts {c.prompts!r} gave no prompts")
-  os.makedirs(workdir, exist_ok=True)
   suffix = f"-{c.shard_index:05d}-of-{c.num_shards:05d}" if c.num_shards > 1 else ""
   resp_path = os.path.join(workdir, f"responses{suffix}.jsonl")
   pref_path = os.path.join(workdir, f"preferences{suffix}.jsonl")
   mesh = shd.make_mesh(tuple(config.mesh.shape))
   cfg, params = checkpoints.load_pretrained(config.model.spec, mesh=mesh, seed=config.seed)
+  os.makedirs(workdir, exist_ok=True)  # only once the model loaded: a failed start leaves none
   pairs = sample_pairs(params, cfg, tok, prompts, c, resp_path, mesh)
   judged = judge_pairs(params, cfg, tok, pairs, principles, c, pref_path, mesh)
   dims = [p.dimension for p in principles]

@@ -53,6 +53,20 @@ def batch_finite(batch: dict) -> bool:
              if isinstance(v, np.ndarray) and np.issubdtype(v.dtype, np.floating))
 
 
+def batch_sources(batches, batch: dict, limit: int = 4) -> str:
+  """'path:line, ...' of the records in a host batch (weight > 0 rows), when the batch carries
+  example indices into data with sources (pair batches); '' otherwise."""
+  data = getattr(batches, "data", None) or getattr(getattr(batches, "batcher", None), "data", None)
+  if batch is None or "index" not in batch or not hasattr(data, "sources"):
+    return ""
+  idx = np.asarray(batch["index"])
+  if "weight" in batch:
+    idx = idx[np.asarray(batch["weight"]) > 0]
+  names = [str(data.sources[i]) for i in idx if data.sources[i]]
+  more = f" and {len(names) - limit} more" if len(names) > limit else ""
+  return ", ".join(names[:limit]) + more
+
+
 def run_eval(params, task: Task, mesh, eval_jit) -> dict:
   """Run `task.eval_fn` over every eval batch and summarise the concatenated outputs."""
   parts = []
@@ -107,9 +121,10 @@ def train(config, workdir: str, task: Task, mesh=None, return_state: bool = Fals
       eval_fn = lambda st: run_eval(st.params, task, mesh, eval_jit)  # noqa: E731
 
     tokens = [0, 0]  # real tokens, computed tokens (padding included)
+    last = {}  # the last host batch, named by the NaN guard
 
     def one_step(state, step):
-      batch = next(task.train_batches)
+      batch = last["batch"] = next(task.train_batches)
       if "chosen_ids" in batch:
         tokens[0] += int(batch["chosen_mask"].sum() + batch["rejected_mask"].sum())
         tokens[1] += int(batch["chosen_ids"].size + batch["rejected_ids"].size)
@@ -121,6 +136,8 @@ def train(config, workdir: str, task: Task, mesh=None, return_state: bool = Fals
       return state, dict(jax.device_get(metrics), batch_finite=batch_finite(batch))
 
     final, state = run.loop(state, start, one_step, data_iter=task.train_batches,
-                            eval_fn=eval_fn, tokens_fn=lambda: tuple(tokens))
+                            eval_fn=eval_fn, tokens_fn=lambda: tuple(tokens),
+                            batch_note=lambda: batch_sources(task.train_batches,
+                                                             last.get("batch")))
   run.close()
   return (final, state) if return_state else final

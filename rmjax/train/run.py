@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from typing import Any, Callable, Optional
 
@@ -70,6 +71,21 @@ def check_workdir(config, workdir: str) -> None:
                         f"its own config, use another --workdir, or --overwrite to replace it")
 
 
+def data_report(info: Optional[dict]) -> Optional[dict]:
+  """The console summary of a pair run's data (`data_stats.json` has the detail): records in,
+  train / eval pairs, dropped by reason (overlong ones included), truncated; None for data
+  stats of another shape."""
+  if not info or "n_in" not in info:
+    return None
+  tok = info.get("train_tokenize", {})
+  dropped = dict(info.get("dropped", {}))
+  if tok.get("dropped"):
+    dropped["overlong"] = dropped.get("overlong", 0) + tok["dropped"]
+  return {"n_in": info["n_in"], "n_train": info.get("train_pairs"),
+          "n_eval": info.get("eval_pairs"), "n_dropped": dropped,
+          "n_truncated": tok.get("truncated", 0)}
+
+
 class Run:
   """One run in one workdir (see the module docstring for the layout)."""
 
@@ -89,6 +105,9 @@ class Run:
                              async_save=tc.async_checkpoint, create=True)
     self.writer: Optional[MetricWriter] = None
     self.resumed_from: Optional[int] = None
+    report = data_report(info)
+    if report is not None and is_main():
+      print(f"data report: {json.dumps(report)}", flush=True)
 
   # ------------------------------------------------------------------ files
   def write_files(self) -> None:
@@ -105,12 +124,19 @@ class Run:
 
   # ------------------------------------------------------------ checkpoints
   def restore(self, abstract_state, data_iter=None) -> tuple[Any, int]:
-    """(state, start step) from the latest checkpoint, restoring `data_iter`'s position;
-    (None, 0) when there is none."""
-    start = self.ckpt.latest_step()
-    if start is None:
+    """(state, start step) from the latest intact checkpoint, restoring `data_iter`'s position;
+    (None, 0) when there is none. Damaged newer ones are set aside as `damaged-<step>` with a
+    one-line warning naming both steps."""
+    if self.ckpt.latest_step() is None:
       return None, 0
-    state, data = self.ckpt.restore(abstract_state)
+    start, state, data, damaged = self.ckpt.restore_intact(abstract_state)
+    if damaged and is_main():
+      for e in damaged:  # out of the step sequence, so this run's saves do not collide with them
+        self.ckpt.set_aside(e.step, "damaged")
+      print(f"warning: the newest checkpoint, step {damaged[0].step}, is damaged "
+            f"({damaged[0].reason}): resuming from step {start}, the "
+            f"newest intact one; the damaged one is kept as {self.ckpt.directory}/damaged-"
+            f"{damaged[0].step}", file=sys.stderr, flush=True)
     self.resumed_from = start
     if data_iter is not None:
       data_iter.restore(data["data"])
@@ -144,7 +170,8 @@ class Run:
                                  resume_step=self.resumed_from)
     return self.writer.write(step, row, prefix=prefix)
 
-  def check_finite(self, step: int, metrics: dict) -> None:
+  def check_finite(self, step: int, metrics: dict,
+                   batch_note: Optional[Callable[[], str]] = None) -> None:
     """The NaN guard: a non-finite loss (or grad norm) stops the run. The loss of `step` is
     computed with the parameters of step - 1: when the batch itself was finite
     (`metrics['batch_finite']`, popped here; absent = finite) those parameters are to blame
@@ -162,15 +189,18 @@ class Run:
     last = self.ckpt.latest_step()
     kept = (f"last good checkpoint is step {last} in {self.ckpt.directory}" if last is not None
             else "no good checkpoint was written")
+    held = batch_note() if batch_note is not None else ""
     raise TrainingDiverged(f"non-finite loss ({vals[0]}) at step {step}{note}: training "
-                           f"stopped; {kept}")
+                           f"stopped; {kept}" + (f"; the step's batch held {held}" if held else ""))
 
   # ------------------------------------------------------------------- loop
   def loop(self, state, start: int, step_fn: Callable[[Any, int], tuple], *,
            data_iter=None, eval_fn: Optional[Callable[[Any], dict]] = None,
            postfix: Callable[[dict], dict] = lambda m: {"loss": f"{float(m['loss']):.4f}"},
-           tokens_fn: Optional[Callable[[], tuple]] = None) -> tuple[dict, Any]:
-    """Drive `step_fn(state, step) -> (state, host metrics)` from `start` to train.steps.
+           tokens_fn: Optional[Callable[[], tuple]] = None,
+           batch_note: Optional[Callable[[], str]] = None) -> tuple[dict, Any]:
+    """Drive `step_fn(state, step) -> (state, host metrics)` from `start` to train.steps;
+    `batch_note()` names the records of the last batch when the NaN guard stops the run.
     Returns (final logged metrics, final state)."""
     tc = self.config.train
     delay = float(os.environ.get("RMJAX_DEBUG_STEP_DELAY", "0"))  # test hook: slow steps down
@@ -182,7 +212,8 @@ class Run:
     for step in pbar:
       state, metrics = step_fn(state, step)
       done = step + 1
-      self.check_finite(done, metrics)
+      self.ckpt.check()  # a background save that failed is reported now, not at the next save
+      self.check_finite(done, metrics, batch_note)
       is_last = done == tc.steps
       row = {}
       if done % tc.log_every == 0 or is_last:
