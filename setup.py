@@ -29,7 +29,10 @@ setup(
         "tensorboardX>=2.6",
     ],
     extras_require={
-        "test": ["pytest>=8", "torch==2.13.0", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6"],
+        "test": ["pytest>=8", "torch==2.13.0", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6",
+                 "fastapi>=0.110,<1", "uvicorn>=0.30,<1"],
+        # `rmjax serve` (rmjax.inference.server); the client, rmjax.client, needs nothing
+        "serve": ["fastapi>=0.110,<1", "uvicorn>=0.30,<1"],
         "notebooks": ["jupyter", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6"],
         # libtpu matching the installed jax (jax 0.10.2 -> libtpu 0.0.42.*): the splash-attention
         # kernel's TPU backend. Tests still run on CPU (JAX_PLATFORMS=cpu, Pallas interpret mode).

@@ -8,6 +8,7 @@
   rmjax collect --config configs/salmon.py:tiny --workdir DIR
   rmjax sweep --config configs/<family>.py[:variant] --workdir DIR [--dry_run]
   rmjax compile --config CFG --topology v5e:4x4 [--num_slices N]   (AOT for a TPU slice)
+  rmjax serve --workdir DIR|--model hf:DIR [--host 127.0.0.1] [--port N] [--token T]
 
 Bad input exits with status 2 and one line naming what is wrong; any other failure one line and
 status 1 (the traceback with --debug).
@@ -21,11 +22,12 @@ import textwrap
 
 from absl import app, flags, logging
 
-from rmjax.commands import collect, common, compare, compile, convert, eval, score, sweep, train
+from rmjax.commands import (collect, common, compare, compile, convert, eval, score, serve, sweep,
+                            train)
 from rmjax.errors import ConfigError, RmjaxError
 
 COMMANDS = {"train": train, "score": score, "eval": eval, "compare": compare, "convert": convert,
-            "collect": collect, "sweep": sweep, "compile": compile}
+            "collect": collect, "sweep": sweep, "compile": compile, "serve": serve}
 HELP_FLAGS = ("-h", "--help", "-help", "--helpshort", "--helpfull", "-?")
 FLAGS = flags.FLAGS
 default_config_path = common.default_config_path

@@ -10,7 +10,7 @@ PKG = pathlib.Path(__file__).resolve().parents[1] / "rmjax"
 
 # Layers, lowest first: a module may import its own layer or lower ones only.
 LAYERS = [
-    {"errors", "losses", "lm_losses"},
+    {"errors", "losses", "lm_losses", "client"},
     {"models", "data", "checkpoints", "sharding", "eval", "aot"},
     {"rl", "inference", "train"},
     {"tasks"},

@@ -143,25 +143,46 @@ class Scorer:
         rec[key] = {n: float(v) for n, v in zip(keys, vals)}
     return rec
 
+  def rows(self, prompts: Sequence, responses: Sequence[str], principles=None):
+    """(token rows, truncated): the model inputs of (prompt, response) pairs, as `score` runs
+    them; `truncated` is a bool array for chat-rendered inputs, None for task-rendered ones."""
+    if getattr(self.spec, "score_ids", None) is not None or principles is not None:
+      # the task renders its own inputs: truncation is its business
+      return [self.token_ids(p, r, principles) for p, r in zip(prompts, responses)], None
+    # the chat-rendered conversations, tokenized in batches (rmjax.data.encode_batch)
+    items = [(normalize_prompt(p), [r]) for p, r in zip(prompts, responses)]
+    rows, cut = [], []
+    for prompt_ids, response_ids in encode_many(self.encoder, items):
+      prompt_ids, (response_ids,), was_cut = self.encoder.cut(prompt_ids, response_ids)
+      rows.append(list(prompt_ids) + list(response_ids))
+      cut.append(was_cut)
+    return rows, np.asarray(cut, bool)
+
+  def text_rows(self, texts: Sequence[str]):
+    """(token rows, truncated) of already formatted texts (a chat-rendered conversation, as
+    OpenRLHF sends them): tokenized as the chat encoder tokenizes a conversation (no special
+    tokens added), the first max_length tokens kept."""
+    rows, cut, limit = [], [], self.encoder.max_length
+    for text in texts:
+      ids = list(self.tokenizer.encode(text, add_special_tokens=False))
+      cut.append(len(ids) > limit)
+      rows.append(ids[:limit])
+    self.encoder.n_truncated += sum(cut)
+    return rows, np.asarray(cut, bool)
+
+  def score_rows(self, rows: Sequence[Sequence[int]], progress: bool = False) -> dict:
+    """Per-row numpy outputs ('reward' [N], 'members', 'objectives', 'gate') of token rows."""
+    if not rows:
+      return {"reward": np.zeros(0, np.float32)}
+    pad = getattr(self.tokenizer, "pad_token_id", None) or 0
+    return batched_forward(self._apply, self.params, rows, batch_size=self.batch_size,
+                           pad_id=pad, mesh=self.mesh, progress=progress, desc="score")
+
   def score(self, prompts: Sequence, responses: Sequence[str], progress: bool = True,
             principles=None) -> dict:
     """Per-example numpy outputs: 'reward' [N]; 'members' [N, K] for ensembles; 'objectives'
     and 'gate' [N, O] for multi-objective models; 'truncated' [N] (bool: the input was cut to
     max_length) for chat-rendered inputs."""
-    if getattr(self.spec, "score_ids", None) is None and principles is None:
-      # the chat-rendered conversations, tokenized in batches (rmjax.data.encode_batch)
-      items = [(normalize_prompt(p), [r]) for p, r in zip(prompts, responses)]
-      rows, cut = [], []
-      for prompt_ids, response_ids in encode_many(self.encoder, items):
-        prompt_ids, (response_ids,), was_cut = self.encoder.cut(prompt_ids, response_ids)
-        rows.append(list(prompt_ids) + list(response_ids))
-        cut.append(was_cut)
-      extra = {"truncated": np.asarray(cut, bool)}
-    else:  # the task renders its own inputs: truncation is its business
-      rows, extra = [self.token_ids(p, r, principles) for p, r in zip(prompts, responses)], {}
-    if not rows:
-      return {"reward": np.zeros(0, np.float32), **extra}
-    pad = getattr(self.tokenizer, "pad_token_id", None) or 0
-    return dict(batched_forward(self._apply, self.params, rows, batch_size=self.batch_size,
-                                pad_id=pad, mesh=self.mesh, progress=progress, desc="score"),
-                **extra)
+    rows, cut = self.rows(prompts, responses, principles)
+    extra = {} if cut is None else {"truncated": cut}
+    return dict(self.score_rows(rows, progress), **extra)

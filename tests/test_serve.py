@@ -1,0 +1,199 @@
+"""`rmjax serve` as a real process on a free localhost port, with a tiny trained BT workdir:
+OpenRLHF's /get_reward and /v1/score equal `rmjax score`, bad requests get their 4xx with one
+line, 32 concurrent requests are answered correctly, the token is required when set, and
+SIGTERM under load answers what was received and exits 0. `rmjax.client` as TRL calls it."""
+
+import asyncio
+import concurrent.futures
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+
+from _cli import REPO, run_cli  # noqa: E402
+
+from rmjax.client import RewardClient, RewardServerError  # noqa: E402
+from rmjax.data.tokenize import ByteTokenizer  # noqa: E402
+from rmjax.inference import server  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("jax_compile_cache")
+TOKEN = "test-token"
+PROMPTS = ["hi", "tell me a story about cats", [
+    {"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "5"},
+    {"role": "user", "content": "sure?"}]]
+RESPONSES = ["hello there!", "no", "4, sorry"]
+FAST = ["--config.train.steps=2", "--config.train.eval_every=0", "--config.train.checkpoint_every=2",
+        "--config.data.source=synthetic:32", "--config.data.eval_source=synthetic:8",
+        "--config.train.batch_size=8", "--config.train.progress=False",
+        "--config.train.tensorboard=False", "--config.train.async_checkpoint=False"]
+
+
+def formatted(prompt, response):
+  """The whole conversation as OpenRLHF sends it (chat template applied)."""
+  msgs = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+  return ByteTokenizer().apply_chat_template(msgs + [{"role": "assistant", "content": response}])
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+  """A tiny BT run and `rmjax score`'s rewards for PROMPTS x RESPONSES."""
+  root = tmp_path_factory.mktemp("serve")
+  code, _, err = run_cli(["train", "--config", f"{REPO}/configs/bt.py:tiny", "--workdir",
+                          root / "bt", *FAST])
+  assert code == 0, err
+  (root / "in.jsonl").write_text("".join(json.dumps({"prompt": p, "response": r}) + "\n"
+                                         for p, r in zip(PROMPTS, RESPONSES)))
+  code, _, err = run_cli(["score", "--workdir", root / "bt", "--data", root / "in.jsonl",
+                          "--out", root / "out.jsonl"])
+  assert code == 0, err
+  want = [json.loads(l)["reward"] for l in (root / "out.jsonl").read_text().splitlines()]
+  return root / "bt", np.asarray(want)
+
+
+def start(workdir, *flags):
+  """`rmjax serve` on a free port: (process, port) once it answers /health."""
+  proc = subprocess.Popen([sys.executable, "-m", "rmjax", "serve", "--workdir", str(workdir),
+                           "--port", "0", "--max_length", "64", *flags], cwd=REPO,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  line = proc.stdout.readline()
+  assert " on http://127.0.0.1:" in line, (line, proc.communicate(timeout=30))
+  port = int(line.rsplit(":", 1)[1])
+  for _ in range(200):
+    try:
+      if request(port, "GET", "/health")[0] == 200:
+        return proc, port
+    except OSError:
+      time.sleep(0.05)
+  raise AssertionError("the server never answered /health")
+
+
+def request(port, method, path, body=None, token=TOKEN, raw=None):
+  """(status, JSON body, headers) of one request."""
+  conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+  headers = {"Content-Type": "application/json"}
+  if token:
+    headers["Authorization"] = f"Bearer {token}"
+  conn.request(method, path, body=raw if raw is not None else
+               None if body is None else json.dumps(body), headers=headers)
+  resp = conn.getresponse()
+  out = resp.status, json.loads(resp.read()), dict(resp.getheaders())
+  conn.close()
+  return out
+
+
+@pytest.fixture(scope="module")
+def served(workdir):
+  proc, port = start(workdir[0], "--token", TOKEN, "--max_bytes", "20000", "--max_items", "40",
+                     "--max_batch", "16")
+  yield port
+  proc.send_signal(signal.SIGTERM)
+  assert proc.wait(timeout=60) == 0
+
+
+def test_get_reward_and_score_equal_rmjax_score(served, workdir):
+  want = workdir[1]
+  texts = [formatted(p, r) for p, r in zip(PROMPTS, RESPONSES)]
+  stripped = [t.rstrip("\n") for t in texts]  # OpenRLHF's dataset drops the trailing newline
+  status, out, _ = request(served, "POST", "/get_reward", {
+      "query": texts + stripped, "prompts": PROMPTS + PROMPTS, "labels": [None] * 6})
+  assert status == 200 and set(out) == {"rewards", "scores", "extra_logs"}
+  np.testing.assert_allclose(out["rewards"], np.concatenate([want, want]), atol=1e-5)
+  items = [{"prompt": p, "response": r, "id": i} for i, (p, r) in enumerate(zip(PROMPTS, RESPONSES))]
+  items[0] = {"messages": [{"role": "user", "content": "hi"},
+                           {"role": "assistant", "content": "hello there!"}], "id": 0}
+  status, out, _ = request(served, "POST", "/v1/score", {"items": items})
+  assert status == 200 and [r["id"] for r in out["results"]] == [0, 1, 2]
+  np.testing.assert_allclose([r["reward"] for r in out["results"]], want, atol=1e-5)
+  status, model, _ = request(served, "GET", "/v1/model")
+  assert status == 200 and model["task"] == "bt" and model["max_length"] == 64
+
+
+@pytest.mark.parametrize("path,body,raw,status,words", [
+    ("/get_reward", None, '{"query": ["a"', 400, "malformed JSON"),
+    ("/v1/score", {"items": [{"prompt": "hi", "response": 3}]}, None, 422, "expected a string"),
+    ("/get_reward", {"query": "not a list"}, None, 422, "expected a list"),
+    ("/get_reward", {"query": ["x" * 30000]}, None, 413, "over the limit of 20000"),
+    ("/get_reward", {"query": ["x"] * 41}, None, 413, "over the limit of 40"),
+    ("/v1/score", {"items": [{"prompt": "hi", "response": "x", "principles": ["p"]}]}, None, 422,
+     "takes none"),
+])
+def test_bad_requests_get_one_line(served, path, body, raw, status, words):
+  got, out, _ = request(served, "POST", path, body, raw=raw)
+  assert got == status and words in out["detail"] and "\n" not in out["detail"], out
+
+
+def test_token_required(served):
+  status, out, headers = request(served, "POST", "/get_reward", {"query": ["x"]}, token=None)
+  assert status == 401 and "token" in out["detail"] and headers.get("www-authenticate") == "Bearer"
+  assert request(served, "GET", "/v1/model", token="wrong")[0] == 401
+  assert request(served, "GET", "/health", token=None)[0] == 200
+  with pytest.raises(RewardServerError, match="401"):
+    RewardClient(f"http://127.0.0.1:{served}").score([{"prompt": "hi", "response": "x"}])
+
+
+def test_32_concurrent_requests_and_trl_client(served, workdir):
+  want = workdir[1]
+  client = RewardClient(f"http://127.0.0.1:{served}", token=TOKEN)
+  trl_prompts = [[{"role": "user", "content": "hi"}], "tell me a story about cats", PROMPTS[2]]
+  trl_completions = [[{"role": "assistant", "content": "hello there!"}], "no", "4, sorry"]
+
+  def one(i):
+    k = i % 3
+    if i % 2:
+      return client.get_reward([formatted(PROMPTS[k], RESPONSES[k])])[0], want[k]
+    rewards = client(prompts=trl_prompts, completions=trl_completions, completion_ids=None)
+    return rewards, want
+
+  with concurrent.futures.ThreadPoolExecutor(32) as pool:
+    got = list(pool.map(one, range(32)))
+  for reward, expected in got:
+    np.testing.assert_allclose(reward, expected, atol=1e-5)
+  assert client.__name__ == "rmjax_reward"
+
+
+def test_sigterm_under_load_drains_and_exits_0(workdir):
+  proc, port = start(workdir[0], "--max_batch", "16")
+  texts = [formatted(f"question {i} " + "y" * (i % 20), "an answer " * 3) for i in range(64)]
+  n, conns = 12, []
+  for _ in range(n):  # sent, not yet answered
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    conn.request("POST", "/get_reward", body=json.dumps({"query": texts}),
+                 headers={"Content-Type": "application/json"})
+    conns.append(conn)
+  for _ in range(2000):  # every request received by a handler
+    health = request(port, "GET", "/health", token=None)[1]
+    if health["in_flight"] + health["served"] >= n:
+      break
+    time.sleep(0.005)
+  proc.send_signal(signal.SIGTERM)
+  answers = [json.loads(c.getresponse().read()) for c in conns]
+  assert proc.wait(timeout=120) == 0, proc.stderr.read()
+  assert health["in_flight"] > 0, health  # the signal came while requests were in flight
+  assert all(len(a["rewards"]) == len(texts) for a in answers)
+  assert all(np.allclose(a["rewards"], answers[0]["rewards"], atol=1e-5) for a in answers)
+
+
+def test_full_queue_is_503_with_retry_after():
+  async def main():
+    batcher = server.Batcher(lambda rows: {"reward": np.arange(len(rows), dtype=float)},
+                             server.Limits(max_queue=4))
+    runner = asyncio.create_task(batcher.run())
+    await asyncio.sleep(0)
+    first = asyncio.create_task(batcher.submit([[1]] * 3))
+    await asyncio.sleep(0)
+    with pytest.raises(server.RequestError) as e:
+      await batcher.submit([[1]] * 2)
+    assert e.value.status == 503 and e.value.headers == {"Retry-After": "1"}
+    assert list((await first)["reward"]) == [0, 1, 2]
+    runner.cancel()
+    batcher.close()
+  asyncio.run(main())
