@@ -231,7 +231,7 @@ def stage2(config, workdir, w, t, train_arrays, eval_arrays, apply_t: bool):
   final, state = train(armorm.stage2_config(config), workdir, task, return_state=True)
   params = jax.device_get(state.params)
   if not apply_t:  # the released script scores without T at inference too
-    params = dict(params, transform=np.eye(len(NAMES), dtype=np.float32))
+    params = dict(params, transform=np.eye(len(config.objectives.names), dtype=np.float32))
   return heads, params, final
 
 

@@ -64,9 +64,11 @@ def pad_rows(rows: Sequence[Sequence[int]], batch_size: int, length: int, pad_id
 def batched_forward(fn: Callable, params: Any, rows: Sequence[Sequence[int]], *,
                     batch_size: int = 16, pad_id: int = 0, mesh=None, side: str = "right",
                     max_length: int | None = None, progress: bool = False,
-                    desc: str = "forward") -> Any:
+                    desc: str = "forward", bucket_multiple: int | None = None) -> Any:
   """`fn(params, ids, mask)` (jitted; returns a pytree of [B, ...] arrays) over every row, in
-  length-sorted, bucketed batches; the outputs come back as numpy in input order."""
+  length-sorted, bucketed batches; the outputs come back as numpy in input order.
+  `bucket_multiple`: pad to a multiple of it instead of a power of two (fewer padded tokens,
+  more compiled shapes: for long, length-sorted streams such as a feature cache)."""
   mesh = mesh or shd.make_mesh((-1, 1, 1))
   div = shd.batch_divisor(mesh)
   batch_size = max(div, batch_size - batch_size % div)
@@ -76,7 +78,9 @@ def batched_forward(fn: Callable, params: Any, rows: Sequence[Sequence[int]], *,
   with jax.set_mesh(mesh), nn.logical_axis_rules(shd.DEFAULT_RULES):
     for start in tqdm(range(0, n, batch_size), desc=desc, disable=not progress):
       idx = order[start:start + batch_size]
-      t = bucket_length(max(len(rows[i]) for i in idx))
+      longest = max(len(rows[i]) for i in idx)
+      t = (-(-longest // bucket_multiple) * bucket_multiple if bucket_multiple
+           else bucket_length(longest))
       if max_length:
         t = min(t, max_length)
       ids, mask = pad_rows([rows[i] for i in idx], batch_size, t, pad_id, side)

@@ -13,6 +13,8 @@ These are pure array functions; the tasks that call them write their workdirs th
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -137,3 +139,105 @@ def fit_bt_probe(hc, hr, l2: float = 1e-3, steps: int = 300, lr: float = 0.05, s
   w = np.asarray(w, np.float32)
   acc = float(((diff[va] @ w) > 0).mean()) if len(va) else float("nan")
   return w, {"bt_val_accuracy": acc, "n": int(len(diff))}
+
+
+# ------------------------------------------------------------------ independent member heads
+
+def init_mlp_heads(members: int, dim: int, hidden: int, seeds) -> dict:
+  """Stacked member heads, member k initialised from PRNGKey(seeds[k]): an MLP d -> hidden ->
+  ReLU -> 1 (hidden > 0; He init) or a linear d -> 1 head (hidden 0; zero-mean normal / sqrt d)."""
+  def one(seed):
+    k1, k2 = jax.random.split(jax.random.PRNGKey(seed))
+    if hidden == 0:
+      return {"w": jax.random.normal(k1, (dim,)) / dim ** 0.5, "b": jnp.zeros(())}
+    return {"w1": jax.random.normal(k1, (dim, hidden)) * (2.0 / dim) ** 0.5,
+            "b1": jnp.zeros((hidden,)), "w2": jax.random.normal(k2, (hidden,)) / hidden ** 0.5,
+            "b2": jnp.zeros(())}
+  return jax.vmap(one)(jnp.asarray(seeds, jnp.uint32))
+
+
+def _member_score(p: dict, x, key=None, dropout: float = 0.0):
+  """One member's scores [N] of standardised features x [N, D]; dropout on the input of the
+  hidden layer's output when `key` is given (training)."""
+  if "w" in p:
+    return x @ p["w"] + p["b"]
+  h = jax.nn.relu(x @ p["w1"] + p["b1"])
+  if key is not None and dropout > 0:
+    keep = jax.random.bernoulli(key, 1.0 - dropout, h.shape)
+    h = jnp.where(keep, h / (1.0 - dropout), 0.0)
+  return h @ p["w2"] + p["b2"]
+
+
+def member_scores(heads: dict, x) -> np.ndarray:
+  """[N, D] raw features -> [K, N] scores of every member (features standardised with the
+  statistics stored in `heads` at training time)."""
+  z = (jnp.asarray(x, jnp.float32) - heads["mu"]) / heads["sd"]
+  return np.asarray(_all_members(heads["params"], z))
+
+
+@jax.jit
+def _all_members(params, z):
+  return jax.vmap(lambda p: _member_score(p, z))(params)
+
+
+def train_member_heads(emb_c, emb_r, seeds, *, hidden: int = 256, dropout: float = 0.1,
+                       steps: int = 500, lr: float = 1e-3, batch_size: int = 64,
+                       weight_decay: float = 1e-2, boot=None, val=None) -> tuple:
+  """K independently seeded BT heads on cached pairs, trained side by side (vmap).
+
+  Member k owns everything a seed decides: its init, its minibatch order, its dropout masks
+  (all from PRNGKey(seeds[k])). emb_c, emb_r [N, D]; boot [K, N] per-pair weights (Poisson
+  bootstrap) or None; AdamW; features standardised by the chosen+rejected mean/std (stored in the
+  result). `val` = (val_c, val_r): the mean validation BT loss is recorded every step (to pick a
+  step count on a split of the training data). Returns (heads, history {'train', 'val'} [steps, K]).
+  One compiled program per (shapes, hyper-parameters): repeated calls (datasets of one size,
+  seeds, bootstrap draws) reuse it."""
+  ec, er = np.asarray(emb_c, np.float32), np.asarray(emb_r, np.float32)
+  n, d = ec.shape
+  both = np.concatenate([ec, er])
+  mu, sd = both.mean(0), both.std(0) + 1e-6
+  k = len(seeds)
+  weights = np.ones((k, n), np.float32) if boot is None else np.asarray(boot, np.float32)
+  vc, vr = ((np.zeros((1, d), np.float32),) * 2 if val is None else
+            ((np.asarray(val[0]) - mu) / sd, (np.asarray(val[1]) - mu) / sd))
+  params = init_mlp_heads(k, d, hidden, seeds)
+  p, tl, vl = _train_members(params, jnp.asarray(weights), jnp.asarray(seeds, jnp.uint32),
+                             jnp.asarray((ec - mu) / sd), jnp.asarray((er - mu) / sd),
+                             jnp.asarray(vc, jnp.float32), jnp.asarray(vr, jnp.float32),
+                             steps=int(steps), bs=min(batch_size, n), dropout=float(dropout),
+                             lr=float(lr), weight_decay=float(weight_decay))
+  heads = {"params": jax.device_get(p), "mu": mu, "sd": sd}
+  return heads, {"train": np.asarray(tl).T, "val": np.asarray(vl).T}
+
+
+@functools.partial(jax.jit, static_argnames=("steps", "bs", "dropout", "lr", "weight_decay"))
+def _train_members(params, weights, seeds, xc, xr, vc, vr, *, steps, bs, dropout, lr,
+                   weight_decay):
+  """vmap over members of: AdamW on the weighted BT loss, `steps` minibatches of `bs` pairs."""
+  n = xc.shape[0]
+  tx = optax.adamw(lr, weight_decay=weight_decay)
+
+  def loss(p, idx, w, key):
+    kc, kr = jax.random.split(key)
+    m = _member_score(p, xc[idx], kc, dropout) - _member_score(p, xr[idx], kr, dropout)
+    wi = w[idx]
+    return jnp.sum(wi * jax.nn.softplus(-m)) / jnp.maximum(jnp.sum(wi), 1.0)
+
+  def member(p, w, seed):
+    opt = tx.init(p)
+    keys = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(seed), 1), steps)
+
+    def step(carry, key):
+      p, o = carry
+      kb, kd = jax.random.split(key)
+      idx = jax.random.choice(kb, n, (bs,), replace=n < bs)
+      l, g = jax.value_and_grad(loss)(p, idx, w, kd)
+      up, o = tx.update(g, o, p)
+      p = optax.apply_updates(p, up)
+      vl = jnp.mean(jax.nn.softplus(-(_member_score(p, vc) - _member_score(p, vr))))
+      return (p, o), (l, vl)
+
+    (p, _), (tl, vl) = jax.lax.scan(step, (p, opt), keys)
+    return p, tl, vl
+
+  return jax.vmap(member)(params, weights, seeds)
