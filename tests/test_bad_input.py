@@ -363,8 +363,8 @@ CASES = {
                                              f"--data={c.pairs}"], ["checkpoints/2"]),
     # convert
     "convert-neither": (lambda c: ["convert", f"--workdir={c.tmp}/w"], ["--from", "--to"]),
-    "convert-both": (lambda c: ["convert", f"--workdir={c.wd}", "--from=tiny", f"--to=hf:{c.tmp}/o"],
-                     ["exactly one"]),
+    "convert-from-to-not-hf": (lambda c: ["convert", "--from=tiny", f"--to=gguf:{c.tmp}/o"],
+                               ["--to must be hf:"]),
     "convert-to-not-hf": (lambda c: ["convert", f"--workdir={c.wd}", f"--to=gguf:{c.tmp}/o"],
                           ["--to must be hf:"]),
     "convert-no-workdir": (lambda c: ["convert", "--from=tiny"], ["--workdir"]),

@@ -115,6 +115,30 @@ def test_readme_commands_and_snippet(bt_readme, bt_scores):
   recs = [json.loads(l) for l in (bt_readme["out"].parent / "scores.jsonl").read_text().splitlines()]
   np.testing.assert_allclose([r["reward"] for r in recs], bt_scores["reward"], atol=1e-4)
   assert "LlamaForSequenceClassification" in bt_readme["outs"]["convert"]
+  assert_loadable_everywhere(bt_readme["out"])
+
+
+def assert_loadable_everywhere(out):
+  """The fields that make the tokenizer load on transformers 4.x as on 5.x (4.x has no
+  TokenizersBackend), and files readable
+  by the other users of a shared directory (the umask's mode, not safetensors' 0600)."""
+  conf = json.loads((out / "tokenizer_config.json").read_text())
+  assert conf["tokenizer_class"] == "PreTrainedTokenizerFast", conf
+  assert conf["model_input_names"] == ["input_ids", "attention_mask"] and conf["chat_template"]
+  umask = os.umask(0)
+  os.umask(umask)
+  modes = {f.name: oct(f.stat().st_mode & 0o777) for f in out.iterdir()}
+  assert set(modes.values()) == {oct(0o666 & ~umask)}, modes
+
+
+def test_convert_base_model_to_hf_writes_its_tokenizer(tmp_path):
+  code, out, err = run_cli(["convert", "--from", "tiny", "--to", f"hf:{tmp_path / 'base'}"])
+  assert code == 0, err
+  tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "base")
+  text = ByteTokenizer().apply_chat_template([{"role": "user", "content": "héllo"}],
+                                             add_generation_prompt=True)
+  assert tok(text)["input_ids"] == ByteTokenizer().encode(text)
+  assert_loadable_everywhere(tmp_path / "base")
 
 
 @pytest.mark.parametrize("side", ["right", "left"])
@@ -177,19 +201,30 @@ def test_pad_is_made_distinct_from_eos():
   assert pad == 0 and tok.pad_token == "<pad>"  # an unused special the template never writes
 
 
-def test_ensemble_export_has_k_outputs_and_member_bias(runs):
+def test_ensemble_export_mean_head_by_default_and_k_outputs_with_members(runs):
   from configs import ensemble
   c = fast_config(ensemble.get_config("tiny,members=3,cached"), train_pairs=48, eval_pairs=16)
   c.ensemble.head_steps = 5
   c.data.feature_cache = str(runs / "features")
-  wd, out = runs / "ens", runs / "ens-hf"
+  wd, out, mean_out = runs / "ens", runs / "ens-hf", runs / "ens-mean-hf"
   tasks.get("ensemble").train(c, str(wd))
   from rmjax.commands.convert import export_workdir
-  conf = export_workdir(str(wd), f"hf:{out}")
+  want = tasks.load_scorer(str(wd)).score(PROMPTS, RESPONSES, progress=False)
+  # default: one num_labels=1 head (the members' mean weights) + the mean bias in config.json
+  conf = export_workdir(str(wd), f"hf:{mean_out}")
+  rm = conf["rmjax"]
+  assert conf["id2label"] == {"0": "reward"} and rm["exported_as"] == "mean"
+  assert abs(rm["reward_bias"]) > 1e-4  # the fast path's bias is not zero
+  logits, info = torch_logits(mean_out)
+  no_key_trouble(info)
+  np.testing.assert_allclose(logits[:, 0] + rm["reward_bias"], want["reward"], atol=1e-4)
+  back = tasks.load_scorer(f"hf:{mean_out}").score(PROMPTS, RESPONSES, progress=False)
+  np.testing.assert_allclose(back["reward"], want["reward"], atol=1e-4)
+  # --members: K labels, their biases in config.json
+  conf = export_workdir(str(wd), f"hf:{out}", members=True)
   rm = conf["rmjax"]
   assert rm["aggregation"] == "mean" and rm["members"] == 3 and len(rm["member_bias"]) == 3
   assert max(abs(b) for b in rm["member_bias"]) > 1e-3  # the fast path's bias is not zero
-  want = tasks.load_scorer(str(wd)).score(PROMPTS, RESPONSES, progress=False)
   for side in ("right", "left"):
     logits, info = torch_logits(out, side=side)
     no_key_trouble(info)

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rmjax.checkpoints.tokenizer_export import save_tokenizer
 from rmjax.errors import CheckpointError
 from rmjax.models.llama import Llama, LlamaConfig
 
@@ -333,5 +334,16 @@ def save_hf_dir(params: Any, cfg: LlamaConfig, path: str, tokenizer: Optional[An
   with open(os.path.join(path, "config.json"), "w") as f:
     json.dump(d, f, indent=2)
   save_file(sd, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
-  if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
-    tokenizer.save_pretrained(path)
+  if tokenizer is not None:
+    save_tokenizer(tokenizer, path)
+  make_readable(path)
+
+
+def make_readable(path: str) -> None:
+  """Files under `path` get the mode the umask gives new files (0644 under the usual 022):
+  safetensors writes 0600, unreadable to the other users of a shared checkpoint directory."""
+  umask = os.umask(0)
+  os.umask(umask)
+  for root, _, files in os.walk(path):
+    for name in files:
+      os.chmod(os.path.join(root, name), 0o666 & ~umask)

@@ -41,16 +41,18 @@ def _swap_in(tmp: str, out: str) -> None:
 
 def write_reward_model(out: str, model: Any, params: Any, tokenizer: Any, *, task: str = "",
                        max_length: Optional[int] = None, objectives=None, card: Optional[dict] = None,
-                       step: Optional[int] = None) -> dict:
+                       step: Optional[int] = None, members: bool = False) -> dict:
   """Export `model` (RewardModel / ArmoRM) with `params` and `tokenizer` to OUT; returns config.json.
 
   `card`: model-card facts (base, data, results; see `model_card.render`). `tokenizer` None
   writes no tokenizer (an import whose source had none) and keeps the config's pad id.
+  `members`: an ensemble as K labels instead of one mean head (`hf_rm.export_layout`).
+  Files get the umask's mode (0644), not safetensors' 0600.
   """
   from safetensors.numpy import save_file  # optional dependency, only for writing
   out = os.path.abspath(os.path.expanduser(out))
   _check_target(out)
-  sd, fields, files = hf_rm.export_layout(model, params, task=task)
+  sd, fields, files = hf_rm.export_layout(model, params, task=task, members=members)
   cfg = model.cfg
   conf = dict(hf.config_to_hf(cfg), **fields)
   conf["torch_dtype"] = str(next(iter(sd.values())).dtype)
@@ -76,13 +78,14 @@ def write_reward_model(out: str, model: Any, params: Any, tokenizer: Any, *, tas
     for name, tensors in files.items():
       save_file(tensors, os.path.join(tmp, name), metadata={"format": "pt"})
     if hf_tok is not None:
-      hf_tok.save_pretrained(tmp)
+      tokenizer_export.save_tokenizer(hf_tok, tmp)
     with open(os.path.join(tmp, "config.json"), "w") as f:
       json.dump(conf, f, indent=2)
     text = model_card.render(kind=rm.get("kind", ""), rm=rm, task=task, pad_note=pad_note,
                              max_length=max_length, step=step, **(card or {}))
     with open(os.path.join(tmp, "README.md"), "w") as f:
       f.write(text)
+    hf.make_readable(tmp)
     _swap_in(tmp, out)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)

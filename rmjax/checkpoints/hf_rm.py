@@ -3,8 +3,13 @@
 Export (`export_layout`, written by `rmjax.checkpoints.hf_export`):
   RewardModel head 'scalar' (BT, GRM, SALMON) -> `LlamaForSequenceClassification`, num_labels=1,
       `score.weight` [1, D] = the head kernel transposed (both are bias-free linear maps).
-  RewardModel head 'ensemble' (K members) -> `LlamaForSequenceClassification`, num_labels=K,
-      `score.weight` [K, D]. transformers' `score` has no bias and its input is RMS-normalised,
+  RewardModel head 'ensemble' (K members) -> by default `LlamaForSequenceClassification`,
+      num_labels=1, `score.weight` [1, D] = the mean of the K member rows: a mean of linear
+      heads is the linear head with the mean weights, so its logit is the ensemble's reward (the
+      members' mean) up to the constant mean member bias, written to config.json
+      `rmjax.reward_bias` (0 after joint BT training; rankings identical either way). This is the
+      form TRL (num_labels=1 required), OpenRLHF and RewardBench read correctly.
+      With `members=True` (`rmjax convert --members`): num_labels=K, `score.weight` [K, D]. transformers' `score` has no bias and its input is RMS-normalised,
       so no weight can carry a constant: the member biases b [K] go to config.json
       `rmjax.member_bias`, and logits + member_bias = rmjax's members exactly (`aggregation`:
       reward = their mean). After joint BT training b is 0 (the BT loss cannot see a constant,
@@ -60,10 +65,11 @@ def _backbone_sd(params, cfg) -> dict:
   return sd
 
 
-def export_layout(model, params, task: str = "") -> tuple:
+def export_layout(model, params, task: str = "", members: bool = False) -> tuple:
   """(state dict, config.json fields over `hf.config_to_hf`, extra files {name: state dict}).
 
-  `model` is the scoring module (RewardModel or ArmoRM), `params` its params (any placement).
+  `model` is the scoring module (RewardModel or ArmoRM), `params` its params (any placement);
+  `members`: an ensemble keeps its K outputs (num_labels=K) instead of their mean.
   """
   params = _np(params)
   adapters = [jax.tree_util.keystr(k) for k, _ in jax.tree_util.tree_flatten_with_path(params)[0]
@@ -92,10 +98,14 @@ def export_layout(model, params, task: str = "") -> tuple:
   head = params["reward_head"]
   rm = {"kind": model.head, "task": task, "pooling": POOLING}
   if model.head == "ensemble":
-    w = np.asarray(head["kernel"], np.float32)
-    rm.update(aggregation="mean", members=int(w.shape[0]),
-              member_bias=[float(b) for b in np.asarray(head["bias"], np.float32)])
-    labels = [f"member_{k}" for k in range(w.shape[0])]
+    w, bias = np.asarray(head["kernel"], np.float32), np.asarray(head["bias"], np.float32)
+    rm.update(aggregation="mean", members=int(w.shape[0]))
+    if members:
+      rm["member_bias"] = [float(b) for b in bias]
+      labels = [f"member_{k}" for k in range(w.shape[0])]
+    else:  # the ensemble's reward as one linear head (rmjax convert --members keeps the K)
+      w, labels = w.mean(0, keepdims=True), ["reward"]
+      rm.update(exported_as="mean", reward_bias=float(bias.mean()))
   else:
     w = np.asarray(head["Dense_0"]["kernel"], np.float32).T
     labels = ["reward"]

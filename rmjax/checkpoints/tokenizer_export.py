@@ -18,11 +18,19 @@ makes the pad distinct: the tokenizer's own pad if it is not an eos/bos id; else
 an existing special token the chat template never emits (names with 'pad', then 'reserved',
 then any other, e.g. SmolLM2's `<repo_name>`). The exported tokenizer pads with that token and
 config.json's pad_token_id names it, so padded batches give the unpadded rewards.
+
+`save_tokenizer` writes it so that transformers 4.x loads it too (RewardBench pins 4.51):
+transformers 5 names its fast tokenizers' class `TokenizersBackend`, which 4.x does not have;
+a tokenizer.json-backed tokenizer is `PreTrainedTokenizerFast` on both, with
+`model_input_names` [input_ids, attention_mask] (4.x's default would add token_type_ids, which
+Llama does not take) and the chat template also inside tokenizer_config.json.
 """
 
 from __future__ import annotations
 
 import copy
+import json
+import os
 from typing import Any, Optional
 
 from rmjax.data.tokenize import BYTE_OFFSET, CHATML_TEMPLATE, SPECIAL_TOKENS, ByteTokenizer
@@ -91,10 +99,7 @@ def export_tokenizer(tokenizer: Any, vocab_size: int, extra_eos=()) -> tuple:
   """
   if isinstance(tokenizer, ByteTokenizer):
     return byte_tokenizer_fast(), ByteTokenizer.pad_token_id, "ByteTokenizer's <pad> (id 0)"
-  if not hasattr(tokenizer, "save_pretrained"):
-    raise CheckpointError(f"cannot export a {type(tokenizer).__name__} tokenizer: only "
-                          "ByteTokenizer and transformers tokenizers can be written")
-  tok = copy.deepcopy(tokenizer)
+  tok = copy.deepcopy(hf_tokenizer(tokenizer))
   taken = _eos_ids(tok, extra_eos)
   pad = getattr(tok, "pad_token_id", None)
   if pad is not None and int(pad) not in taken and int(pad) < vocab_size:
@@ -112,3 +117,36 @@ def export_tokenizer(tokenizer: Any, vocab_size: int, extra_eos=()) -> tuple:
   tok.pad_token = name
   pad = tok.convert_tokens_to_ids(name)
   return tok, int(pad), f"{name!r} (id {pad}), a special token the chat template never writes"
+
+
+def hf_tokenizer(tokenizer: Any):
+  """A tokenizer that can be saved: ByteTokenizer becomes its `tokenizers` twin, an HF one stays."""
+  if isinstance(tokenizer, ByteTokenizer):
+    return byte_tokenizer_fast()
+  if not hasattr(tokenizer, "save_pretrained"):
+    raise CheckpointError(f"cannot export a {type(tokenizer).__name__} tokenizer: only "
+                          "ByteTokenizer and transformers tokenizers can be written")
+  return tokenizer
+
+
+FAST_CLASS = "PreTrainedTokenizerFast"
+INPUT_NAMES = ["input_ids", "attention_mask"]
+
+
+def save_tokenizer(tokenizer: Any, path: str) -> None:
+  """`tokenizer.save_pretrained(path)`, with tokenizer_config.json made loadable by
+  transformers 4.x and 5.x alike (see the module docstring)."""
+  hf_tokenizer(tokenizer).save_pretrained(path)
+  conf_path = os.path.join(path, "tokenizer_config.json")
+  if not os.path.exists(os.path.join(path, "tokenizer.json")) or not os.path.exists(conf_path):
+    return  # a slow (sentencepiece-only) tokenizer: its own class loads everywhere
+  with open(conf_path) as f:
+    conf = json.load(f)
+  conf["tokenizer_class"] = FAST_CLASS
+  conf["model_input_names"] = list(INPUT_NAMES)
+  template = os.path.join(path, "chat_template.jinja")
+  if "chat_template" not in conf and os.path.exists(template):
+    with open(template) as f:
+      conf["chat_template"] = f.read()
+  with open(conf_path, "w") as f:
+    json.dump(conf, f, indent=2, ensure_ascii=False)

@@ -95,6 +95,14 @@ class Scorer:
                              "data": {"max_length": int(length)}, "objectives": {"names": names}})
     self = cls.__new__(cls)
     self._setup(config, model.cfg, None, model, tokenizer, batch_size, None)
+    bias = float(rm.get("reward_bias") or 0.0)  # an ensemble exported as its mean head
+    if bias:
+      forward = self._apply
+
+      def shifted(p, i, m):
+        out = forward(p, i, m)
+        return dict(out, reward=out["reward"] + bias)
+      self._apply = shifted
     self.extras = {"prompt_pattern": list(model.prompt_pattern)} if info["kind"] == "armorm" else {}
     self.params = _place(params, self._abstract_params(), path)
     self.step = None
