@@ -182,6 +182,36 @@ def test_sigterm_under_load_drains_and_exits_0(workdir):
   assert all(np.allclose(a["rewards"], answers[0]["rewards"], atol=1e-5) for a in answers)
 
 
+def test_ensemble_served_from_an_hf_dir_gives_members_mean_and_std(tmp_path):
+  """--model hf:DIR of a 3-label classifier: /v1/score's records are `rmjax score`'s."""
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  from rmjax import tasks  # noqa: PLC0415
+  from rmjax.checkpoints import tokenizer_export  # noqa: PLC0415
+  torch.manual_seed(1)
+  config = transformers.LlamaConfig(
+      vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+      num_attention_heads=2, num_key_value_heads=2, initializer_range=0.3, pad_token_id=0,
+      eos_token_id=2, bos_token_id=3, num_labels=3)
+  transformers.LlamaForSequenceClassification(config).eval().save_pretrained(tmp_path)
+  tokenizer_export.byte_tokenizer_fast().save_pretrained(tmp_path)
+  scorer = tasks.load_scorer(f"hf:{tmp_path}")
+  res = scorer.score(PROMPTS, RESPONSES, progress=False)
+  want = [scorer.record(res, i) for i in range(len(PROMPTS))]
+  proc = subprocess.Popen([sys.executable, "-m", "rmjax", "serve", "--model", f"hf:{tmp_path}",
+                           "--port", "0", "--max_length", "64"], cwd=REPO,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  port = int(proc.stdout.readline().rsplit(":", 1)[1])
+  client = RewardClient(f"http://127.0.0.1:{port}")
+  got = client.score([{"prompt": p, "response": r} for p, r in zip(PROMPTS, RESPONSES)])
+  proc.send_signal(signal.SIGTERM)
+  assert proc.wait(timeout=60) == 0
+  for g, w in zip(got, want):
+    assert set(g) == set(w) == {"reward", "mean", "std", "members"}
+    np.testing.assert_allclose([g["reward"], g["std"], *g["members"]],
+                               [w["reward"], w["std"], *w["members"]], atol=1e-5)
+
+
 def test_full_queue_is_503_with_retry_after():
   async def main():
     batcher = server.Batcher(lambda rows: {"reward": np.arange(len(rows), dtype=float)},
