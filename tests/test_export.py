@@ -293,6 +293,16 @@ def test_armorm_export_is_rlhflow_layout(runs):
   np.testing.assert_allclose(ref["rewards"], want["objectives"], atol=1e-4)
   beta = float(load_file(str(out / "model.safetensors"))["gating.logit_scale"][0])
   np.testing.assert_allclose(ref["gating_output"], beta * want["gate"], atol=1e-4)
+  # its modeling code (auto_map): any padding side, the gated reward as logits[:, 0]
+  rm = transformers.AutoModelForSequenceClassification.from_pretrained(out, trust_remote_code=True)
+  for side in ("right", "left"):
+    tok.padding_side = side
+    texts = [tok.apply_chat_template(messages(p, r), tokenize=False) for p, r in zip(prompts, responses)]
+    with torch.no_grad():
+      got = rm(**tok(texts, return_tensors="pt", padding=True, add_special_tokens=False))
+    np.testing.assert_allclose(got.logits[:, 0].numpy(), want["reward"], atol=1e-4)
+    np.testing.assert_allclose(got.rewards.numpy(), want["objectives"], atol=1e-4)
+    np.testing.assert_allclose(got.gating_output.numpy(), beta * want["gate"], atol=1e-4)
   back = tasks.load_scorer(f"hf:{out}")
   assert list(back.config.objectives.names) == list(c.objectives.names)
   np.testing.assert_allclose(back.score(prompts, responses, progress=False)["reward"],

@@ -77,6 +77,9 @@ def write_reward_model(out: str, model: Any, params: Any, tokenizer: Any, *, tas
     save_file(sd, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
     for name, tensors in files.items():
       save_file(tensors, os.path.join(tmp, name), metadata={"format": "pt"})
+    if conf.get("auto_map"):  # ArmoRM: its modeling code, for trust_remote_code loaders
+      shutil.copyfile(os.path.join(os.path.dirname(__file__), "hf_armorm_modeling.py"),
+                      os.path.join(tmp, hf_rm.ARMORM_CODE))
     if hf_tok is not None:
       tokenizer_export.save_tokenizer(hf_tok, tmp)
     with open(os.path.join(tmp, "config.json"), "w") as f:

@@ -20,7 +20,10 @@ Export (`export_layout`, written by `rmjax.checkpoints.hf_export`):
       Linear cannot hold Linear-ReLU-Linear, and any other layout needs trust_remote_code in
       every consumer. Train with `--config.model.head=scalar` to export (GRM's config defaults
       to the paper's MLP head: `configs/grm.py:tiny,head=scalar`).
-  ArmoRM -> RLHFlow's `LlamaForRewardModelWithGating` (rmjax.checkpoints.armorm, both ways).
+  ArmoRM -> RLHFlow's `LlamaForRewardModelWithGating` (rmjax.checkpoints.armorm, both ways),
+      with its modeling code (`hf_armorm_modeling.py` as modeling_rmjax_armorm.py, config.json
+      auto_map): `AutoModelForSequenceClassification.from_pretrained(OUT, trust_remote_code=True)`
+      gives the gated reward as logits[:, 0] and the objectives and gate beside it.
   GRM keeps its trained LM head in `lm_head.safetensors` (key `lm_head.weight`) beside
       model.safetensors: transformers reads model.safetensors only, so the classifier loads with
       no unexpected key, and `AutoModelForCausalLM.from_pretrained(OUT)` plus
@@ -53,6 +56,10 @@ SEQ_CLS = "LlamaForSequenceClassification"
 ARMORM = "LlamaForRewardModelWithGating"
 LM_HEAD_FILE = "lm_head.safetensors"
 POOLING = "rightmost token != pad_token_id (transformers) = last attention-mask token (rmjax)"
+# ArmoRM's modeling code (hf_armorm_modeling.py), copied into the export under this name
+ARMORM_CODE = "modeling_rmjax_armorm.py"
+SEQ_CLS_AUTO = "AutoModelForSequenceClassification"
+ARMORM_AUTO = f"{ARMORM_CODE[:-3]}.{ARMORM}"
 
 
 def _np(tree):
@@ -80,7 +87,7 @@ def export_layout(model, params, task: str = "", members: bool = False) -> tuple
   if isinstance(model, ArmoRM):
     settings = dict(armo_ckpt.settings_of(params["heads"]), temperature=model.temperature)
     sd = dict(_backbone_sd(params["backbone"], model.cfg), **armo_ckpt.heads_to_state_dict(params["heads"]))
-    fields = dict(armo_ckpt.config_fields(settings),
+    fields = dict(armo_ckpt.config_fields(settings), auto_map={SEQ_CLS_AUTO: ARMORM_AUTO},
                   rmjax={"kind": "armorm", "task": task, "prompt_pattern": list(model.prompt_pattern),
                          "pooling": "reward: last real token; gate: first token of the last "
                                     "prompt_pattern match"})
