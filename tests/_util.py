@@ -28,3 +28,18 @@ def fast_config(c, steps=3, train_pairs=200, eval_pairs=16, batch_size=8):
   c.train.async_checkpoint = False
   c.optim.warmup_steps = 1
   return c
+
+
+def k_label_classifier(path, k: int = 3, seed: int = 1) -> None:
+  """A random transformers LlamaForSequenceClassification with k labels and the byte tokenizer
+  (rmjax's, as a `tokenizers` file) saved in `path`: an HF ensemble reward model in seconds."""
+  import torch  # noqa: PLC0415 -- only the tests that build one need torch
+  import transformers  # noqa: PLC0415
+  from rmjax.checkpoints import tokenizer_export  # noqa: PLC0415
+  torch.manual_seed(seed)
+  config = transformers.LlamaConfig(
+      vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+      num_attention_heads=2, num_key_value_heads=2, initializer_range=0.3, pad_token_id=0,
+      eos_token_id=2, bos_token_id=3, num_labels=k)
+  transformers.LlamaForSequenceClassification(config).eval().save_pretrained(path)
+  tokenizer_export.byte_tokenizer_fast().save_pretrained(path)

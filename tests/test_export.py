@@ -15,7 +15,7 @@ import transformers
 from safetensors.numpy import load_file
 
 from _cli import REPO, run_cli, run_subprocess
-from _util import fast_config
+from _util import fast_config, k_label_classifier
 
 # tiny models built again and again in this module: their compiles are shared (conftest)
 pytestmark = pytest.mark.usefixtures("jax_compile_cache")
@@ -392,13 +392,7 @@ def test_score_off_the_shelf_hf_rm(hf_seqcls):
 
 
 def test_score_a_k_label_classifier_as_an_ensemble(tmp_path):
-  torch.manual_seed(1)
-  config = transformers.LlamaConfig(
-      vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-      num_attention_heads=2, num_key_value_heads=2, initializer_range=0.3, pad_token_id=0,
-      eos_token_id=2, bos_token_id=3, num_labels=3)
-  transformers.LlamaForSequenceClassification(config).eval().save_pretrained(tmp_path)
-  tokenizer_export.byte_tokenizer_fast().save_pretrained(tmp_path)
+  k_label_classifier(tmp_path, k=3)
   want = torch_logits(tmp_path, side="left")[0]
   got = tasks.load_scorer(f"hf:{tmp_path}").score(PROMPTS, RESPONSES, progress=False)
   np.testing.assert_allclose(got["members"], want, atol=1e-4)

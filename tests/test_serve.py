@@ -20,6 +20,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
 from _cli import REPO, run_cli  # noqa: E402
+from _util import k_label_classifier  # noqa: E402
 
 from rmjax.client import RewardClient, RewardServerError  # noqa: E402
 from rmjax.data.tokenize import ByteTokenizer  # noqa: E402
@@ -184,17 +185,9 @@ def test_sigterm_under_load_drains_and_exits_0(workdir):
 
 def test_ensemble_served_from_an_hf_dir_gives_members_mean_and_std(tmp_path):
   """--model hf:DIR of a 3-label classifier: /v1/score's records are `rmjax score`'s."""
-  torch = pytest.importorskip("torch")
-  transformers = pytest.importorskip("transformers")
+  pytest.importorskip("torch")
   from rmjax import tasks  # noqa: PLC0415
-  from rmjax.checkpoints import tokenizer_export  # noqa: PLC0415
-  torch.manual_seed(1)
-  config = transformers.LlamaConfig(
-      vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-      num_attention_heads=2, num_key_value_heads=2, initializer_range=0.3, pad_token_id=0,
-      eos_token_id=2, bos_token_id=3, num_labels=3)
-  transformers.LlamaForSequenceClassification(config).eval().save_pretrained(tmp_path)
-  tokenizer_export.byte_tokenizer_fast().save_pretrained(tmp_path)
+  k_label_classifier(tmp_path, k=3)
   scorer = tasks.load_scorer(f"hf:{tmp_path}")
   res = scorer.score(PROMPTS, RESPONSES, progress=False)
   want = [scorer.record(res, i) for i in range(len(PROMPTS))]
