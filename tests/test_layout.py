@@ -12,7 +12,7 @@ PKG = pathlib.Path(__file__).resolve().parents[1] / "rmjax"
 LAYERS = [
     {"errors", "losses", "lm_losses", "client"},
     {"models", "data", "checkpoints", "sharding", "eval", "aot"},
-    {"rl", "inference", "train"},
+    {"rl", "inference", "train", "sweep"},
     {"tasks"},
     {"launch", "main", "__main__", "commands"},
 ]
