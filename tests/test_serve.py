@@ -61,9 +61,11 @@ def workdir(tmp_path_factory):
 
 
 def start(workdir, *flags):
-  """`rmjax serve` on a free port: (process, port) once it answers /health."""
+  """`rmjax serve` on a free port: (process, port) once it answers /health. One batch size (8,
+  the fake devices' count) and two length buckets: few programs to compile."""
   proc = subprocess.Popen([sys.executable, "-m", "rmjax", "serve", "--workdir", str(workdir),
-                           "--port", "0", "--max_length", "64", *flags], cwd=REPO,
+                           "--port", "0", "--max_length", "64", "--batch_size", "8", *flags],
+                          cwd=REPO,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   line = proc.stdout.readline()
   assert " on http://127.0.0.1:" in line, (line, proc.communicate(timeout=30))
@@ -192,7 +194,7 @@ def test_ensemble_served_from_an_hf_dir_gives_members_mean_and_std(tmp_path):
   res = scorer.score(PROMPTS, RESPONSES, progress=False)
   want = [scorer.record(res, i) for i in range(len(PROMPTS))]
   proc = subprocess.Popen([sys.executable, "-m", "rmjax", "serve", "--model", f"hf:{tmp_path}",
-                           "--port", "0", "--max_length", "64"], cwd=REPO,
+                           "--port", "0", "--max_length", "64", "--batch_size", "8"], cwd=REPO,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   port = int(proc.stdout.readline().rsplit(":", 1)[1])
   client = RewardClient(f"http://127.0.0.1:{port}")
@@ -220,3 +222,16 @@ def test_full_queue_is_503_with_retry_after():
     runner.cancel()
     batcher.close()
   asyncio.run(main())
+
+
+def test_a_few_rows_run_in_the_smallest_batch_that_holds_them():
+  import types  # noqa: PLC0415
+  seen = []
+  scorer = types.SimpleNamespace(mesh=types.SimpleNamespace(shape={"data": 2, "fsdp": 1}),
+                                 batch_size=12, score_rows=lambda rows, batch_size: seen.append(
+                                     (len(rows), batch_size)))
+  assert server.batch_sizes(scorer) == [2, 4, 8, 12]
+  forward = server.fitted_forward(scorer)
+  for n in (1, 3, 8, 9, 40):
+    forward([[1]] * n)
+  assert seen == [(1, 2), (3, 4), (8, 8), (9, 12), (40, 12)]

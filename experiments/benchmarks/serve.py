@@ -13,7 +13,7 @@ Without --workdir / --model a tiny BT run is trained into a temp dir first (2 st
 JSON object last.
 
   python -m experiments.benchmarks.serve [--workdir W | --model hf:DIR] [--data SPEC] [--items 512]
-      [--per_request 1] [--concurrency 1,8,32] [--batch_size 16] [--max_batch 64]
+      [--per_request 1] [--concurrency 1,8,32] [--batch_size 16] [--max_batch 64] [--max_length N]
 """
 
 from __future__ import annotations
@@ -121,12 +121,13 @@ def main(argv=None):
   p.add_argument("--concurrency", default="1,8,32")
   p.add_argument("--batch_size", type=int, default=16, help="rows per forward (both arms)")
   p.add_argument("--max_batch", type=int, default=64, help="server rows per dispatch")
+  p.add_argument("--max_length", type=int, default=None, help="cut inputs to N tokens (both arms)")
   args = p.parse_args(argv)
   tmp = tempfile.mkdtemp(prefix="rmjax-serve-bench-")
   source = args.model or args.workdir or tiny_workdir(tmp)
   items = items_of(args.data, args.items)
 
-  scorer = tasks.load_scorer(source, batch_size=args.batch_size)
+  scorer = tasks.load_scorer(source, batch_size=args.batch_size, max_length=args.max_length)
   prompts, responses = [i["prompt"] for i in items], [i["response"] for i in items]
   scorer.score(prompts, responses, progress=False)  # compile every bucket these items reach
   t = time.perf_counter()
@@ -136,10 +137,12 @@ def main(argv=None):
   del scorer
   result = {"source": source, "data": args.data, "items": len(items),
             "tokens_mean": round(float(np.mean(tokens)), 1), "per_request": args.per_request, "batch_size": args.batch_size,
-            "max_batch": args.max_batch,
+            "max_batch": args.max_batch, "max_length": args.max_length,
             "offline": {"wall_s": round(offline_s, 3), "items_per_s": round(len(items) / offline_s, 2)},
             "serve": {}}
   flags = ["--model", source] if args.model else ["--workdir", source]
+  if args.max_length:
+    flags += ["--max_length", str(args.max_length)]
   proc, port = start_server(flags, args.batch_size, args.max_batch)
   try:
     load(port, items[:64], 8, args.per_request)  # warm connections and any late shape

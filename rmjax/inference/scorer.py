@@ -178,12 +178,14 @@ class Scorer:
     self.encoder.n_truncated += sum(cut)
     return rows, np.asarray(cut, bool)
 
-  def score_rows(self, rows: Sequence[Sequence[int]], progress: bool = False) -> dict:
-    """Per-row numpy outputs ('reward' [N], 'members', 'objectives', 'gate') of token rows."""
+  def score_rows(self, rows: Sequence[Sequence[int]], progress: bool = False,
+                 batch_size: Optional[int] = None) -> dict:
+    """Per-row numpy outputs ('reward' [N], 'members', 'objectives', 'gate') of token rows, in
+    forwards of `batch_size` rows (default: the scorer's)."""
     if not rows:
       return {"reward": np.zeros(0, np.float32)}
     pad = getattr(self.tokenizer, "pad_token_id", None) or 0
-    return batched_forward(self._apply, self.params, rows, batch_size=self.batch_size,
+    return batched_forward(self._apply, self.params, rows, batch_size=batch_size or self.batch_size,
                            pad_id=pad, mesh=self.mesh, progress=progress, desc="score")
 
   def score(self, prompts: Sequence, responses: Sequence[str], progress: bool = True,

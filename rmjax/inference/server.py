@@ -17,8 +17,9 @@ Endpoints (JSON in and out; every error is `{"detail": "<one line>"}` with its s
 
 Requests are tokenized on one thread and queued; a batcher takes what is queued (up to
 `max_batch` rows, waiting at most `max_wait` seconds for more) into one `Scorer.score_rows`
-call on another thread (rows sorted and padded by length bucket there), so concurrent requests
-share forwards. Over `max_queue` queued rows a request is answered 503 with Retry-After.
+call on another thread (rows sorted and padded by length bucket there, in the smallest
+power-of-two batch that holds them), so concurrent requests share forwards and a lone request
+is not padded to a full batch. Over `max_queue` queued rows a request is answered 503 with Retry-After.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from rmjax import sharding as shd
 from rmjax.errors import RmjaxError
 from rmjax.inference.embed import MIN_BUCKET, bucket_length
 
@@ -110,6 +112,27 @@ class Batcher:
     self._pool.shutdown(wait=True)
 
 
+def batch_sizes(scorer) -> list[int]:
+  """The forward's batch sizes: powers of two from the mesh's batch divisor up to the scorer's
+  batch size, so a dispatch of a few rows (low concurrency) is not padded to a full batch."""
+  div = shd.batch_divisor(scorer.mesh)
+  full = max(div, scorer.batch_size - scorer.batch_size % div)
+  sizes, b = [], div
+  while b < full:
+    sizes.append(b)
+    b *= 2
+  return sizes + [full]
+
+
+def fitted_forward(scorer):
+  """`rows -> outputs` through the smallest batch size that holds them (the batcher's call)."""
+  sizes = batch_sizes(scorer)
+
+  def forward(rows):
+    return scorer.score_rows(rows, batch_size=next((b for b in sizes if b >= len(rows)), sizes[-1]))
+  return forward
+
+
 def warm_lengths(max_length: int) -> list[int]:
   """One row length per padded bucket a request can reach (every compiled shape)."""
   top, lengths, b = bucket_length(max_length), [], MIN_BUCKET
@@ -120,11 +143,13 @@ def warm_lengths(max_length: int) -> list[int]:
 
 
 def warm_up(scorer) -> list[str]:
-  """Compiles the forward for every bucket before serving; returns the output keys."""
+  """Compiles the forward for every batch size and length bucket before serving; returns the
+  output keys."""
   token = getattr(scorer.tokenizer, "eos_token_id", None) or 1
   out = {}
-  for n in warm_lengths(scorer.encoder.max_length):
-    out = scorer.score_rows([[int(token)] * n])
+  for b in batch_sizes(scorer):
+    for n in warm_lengths(scorer.encoder.max_length):
+      out = scorer.score_rows([[int(token)] * n] * b, batch_size=b)
   return sorted(out)
 
 
@@ -183,7 +208,7 @@ def make_app(scorer, *, limits: Limits = Limits(), token: str | None = None, che
   an error or None: `rmjax score`'s record check); `complete_turn` is appended to a /get_reward
   query that ends with the chat template's end of turn without it (OpenRLHF drops the template's
   trailing newline; see `end_of_turn`)."""
-  batcher = Batcher(scorer.score_rows, limits)
+  batcher = Batcher(fitted_forward(scorer), limits)
   counts = {"in_flight": 0, "served": 0}  # scoring requests being handled / answered
   tok_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rmjax-tokenize")
 
