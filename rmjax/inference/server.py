@@ -65,7 +65,7 @@ class Batcher:
   def __init__(self, forward, limits: Limits):
     self.forward, self.limits = forward, limits
     self.queued = 0
-    self._queue: asyncio.Queue | None = None
+    self._queue: asyncio.Queue = asyncio.Queue()  # binds to the loop at first use
     self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rmjax-forward")
 
   async def submit(self, rows: list) -> dict:
@@ -79,7 +79,6 @@ class Batcher:
     return await future
 
   async def run(self) -> None:
-    self._queue = asyncio.Queue()
     loop = asyncio.get_running_loop()
     while True:
       jobs = [await self._queue.get()]
