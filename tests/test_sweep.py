@@ -83,6 +83,7 @@ def test_collect_partial_sweep_and_resubmit_skips_done(tmp_path):
     md = (w / "results.md").read_text()
     assert md in out + "\n" and "| **run001** | 0.0003 | 0.1 | done | 10/10 |" in md
     assert "best: run001" in md and "failed (exit code 2: non-finite loss" in md
+    assert "\nfailed: run002 (exit code 2: non-finite loss (nan) at step 6)\n" in md
     # a loss metric ranks by its minimum
     sweep(CFG, f"--workdir={w}", "--collect", "--metric=loss")
     assert json.loads((w / "results.json").read_text())["best"] == "run001"
@@ -107,3 +108,36 @@ def test_launcher_errors_are_one_line(tmp_path):
   assert code == 2 and "--xpk_cluster and --xpk_tpu_type" in err and len(err.splitlines()) == 1
   code, _, err = run_cli(["sweep", f"--workdir={tmp_path}", "--collect"])
   assert code == 2 and "no sweep.json" in err
+
+
+def test_slurm_submission_queue_states_and_config_launch_block(tmp_path):
+  """Submission through `sbatch` and queue states from `squeue` (both faked on PATH: a real
+  cluster runs in test_sweep_slurm.py), and launcher settings from the config's get_launch()."""
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  (bin_dir / "sbatch").write_text(f'#!/bin/sh\necho "$@" > {tmp_path}/sbatch.args\necho "4242;c1"\n')
+  (bin_dir / "squeue").write_text('#!/bin/sh\nprintf "0 RUNNING\\n1 PENDING\\n"\n')
+  for f in bin_dir.iterdir():
+    f.chmod(0o755)
+  cfg = tmp_path / "bt_launch.py"
+  cfg.write_text("from configs.bt import get_config, get_sweep  # noqa: F401\n\n\n"
+                 "def get_launch(arg=None):\n"
+                 "  return {'slurm_partition': 'cfgpart', 'slurm_time': '02:00:00'}\n")
+  w = tmp_path / "sweep"
+  fabricate(w / "run002", losses=(0.5,), accs=(0.7,), steps=5, ckpt=5)
+  env = {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
+  argv = ["sweep", f"--config={cfg}:tiny", f"--workdir={w}", "--launcher=slurm",
+          "--slurm_time=01:00:00"]
+  code, out, err = run_cli(argv, env=env)
+  assert code == 0, out + err
+  assert "#SBATCH --partition=cfgpart" in out and "#SBATCH --time=01:00:00" in out  # flag wins
+  assert "#SBATCH --array=0-1,3\n" in out and "submitted job array 4242" in out
+  assert (tmp_path / "sbatch.args").read_text().split() == ["--parsable", f"{w}/sweep.sbatch"]
+  assert json.loads((w / "sweep.json").read_text())["jobs"][0]["job_id"] == "4242"
+  code, out, err = run_cli(["sweep", f"--workdir={w}", "--collect"], env=env)
+  assert code == 0, out + err
+  result = json.loads((w / "results.json").read_text())
+  assert [t["status"] for t in result["points"]] == ["running", "queued", "done", "not started"]
+  code, out, err = run_cli(argv, env=env)  # resubmitted: only the point the queue lacks
+  assert code == 0, out + err
+  assert "#SBATCH --array=3\n" in out and "run001 queued: skipped" in out

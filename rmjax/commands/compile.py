@@ -11,7 +11,7 @@ EXAMPLE = "rmjax compile --config configs/bt.py:llama3-8b --topology v5e:4x4"
 USES = ("config", "topology", "num_slices", "workdir")
 
 flags.DEFINE_string("topology", None, "compile: TPU slice to compile for (v5e:4x4, v5p:2x2x1, v5e-16)")
-flags.DEFINE_integer("num_slices", 1, "compile: number of slices (the mesh's 'data' axis spans them)")
+flags.DEFINE_integer("num_slices", 1, "compile, sweep xpk: number of slices (the mesh's 'data' axis spans them)")
 
 
 def main():

@@ -47,7 +47,7 @@ flags.DEFINE_enum("launcher", "local", ["local", "slurm", "xpk"], "sweep: where 
                   "this machine one after another, a SLURM job array, or xpk TPU workloads")
 flags.DEFINE_bool("collect", False, "sweep: only gather every point's status and metrics into "
                   "results.md / .json / .png under --workdir")
-flags.DEFINE_string("metric", "", "sweep: metric to rank points by, NAME[:max|:min] (default: "
+flags.DEFINE_string("metric", "", "sweep: metric to rank points by, NAME[:max|:min] (unset: "
                     "train.best_metric, else eval_accuracy, eval_loss or loss)")
 flags.DEFINE_integer("slurm_nodes", 1, "sweep slurm: nodes per point")
 flags.DEFINE_integer("slurm_tasks_per_node", 1, "sweep slurm: processes per node (e.g. one per GPU)")
@@ -162,16 +162,16 @@ def slurm_active(record: dict) -> dict | None:
   jobs = [str(j["job_id"]) for j in record.get("jobs", []) if j.get("launcher") == "slurm"]
   if not jobs or shutil.which("squeue") is None:
     return None
-  proc = subprocess.run(["squeue", "-h", "-r", "-j", ",".join(jobs), "-o", "%K %T"],
-                        capture_output=True, text=True, check=False)
-  if proc.returncode:
-    return None
-  active = {}
-  for line in proc.stdout.splitlines():
-    task, _, state = line.strip().partition(" ")
-    if task.isdigit():
-      active[f"run{int(task):03d}"] = state
-  return active
+  active, answered = {}, False
+  for job in jobs:  # one at a time: squeue refuses a whole list for one job it has forgotten
+    proc = subprocess.run(["squeue", "-h", "-r", "-j", job, "-o", "%K %T"],
+                          capture_output=True, text=True, check=False)
+    answered = answered or "nvalid job id" in proc.stderr or not proc.returncode
+    for line in proc.stdout.splitlines() if not proc.returncode else []:
+      task, _, state = line.strip().partition(" ")
+      if task.isdigit():
+        active[f"run{int(task):03d}"] = state
+  return active if answered else None  # no answer at all (controller down): files only
 
 
 def collect_and_report(workdir: str, points: list[dict], record: dict) -> dict:

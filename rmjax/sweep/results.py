@@ -228,7 +228,9 @@ def markdown(result: dict) -> str:
              _fmt(t["final"].get("loss")), _fmt(t["value"]), _fmt(t["best_step"]),
              _fmt(t["best_value"])]
     lines.append("| " + " | ".join(cells) + " |")
-  return "\n".join(lines + ["", best_line(result), ""])
+  failed = [f"{t['name']} ({t['reason']})" for t in result["points"] if t["status"] == "failed"]
+  return "\n".join(lines + ["", best_line(result)] + (["failed: " + "; ".join(failed)] if failed
+                                                      else []) + [""])
 
 
 def _strict(v):
