@@ -279,7 +279,9 @@ def main():
       print(shlex.join([sys.executable, *p["train"]]))
     return
   record = {**record, "config": config_arg, "user_overrides": user, "launcher": FLAGS.launcher,
-            "points": [{k: p[k] for k in ("name", "overrides", "workdir")} for p in points]}
+            "points": [{"name": p["name"], "overrides": p["overrides"],  # collect from anywhere
+                        "workdir": p["workdir"] if FLAGS.launcher == "xpk" else os.path.abspath(
+                            p["workdir"])} for p in points]}
   if not FLAGS.dry_run:
     write_sweep_file(workdir, record)
   todo = pending(workdir, points, record)
