@@ -81,6 +81,7 @@ def main(argv=None):
   cache.extract(rows, progress=False)
   timed = FeatureCache(os.path.join(root, "timed"), a.spec, a.max_length)
   timed._model = cache._model
+  timed._check_meta(cache._model[4])
   info = timed.extract(rows, progress=False)
   result["feature_cache"] = {"useful_tokens_per_s": info["useful_tokens_per_s"],
                              "seconds": info["seconds"],
