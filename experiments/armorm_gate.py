@@ -308,8 +308,9 @@ def run_all(data, out_dir, steps):
         for setname, a in evals.items():
           rc, rr, gate = gate_scores(cfg, got["params"], a, apply_t)
           put(name, setname, rc, rr)
-          if apply_t:
-            for sub in np.unique(a["subset"]) if setname == "mixed/xstest" else [None]:
+          if apply_t:  # per set, and XSTest also per should-refuse / should-respond prompt
+            subs = [None] + (list(np.unique(a["subset"])) if setname == "mixed/xstest" else [])
+            for sub in subs:
               m = a["subset"] == sub if sub is not None else np.ones(len(rc), bool)
               key = setname if sub is None else f"{setname}/{sub.split('/')[-1]}"
               res["gate_mean"].setdefault(key, []).append(gate[m].mean(0))

@@ -8,12 +8,14 @@ from experiments import notebooks
 EXPECTED = {
     "armorm": "gated (T in training)",
     "grm": "ID accuracy",
+    "inconsistency": "pairwise disagreement",
     "ppo_uncertainty": "weighted_kl",
     "salmon": "final train loss",
     "uncertainty": "members:",
 }
 # rough seconds per notebook at smoke size on CPU (only orders the runs: the longest first)
-COST = {"grm": 40, "ppo_uncertainty": 36, "salmon": 27, "armorm": 20, "uncertainty": 13}
+COST = {"grm": 40, "ppo_uncertainty": 36, "salmon": 27, "armorm": 30, "inconsistency": 30,
+        "uncertainty": 13}
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +26,14 @@ def executed():
   return notebooks.execute_many(order, parallel=2)
 
 
+NEEDS_SHARED_DATA = ("armorm", "inconsistency")  # real-data experiments (E-c, E-a)
+
+
 @pytest.mark.parametrize("name", notebooks.NOTEBOOKS)
 def test_notebook_executes(name, executed):
+  from rmjax.data import shared_data_root  # noqa: PLC0415
+  if name in NEEDS_SHARED_DATA and shared_data_root() is None:
+    pytest.skip("shared data not found (../shared/data or $RMJAX_SHARED_DATA)")
   nb = executed[name]
   if isinstance(nb, BaseException):
     raise nb
