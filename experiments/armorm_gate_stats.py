@@ -9,12 +9,12 @@ jointly for paired differences. "mixed/all" pools the in-distribution held-out s
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 
 from experiments.armorm_gate import CONTEXT_OBJECTIVE, NAMES, SPLITS, GATE_SEEDS
-from experiments.inconsistency_stats import _ci, _json_safe
+from experiments import report_files
+from experiments.report_files import ci
 from rmjax.eval import stats
 
 REPORT_SETS = ("mixed/all", "ood/chat_hard", "ood/rm_bench")
@@ -113,13 +113,13 @@ def markdown(r: dict) -> str:
            "| model | " + " | ".join(f"{s} (n={r['accuracy'][models[0]][s]['n']})" for s in sets) + " |",
            "|---|" + "---|" * len(sets)]
   for m in models:
-    lines.append(f"| {m} | " + " | ".join(_ci(r["accuracy"][m][s]) for s in sets) + " |")
-  lines.append("| longer wins | " + " | ".join(_ci(r["length_baseline"][s]) for s in sets) + " |")
+    lines.append(f"| {m} | " + " | ".join(ci(r["accuracy"][m][s]) for s in sets) + " |")
+  lines.append("| longer wins | " + " | ".join(ci(r["length_baseline"][s]) for s in sets) + " |")
   lines += ["", "## gated(T) minus each baseline (paired over items; per-split differences)", "",
             "| baseline | " + " | ".join(REPORT_SETS) + " |", "|---|" + "---|" * len(REPORT_SETS)]
   for b, v in r["gated_minus"].items():
     lines.append(f"| {b} | " + " | ".join(
-        f"{_ci(v[s])}; splits {', '.join(f'{x:+.3f}' for x in v[s]['per_split'])}"
+        f"{ci(v[s])}; splits {', '.join(f'{x:+.3f}' for x in v[s]['per_split'])}"
         for s in REPORT_SETS) + " |")
   keys = list(r["gate_weights"])
   lines += ["", "## Mean gate weight per context (gated(T), 9 runs)", "",
@@ -179,11 +179,4 @@ def figure(r: dict, path: str) -> None:
 
 
 def write(r: dict, out_dir: str) -> None:
-  os.makedirs(out_dir, exist_ok=True)
-  for name, text in (("armorm_gate.json", json.dumps(_json_safe(r), indent=1)),
-                     ("armorm_gate.md", markdown(r))):
-    tmp = os.path.join(out_dir, name + ".tmp")
-    with open(tmp, "w") as f:
-      f.write(text)
-    os.replace(tmp, os.path.join(out_dir, name))
-  figure(r, os.path.join(out_dir, "armorm_gate.png"))
+  report_files.write(r, out_dir, "armorm_gate", markdown, figure)

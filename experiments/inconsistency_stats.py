@@ -12,21 +12,14 @@ pairwise Cohen kappa / disagreement within a dataset vs across datasets, jointly
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 
-from experiments import real_sets
+from experiments import real_sets, report_files
+from experiments.report_files import ci
 from rmjax.eval import stats
 
 ALPHA = 0.05
-
-
-def _ci(d: dict, nd: int = 3) -> str:
-  v, lo, hi = (d.get(k) for k in ("value", "lo", "hi"))
-  if v is None or not np.isfinite(v):
-    return "n/a"
-  return f"{v:.{nd}f} [{lo:.{nd}f}, {hi:.{nd}f}]"
 
 
 def _boot_means(values, n_boot, seed):
@@ -195,27 +188,13 @@ def summarise(r: dict) -> dict:
   return s
 
 
-def _json_safe(x):
-  if isinstance(x, dict):
-    return {k: _json_safe(v) for k, v in x.items() if not k.startswith("_")}
-  if isinstance(x, (list, tuple)):
-    return [_json_safe(v) for v in x]
-  if isinstance(x, (np.floating, float)):
-    return None if not np.isfinite(x) else round(float(x), 5)
-  if isinstance(x, np.integer):
-    return int(x)
-  if isinstance(x, np.ndarray):
-    return _json_safe(x.tolist())
-  return x
-
-
 def markdown(r: dict) -> str:
   lines = [f"# E-a: RM inconsistency ({r.get('size', '?')} run, K = {r['K']} members, "
            f"{r['n_boot']} bootstrap resamples)", "",
            "## Sets (length baseline = 'the longer response wins', 95% CI)", "",
            "| set | n | length baseline | truncated responses |", "|---|---|---|---|"]
   for s, v in r["sets"].items():
-    lines.append(f"| {s} | {v['n']} | {_ci(v['length_baseline'])} | {v.get('truncated', '')} |")
+    lines.append(f"| {s} | {v['n']} | {ci(v['length_baseline'])} | {v.get('truncated', '')} |")
   lines += ["", "## Members: accuracy, disagreement D, Fleiss' kappa (ID = own held-out split, "
             "OOD = pooled probe)", "",
             "| dataset | head | members | ID acc mean (range) | member-0 ID acc | OOD acc mean (range) "
@@ -226,21 +205,21 @@ def markdown(r: dict) -> str:
     ai, ao = v["acc_id"], v["acc_ood"]
     lines.append(
         f"| {d} | {h} | {c} | {ai['mean']:.3f} ({ai['range'][0]:.3f}-{ai['range'][1]:.3f}) | "
-        f"{_ci(ai['member0'])} | {ao['mean']:.3f} ({ao['range'][0]:.3f}-{ao['range'][1]:.3f}) | "
-        f"{_ci(v['D_id'])} | {_ci(v['D_ood'])} | {_ci(v['D_ood_minus_id'])} | {_ci(v['kappa_id'])} | "
-        f"{_ci(v['kappa_ood'])} | {_ci(v['D_ood_length_matched'])} | "
+        f"{ci(ai['member0'])} | {ao['mean']:.3f} ({ao['range'][0]:.3f}-{ao['range'][1]:.3f}) | "
+        f"{ci(v['D_id'])} | {ci(v['D_ood'])} | {ci(v['D_ood_minus_id'])} | {ci(v['kappa_id'])} | "
+        f"{ci(v['kappa_ood'])} | {ci(v['D_ood_length_matched'])} | "
         f"{v['spread_median_id']:.3f} / {v['spread_median_ood']:.3f} | {v['spearman_ood_mean']:.3f} |")
   lines += ["", "## Seed-only D on the probe: MLP minus linear (paired over items)", "",
             "| dataset | D(mlp) - D(linear) |", "|---|---|"]
   for d, v in r["mlp_minus_linear_D_ood_seed"].items():
-    lines.append(f"| {d} | {_ci(v)} |")
+    lines.append(f"| {d} | {ci(v)} |")
   lines += ["", "## Within vs across datasets (seed-only members, probe; mean pairwise kappa / D)", "",
             "| head | kappa within | kappa across | across - within | D within | D across | "
             "across - within |", "|---|---|---|---|---|---|---|"]
   for h, v in r["across_datasets"].items():
-    lines.append(f"| {h} | {_ci(v['kappa_within'])} | {_ci(v['kappa_across'])} | "
-                 f"{_ci(v['kappa_across_minus_within'])} | {_ci(v['D_within'])} | "
-                 f"{_ci(v['D_across'])} | {_ci(v['D_across_minus_within'])} |")
+    lines.append(f"| {h} | {ci(v['kappa_within'])} | {ci(v['kappa_across'])} | "
+                 f"{ci(v['kappa_across_minus_within'])} | {ci(v['D_within'])} | "
+                 f"{ci(v['D_across'])} | {ci(v['D_across_minus_within'])} |")
   lines += ["", "## Claims", "", "```", json.dumps(r["summary"], indent=1), "```", ""]
   return "\n".join(lines)
 
@@ -291,11 +270,4 @@ def figure(r: dict, path: str) -> None:
 
 
 def write(r: dict, out_dir: str) -> None:
-  os.makedirs(out_dir, exist_ok=True)
-  for name, text in (("inconsistency.json", json.dumps(_json_safe(r), indent=1)),
-                     ("inconsistency.md", markdown(r))):
-    tmp = os.path.join(out_dir, name + ".tmp")
-    with open(tmp, "w") as f:
-      f.write(text)
-    os.replace(tmp, os.path.join(out_dir, name))
-  figure(r, os.path.join(out_dir, "inconsistency.png"))
+  report_files.write(r, out_dir, "inconsistency", markdown, figure)
