@@ -227,11 +227,18 @@ def test_full_queue_is_503_with_retry_after():
 def test_a_few_rows_run_in_the_smallest_batch_that_holds_them():
   import types  # noqa: PLC0415
   seen = []
+
+  def score_rows(rows, batch_size):
+    seen.append((len(rows), batch_size))
+    return {"reward": np.asarray([float(len(r)) for r in rows])}
   scorer = types.SimpleNamespace(mesh=types.SimpleNamespace(shape={"data": 2, "fsdp": 1}),
-                                 batch_size=12, score_rows=lambda rows, batch_size: seen.append(
-                                     (len(rows), batch_size)))
+                                 batch_size=12, score_rows=score_rows)
   assert server.batch_sizes(scorer) == [2, 4, 8, 12]
   forward = server.fitted_forward(scorer)
   for n in (1, 3, 8, 9, 40):
     forward([[1]] * n)
-  assert seen == [(1, 2), (3, 4), (8, 8), (9, 12), (40, 12)]
+  assert seen == [(1, 2), (3, 4), (8, 8), (9, 12), (12, 12), (12, 12), (12, 12), (4, 4)]
+  seen.clear()  # rows of two length buckets (32, 64) in arrival order: one forward per bucket
+  rows = [[1] * n for n in (40, 5, 50, 7, 6)]
+  np.testing.assert_array_equal(forward(rows)["reward"], [40, 5, 50, 7, 6])
+  assert seen == [(3, 4), (2, 2)]

@@ -17,9 +17,10 @@ Endpoints (JSON in and out; every error is `{"detail": "<one line>"}` with its s
 
 Requests are tokenized on one thread and queued; a batcher takes what is queued (up to
 `max_batch` rows, waiting at most `max_wait` seconds for more) into one `Scorer.score_rows`
-call on another thread (rows sorted and padded by length bucket there, in the smallest
-power-of-two batch that holds them), so concurrent requests share forwards and a lone request
-is not padded to a full batch. Over `max_queue` queued rows a request is answered 503 with Retry-After.
+call on another thread, grouped by length bucket and run in full batches plus the smallest
+power-of-two batch that holds the rest (`fitted_forward`), so concurrent requests share
+forwards, short rows are not padded to a long one's length, and a lone request is not padded
+to a full batch. Over `max_queue` queued rows a request is answered 503 with Retry-After.
 """
 
 from __future__ import annotations
@@ -124,11 +125,26 @@ def batch_sizes(scorer) -> list[int]:
 
 
 def fitted_forward(scorer):
-  """`rows -> outputs` through the smallest batch size that holds them (the batcher's call)."""
+  """`rows -> outputs` (the batcher's call): rows grouped by length bucket, each group in full
+  batches plus one of the smallest batch size that holds the rest, so a dispatch pads about as
+  little as offline scoring of length-sorted rows does (rows arrive in no length order)."""
   sizes = batch_sizes(scorer)
 
   def forward(rows):
-    return scorer.score_rows(rows, batch_size=next((b for b in sizes if b >= len(rows)), sizes[-1]))
+    groups: dict = {}
+    for i, r in enumerate(rows):
+      groups.setdefault(bucket_length(len(r)), []).append(i)
+    out = None
+    for _, idx in sorted(groups.items()):
+      for start in range(0, len(idx), sizes[-1]):
+        part = idx[start:start + sizes[-1]]
+        res = scorer.score_rows([rows[i] for i in part],
+                                batch_size=next(b for b in sizes if b >= len(part)))
+        if out is None:
+          out = {k: np.zeros((len(rows),) + v.shape[1:], v.dtype) for k, v in res.items()}
+        for k, v in res.items():
+          out[k][part] = v
+    return out if out is not None else scorer.score_rows(rows)
   return forward
 
 
