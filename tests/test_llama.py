@@ -121,8 +121,10 @@ def test_dense_and_swiglu_vjps_equal_plain_autodiff(monkeypatch):
   monkeypatch.setattr(llama_lib, "_dot_general_intercepted", lambda: True)
   plain = grad()
   assert len(calls) == n_fast  # plain autodiff only
+  # float32 sums in another order (x^T materialised vs folded into the dot): ~1e-5 relative on
+  # some machines' kernels (seen: 2 of 3,104 elements at 3.6e-5); a wrong VJP is off by O(1)
   for a, b in zip(jax.tree_util.tree_leaves(fast), jax.tree_util.tree_leaves(plain)):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
   x = jax.random.normal(jax.random.PRNGKey(3), (2, 5, 7))
   g = jax.random.normal(jax.random.PRNGKey(4), (2, 5, 3))
   for transposed in (False, True):
