@@ -649,3 +649,18 @@ def test_every_shipped_config_variant_validates():
     module = importlib.import_module(f"configs.{family}")
     for variant in VARIANTS:
       assert config_errors(module.get_config(variant)) == [], (family, variant)
+
+
+def test_report_json_is_strict(tmp_path):
+  """A NaN or inf (an empty subset's accuracy, a diverged metric) is written as null and
+  counted: bare NaN is not JSON and strict readers (jq, JavaScript) fail on it."""
+  from rmjax.checkpoints.workdir import write_json_atomic  # noqa: PLC0415
+  path = tmp_path / "report.json"
+  write_json_atomic(str(path), {"accuracy": float("nan"), "per_subset": {"a": np.float32(np.inf)},
+                                "margins": np.array([1.0, np.nan]), "n": 3})
+
+  def refuse(token):
+    raise ValueError(f"non-JSON constant {token}")
+  report = json.loads(path.read_text(), parse_constant=refuse)
+  assert report == {"accuracy": None, "per_subset": {"a": None}, "margins": [1.0, None], "n": 3,
+                    "n_nonfinite_as_null": 3}

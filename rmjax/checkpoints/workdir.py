@@ -16,14 +16,44 @@ from rmjax.models.llama import LlamaConfig
 MODEL_EXTRAS_KEY = "rmjax"  # model_config.json: what scoring needs beyond the LlamaConfig
 
 
+def strict_json(obj: Any) -> tuple[Any, int]:
+  """(obj as plain JSON types with every NaN / inf replaced by None, how many were replaced).
+  Python's json writes bare NaN, which is not JSON: strict readers (jq, JavaScript, Go) fail."""
+  count = 0
+
+  def clean(x):
+    nonlocal count
+    if isinstance(x, dict):
+      return {str(k): clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+      return [clean(v) for v in x]
+    if hasattr(x, "tolist") and not isinstance(x, (str, bytes)):  # numpy scalars and arrays
+      return clean(x.tolist())
+    if isinstance(x, float) and (x != x or x in (float("inf"), float("-inf"))):
+      count += 1
+      return None
+    return x
+  return clean(obj), count
+
+
+def dumps_strict(obj: Any, **kw) -> str:
+  """Strict JSON of obj (`strict_json`); a dict records how many values became null under
+  'n_nonfinite_as_null'."""
+  clean, n = strict_json(obj)
+  if n and isinstance(clean, dict):
+    clean["n_nonfinite_as_null"] = n
+  return json.dumps(clean, allow_nan=False, default=str, **kw)
+
+
 def write_json_atomic(path: str, obj: Any, text: Optional[str] = None) -> None:
-  """Write JSON (or `text`) to a temp file beside `path`, then rename: never a half file."""
+  """Write strict JSON (`dumps_strict`) or `text` to a temp file beside `path`, then rename:
+  never a half file."""
   folder = os.path.dirname(os.path.abspath(path))
   os.makedirs(folder, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
   try:
     with os.fdopen(fd, "w") as f:
-      f.write(text if text is not None else json.dumps(obj, indent=2, default=float))
+      f.write(text if text is not None else dumps_strict(obj, indent=2))
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the file from other users

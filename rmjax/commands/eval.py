@@ -9,12 +9,12 @@ FILE` reads it, and the report names it under 'rewards_file'."""
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
 
 from rmjax.commands.common import FLAGS, require
+from rmjax.checkpoints.workdir import dumps_strict
 from rmjax.commands.score import load_scorer, write_jsonl_atomic
 from rmjax.data.specs import load_pairs
 from rmjax.errors import ConfigError, DataError
@@ -104,4 +104,4 @@ def main():
   write_jsonl_atomic(report["rewards_file"],
                      rewards_records(pairs, data, res_c["reward"], res_r["reward"]))
   report["files"] = write_report_files(directory, data, report, margins)
-  print(json.dumps(report))
+  print(dumps_strict(report))
