@@ -260,6 +260,11 @@ CASES = {
     "train-fails-after-files-written": (lambda c: train_argv(  # overopt writes before the model
         c.tmp / "w", f"--config.model.spec=hf:{c.tmp}/none", config=f"{REPO}/configs/overopt.py:tiny"),
         ["none", "no such checkpoint directory"]),
+    "train-strict-drop": (lambda c: train_argv(c.tmp / "w", "--strict", "--config.data.source=json:" + str(
+        jsonl(c.tmp / "pairs.jsonl", [{"prompt": f"q{i}", "chosen": f"good {i}", "rejected": f"bad {i}"}
+                                      for i in range(40)] + [{"prompt": "q", "chosen": "same",
+                                                              "rejected": "same"}]))),
+                          ["pairs.jsonl", "1 dropped (identical)", "--strict"]),
     "train-colon-path": (lambda c: train_argv(c.tmp / "w", "--config.data.source=v2:pairs.jsonl"),
                          ["'v2'", "use ./path or json:path"]),
     # score: flags and paths (before the model loads)

@@ -20,13 +20,14 @@ from rmjax import sharding, tasks
 from rmjax.commands.common import FLAGS, config
 from rmjax.errors import ConfigError
 from rmjax.train.lock import WorkdirLock
+from rmjax.train import run as train_run
 from rmjax.train.run import check_workdir
 from rmjax.train.validate import check_workdir_writable
 
 SUMMARY = "train a reward model / policy from a config (resumes an existing --workdir)"
 EXAMPLE = "rmjax train --config configs/bt.py:tiny --workdir /tmp/bt --config.train.steps=50"
 USES = ("config", "workdir", "overwrite", "show_config", "coordinator", "num_processes",
-        "process_id")
+        "process_id", "strict")
 
 flags.DEFINE_bool("show_config", False, "train: print the resolved, locked config and exit")
 flags.DEFINE_string("coordinator", None, "multi-process: coordinator address HOST:PORT "
@@ -55,6 +56,7 @@ def main():
     return
   workdir = FLAGS.workdir or os.path.join(
       "workdirs", f"{cfg.task}-{time.strftime('%Y%m%d-%H%M%S')}")
+  train_run.STRICT = FLAGS.strict  # a dropped or truncated record fails the run (exit 2)
   spec = tasks.get(cfg.task)
   check_workdir_writable(workdir)
   replace = False

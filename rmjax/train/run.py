@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from rmjax.checkpoints.orbax import Checkpointer
 from rmjax.checkpoints.workdir import model_config_fields, write_json_atomic
-from rmjax.errors import ConfigError, TrainingDiverged
+from rmjax.errors import ConfigError, DataError, TrainingDiverged
 from rmjax.train.metrics_writer import MetricWriter
 from rmjax.train.validate import check_workdir_writable, validate_config
 
@@ -86,6 +86,22 @@ def data_report(info: Optional[dict]) -> Optional[dict]:
           "n_truncated": tok.get("truncated", 0)}
 
 
+STRICT = False  # set by `rmjax train --strict`: a run whose data lost or cut a record fails
+
+
+def check_strict(source: str, report: Optional[dict]) -> None:
+  """Under `--strict`, a DataError (exit 2) naming the source and the counts when any record was
+  dropped (by reason) or truncated; nothing of the run is written yet."""
+  if not STRICT or report is None:
+    return
+  lost = {k: v for k, v in report["n_dropped"].items() if v}
+  if lost or report["n_truncated"]:
+    parts = [f"{v} dropped ({k})" for k, v in sorted(lost.items())]
+    parts += [f"{report['n_truncated']} truncated"] if report["n_truncated"] else []
+    raise DataError(source, None, None, f"{', '.join(parts)} of {report['n_in']} records "
+                    "(--strict: fix the data, or drop --strict to train on the rest)")
+
+
 class Run:
   """One run in one workdir (see the module docstring for the layout)."""
 
@@ -98,6 +114,8 @@ class Run:
     check_workdir(config, workdir)
     self.config, self.workdir, self.desc = config, workdir, desc
     self.model_config, self.info, self.model_extras = model_config, info, model_extras or {}
+    report = data_report(info)
+    check_strict(config.data.get("source", "<data>"), report)
     os.makedirs(workdir, exist_ok=True)
     self.ckpt = Checkpointer(os.path.join(workdir, checkpoints), keep=tc.keep_checkpoints,
                              best_metric=tc.get("best_metric") or None,
@@ -105,7 +123,6 @@ class Run:
                              async_save=tc.async_checkpoint, create=True)
     self.writer: Optional[MetricWriter] = None
     self.resumed_from: Optional[int] = None
-    report = data_report(info)
     if report is not None and is_main():
       print(f"data report: {json.dumps(report)}", flush=True)
 
