@@ -160,7 +160,7 @@ def figure(r: dict, path: str) -> None:
   ax.bar(x + len(models) * wdt, bl, wdt, color="grey", label="longer wins")
   ax.axhline(0.5, color="k", lw=0.6, ls=":")
   ax.set_xticks(x + 0.4, REPORT_SETS)
-  ax.set_ylim(0.3, 1.0)
+  ax.set_ylim(0.2, 1.0)
   ax.set_ylabel("pair accuracy (95% CI)")
   ax.legend(fontsize=7, ncol=2)
   ax.set_title("E-c: gate vs baselines (frozen SmolLM2-135M features)")
