@@ -63,8 +63,9 @@ def split_pairs(examples, n_train=N_TRAIN, n_eval=N_EVAL):
 def split_by_instruction(examples, eval_fraction=0.2, n_train=N_TRAIN, n_eval=N_EVAL):
   """AlpacaEval: instructions (not pairs) split by hash; pairs of each side drawn in a fixed
   hash order of (instruction, generator) so every instruction contributes about equally."""
-  ev = [e for e in examples if prompt_hash_fraction(e, SEED) < eval_fraction]
-  tr = [e for e in examples if prompt_hash_fraction(e, SEED) >= eval_fraction]
+  held_out = [prompt_hash_fraction(e, SEED) < eval_fraction for e in examples]
+  ev = [e for e, h in zip(examples, held_out) if h]
+  tr = [e for e, h in zip(examples, held_out) if not h]
 
   def spread(part, n):
     key = lambda e: prompt_hash_fraction(e, SEED + 1, key=lambda x: x.rejected + x.chosen)

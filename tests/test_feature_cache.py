@@ -23,7 +23,7 @@ def test_features_equal_the_scorer_forward_and_resume(tmp_path):
   got = cache.pairs(pairs[:3])                           # a first, partial extraction
   full = cache.pairs(pairs)
   np.testing.assert_array_equal(full["chosen"]["last"][:3], got["chosen"]["last"])
-  cfg, params, enc, pattern, _ = cache._load()
+  cfg, params, enc, pattern, _ = cache.model()
   rows, cut = cache.encode([(p.messages, p.chosen) for p in pairs])
   ref = emb.armo_features(cfg, params, rows, pattern, batch_size=4, pad_id=enc.pad_id)
   np.testing.assert_allclose(full["chosen"]["last"], ref["h_response"], rtol=1e-5, atol=1e-5)

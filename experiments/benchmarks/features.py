@@ -44,7 +44,7 @@ def main(argv=None):
   a = p.parse_args(argv)
   root = tempfile.mkdtemp(prefix="features_bench_")
   cache = FeatureCache(os.path.join(root, "warm"), a.spec, a.max_length)
-  cfg, params, enc, _, _ = cache._load()
+  cfg, params, enc, _, _ = cache.model()
   sets = real_sets.load_sets()
   items = [(e.messages, r) for ex in sets["eval"].values() for e in ex for r in (e.chosen, e.rejected)]
   items = [items[i] for i in np.random.default_rng(0).permutation(len(items))[:a.rows]]
@@ -79,9 +79,7 @@ def main(argv=None):
 
   # feature cache (warm-up into one dir, timed into a fresh one)
   cache.extract(rows, progress=False)
-  timed = FeatureCache(os.path.join(root, "timed"), a.spec, a.max_length)
-  timed._model = cache._model
-  timed._check_meta(cache._model[4])
+  timed = FeatureCache(os.path.join(root, "timed"), a.spec, a.max_length, model=cache.model())
   info = timed.extract(rows, progress=False)
   result["feature_cache"] = {"useful_tokens_per_s": info["useful_tokens_per_s"],
                              "seconds": info["seconds"],

@@ -43,7 +43,7 @@ from rmjax import checkpoints
 from rmjax.data import load_source
 from rmjax.data.encode_batch import encode_many
 from rmjax.data.tokenize import ChatEncoder, normalize_prompt
-from rmjax.errors import ConfigError
+from rmjax.errors import ConfigError, RmjaxError
 from rmjax.inference import embed as emb
 from rmjax.models.armorm import gather_embeddings
 from rmjax.models.llama import Llama, LlamaConfig
@@ -70,14 +70,20 @@ class FeatureCache:
   """Features of token rows under one backbone and max_length; see the module docstring."""
 
   def __init__(self, directory: str, spec: str = "smollm2-135m", max_length: int = 256,
-               batch_size: int = 16, chunk: int = 256):
+               batch_size: int = 16, chunk: int = 256, model: tuple | None = None):
+    """`model`: another cache's `model()` (same spec and max_length), to share loaded weights."""
     self.directory, self.spec, self.max_length = directory, spec, int(max_length)
     self.batch_size, self.chunk = batch_size, chunk
     self._model = None
+    if model is not None:
+      self._check_meta(model[4])
+      self._model = model
     self._index: dict | None = None
 
   # ------------------------------------------------------------------ model, encoding
-  def _load(self):
+  def model(self) -> tuple:
+    """(LlamaConfig, params, ChatEncoder, prompt-end pattern, settings), loaded once; the settings
+    are checked against (or recorded in) the directory's meta.json."""
     if self._model is None:
       cfg, params = checkpoints.load_pretrained(self.spec)
       tok = checkpoints.load_tokenizer(self.spec)
@@ -106,7 +112,7 @@ class FeatureCache:
 
   def encode(self, items: Sequence[tuple]) -> tuple[list, np.ndarray]:
     """[(prompt, response)] -> (token rows, truncated [N] bool): exactly what `rmjax score` reads."""
-    enc = self._load()[2]
+    enc = self.model()[2]
     grouped = [(normalize_prompt(p), [r]) for p, r in items]
     rows, cut = [], []
     for prompt_ids, response_ids in encode_many(enc, grouped):
@@ -133,7 +139,7 @@ class FeatureCache:
               log=None) -> dict:
     """Features of every row not yet on disk, in length order, a shard per `chunk` rows.
     Returns {'rows', 'new_rows', 'new_tokens', 'seconds', 'useful_tokens_per_s'}."""
-    cfg, params, enc, pattern, _ = self._load()
+    cfg, params, enc, pattern, _ = self.model()
     have = self.index()
     todo = {}
     for r in rows:
@@ -250,4 +256,8 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-  main()
+  try:
+    main()
+  except RmjaxError as e:  # bad input: one line, exit 2 (as the rmjax CLI)
+    print(f"feature_cache: error: {e}".splitlines()[0], file=sys.stderr)
+    sys.exit(2)
