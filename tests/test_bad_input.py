@@ -208,6 +208,9 @@ CASES = {
                                                       steps=3), ["cannot be restored"]),
     "train-corrupt-config-json": (lambda c: train_argv(
         write(c.copy() / "config.json", "{not json").parent), ["config.json"]),
+    "train-strict-damaged-checkpoint": (lambda c: train_argv(  # no silent fall-back to step 1
+        c.copy(damage=truncate_ckpt), "--strict", steps=4),
+        ["{tmp}/wd/checkpoints/2, is damaged", "newest intact one is step 1", "--strict"]),
     "train-read-only-workdir": (lambda c: train_argv(c.read_only()), ["not writable"]),
     "train-workdir-is-file": (lambda c: train_argv(write(c.tmp / "f", "x")), ["not a directory"]),
     # train: data sources (validated before the model is built)

@@ -22,7 +22,8 @@ flags.DEFINE_integer("batch_size", 16, "score/eval batch size (rows per forward)
 flags.DEFINE_integer("step", None, "checkpoint step to load (default: the latest)")
 flags.DEFINE_bool("debug", False, "show the traceback of an unexpected error")
 flags.DEFINE_bool("strict", False, "fail (exit 2) instead of dropping, skipping or truncating "
-                  "any input record")
+                  "any input record (train: also instead of resuming from an older checkpoint "
+                  "when the newest is damaged)")
 flags.DEFINE_bool("overwrite", False, "train: replace a run of another method or model in "
                   "--workdir (without it such a workdir is refused)")
 

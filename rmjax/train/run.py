@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from rmjax.checkpoints.orbax import Checkpointer
 from rmjax.checkpoints.workdir import model_config_fields, write_json_atomic
-from rmjax.errors import ConfigError, DataError, TrainingDiverged
+from rmjax.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from rmjax.train.metrics_writer import MetricWriter
 from rmjax.train.validate import check_workdir_writable, validate_config
 
@@ -86,7 +86,8 @@ def data_report(info: Optional[dict]) -> Optional[dict]:
           "n_truncated": tok.get("truncated", 0)}
 
 
-STRICT = False  # set by `rmjax train --strict`: a run whose data lost or cut a record fails
+STRICT = False  # set by `rmjax train --strict`: a run whose data lost or cut a record fails,
+# and so does a resume whose newest checkpoint is damaged (no fall-back to an older one)
 
 
 def check_strict(source: str, report: Optional[dict]) -> None:
@@ -147,6 +148,13 @@ class Run:
     if self.ckpt.latest_step() is None:
       return None, 0
     start, state, data, damaged = self.ckpt.restore_intact(abstract_state)
+    if damaged and STRICT:  # no silent fall-back: refuse before anything is moved or written
+      bad = damaged[0]
+      raise CheckpointError(
+          f"the newest checkpoint, {self.ckpt.directory}/{bad.step}, is damaged ({bad.reason}); "
+          f"the newest intact one is step {start} (--strict: refusing to resume from an older "
+          f"checkpoint; drop --strict to resume from step {start} with the damaged one set aside "
+          f"as damaged-{bad.step}, or move it away yourself)")
     if damaged and is_main():
       for e in damaged:  # out of the step sequence, so this run's saves do not collide with them
         self.ckpt.set_aside(e.step, "damaged")
