@@ -150,10 +150,19 @@ def train_eval_pairs(config):
   return train, evals, stats
 
 
-def load_objective_pairs(spec: str, names: Sequence[str], seed: int = 0) -> list:
+def _read(stats, spec: str, n_in: int, kept: int, dropped=None) -> None:
+  """Record one source's accounting in `stats` (when the caller asked for it)."""
+  if stats is not None:
+    stats[spec] = {"n_in": int(n_in), "kept": int(kept),
+                   "dropped": {k: int(v) for k, v in (dropped or {}).items() if v}}
+
+
+def load_objective_pairs(spec: str, names: Sequence[str], seed: int = 0,
+                         stats: dict | None = None) -> list:
   """'SOURCE=>objective' joined with ';' (e.g. 'shared:hh_rlhf_harmless_test@train=>safety') ->
   ObjectivePairs; SOURCE is any `rmjax.data.specs.load_pairs` spec, optionally ending in
-  '@train' / '@eval' for one side of the 90/10 prompt-hash split."""
+  '@train' / '@eval' for one side of the 90/10 prompt-hash split. `stats` (a dict) gets each
+  SOURCE's {n_in, kept, dropped by reason}."""
   out = []
   for part in filter(None, (s.strip() for s in spec.split(";"))):
     if "=>" not in part:
@@ -161,35 +170,49 @@ def load_objective_pairs(spec: str, names: Sequence[str], seed: int = 0) -> list
     src, objective = (s.strip() for s in part.rsplit("=>", 1))
     if src.startswith("synthetic_multi:"):
       tag_pairs([], objective, names, where=src)  # validates the name
-      out.extend(synthetic_multi.make_objective_pairs(int(src.split(":", 1)[1] or 500), objective,
-                                                      names, seed))
+      got = synthetic_multi.make_objective_pairs(int(src.split(":", 1)[1] or 500), objective,
+                                                 names, seed)
+      out.extend(got)
+      _read(stats, src, len(got), len(got))
       continue
-    pairs, _ = load_pairs(src, seed)
+    pairs, st = load_pairs(src, seed)
+    _read(stats, src, st["n_in"], len(pairs), st.get("dropped"))
     out.extend(tag_pairs(pairs, objective, names, where=src))
   return out
 
 
 def load_ratings_spec(spec: str, objectives: Sequence, seed: int = 0, unrated=(),
-                      missing: float = 0.1) -> list:
+                      missing: float = 0.1, stats: dict | None = None) -> list:
   """'synthetic_multi:N' (built-in, `unrated` objectives never rated), 'shared:NAME' (USR
   Topical-Chat, XSTest: `rmjax.data.rating_sources`) or 'json:PATH' / PATH, several joined
-  with '+'."""
+  with '+'. `stats` (a dict) gets each part's {n_in, kept, dropped by reason}."""
   names = [o.name for o in objectives]
   out = []
   for part in filter(None, (s.strip() for s in spec.split("+"))):
     if part.startswith("shared:"):
-      out.extend(rating_sources.load_shared_ratings(part[7:], objectives)[0])
+      got, st = rating_sources.load_shared_ratings(part[7:], objectives)
+      n_in, bad = st.get("read", len(got)), st.get("invalid", 0)
+      _read(stats, part, n_in, len(got), {
+          "invalid": bad, "no rating of this run's objectives": n_in - bad - len(got)})
     elif part.startswith("synthetic_multi:"):
-      out.extend(synthetic_multi.make_ratings(int(part.split(":", 1)[1] or 2000), seed, names,
-                                              missing=missing, unrated=tuple(unrated)))
-    else:
-      out.extend(read_ratings(part[5:] if part.startswith("json:") else part, objectives))
+      got = synthetic_multi.make_ratings(int(part.split(":", 1)[1] or 2000), seed, names,
+                                         missing=missing, unrated=tuple(unrated))
+      _read(stats, part, len(got), len(got))
+    else:  # a bad record is an error, none is dropped
+      got = read_ratings(part[5:] if part.startswith("json:") else part, objectives)
+      _read(stats, part, len(got), len(got))
+    out.extend(got)
   return out
 
 
-def load_pairs_spec(spec: str, seed: int = 0) -> list:
+def load_pairs_spec(spec: str, seed: int = 0, stats: dict | None = None) -> list:
   """Pairs: 'synthetic_multi:N' or any `rmjax.data.specs.load_pairs` spec, optionally
-  ending in '@train' / '@eval' (one side of the prompt-hash split)."""
+  ending in '@train' / '@eval' (one side of the prompt-hash split). `stats` (a dict) gets
+  {spec: {n_in, kept, dropped by reason}}."""
   if spec.startswith("synthetic_multi:"):
-    return synthetic_multi.make_pairs(int(spec.split(":", 1)[1] or 2000), seed)
-  return load_pairs(spec, seed)[0]
+    got = synthetic_multi.make_pairs(int(spec.split(":", 1)[1] or 2000), seed)
+    _read(stats, spec, len(got), len(got))
+    return got
+  got, st = load_pairs(spec, seed)
+  _read(stats, spec, st["n_in"], len(got), st.get("dropped"))
+  return got

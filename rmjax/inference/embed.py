@@ -138,12 +138,15 @@ def prompt_end_pattern(tokenizer) -> tuple:
   return tuple(int(i) for i in tokenizer.encode(closing + gen, add_special_tokens=False))
 
 
-def encode_rows(encoder, items: Sequence[tuple]) -> list:
-  """[(messages, response)] -> token id lists of the whole conversation (truncated to max)."""
+def encode_rows(encoder, items: Sequence[tuple], truncated: list | None = None) -> list:
+  """[(messages, response)] -> token id lists of the whole conversation (truncated to max);
+  `truncated` (a list) gets one bool per row: whether it was cut."""
   out = []
   for messages, response in items:
-    p, r, _ = encoder.encode_pair(messages, response)
+    p, r, cut = encoder.encode_pair(messages, response)
     out.append(list(p) + list(r))
+    if truncated is not None:
+      truncated.append(bool(cut))
   return out
 
 

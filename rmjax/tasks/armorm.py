@@ -35,7 +35,7 @@ from rmjax.tasks import common
 from rmjax.tasks.spec import TaskSpec
 from rmjax.train import head_fit
 from rmjax.train.loop import Task, train
-from rmjax.train.run import Run
+from rmjax.train.run import Run, announce_data, data_info
 
 def make_model(config, cfg, extras=None) -> ArmoRM:
   """The scoring model; the prompt-end token pattern comes from model_config.json's extras
@@ -223,6 +223,22 @@ def e2e_task(config, cfg, backbone_params, ratings_rows, ratings, pair_rows, pai
 
 # ----------------------------------------------------------------------------------- driver
 
+def data_stats(d, read: dict, cut: dict, n_eval: int) -> dict:
+  """The data report's stats (`rmjax.train.run.data_info`) over the train sources (ratings,
+  objective pairs, pairs): records read, rated responses + pairs kept, dropped by reason,
+  records (a rated response, or a pair with either side) truncated to max_length."""
+  dropped: dict = {}
+  for st in read.values():
+    for reason, n in st["dropped"].items():
+      dropped[reason] = dropped.get(reason, 0) + n
+  truncated = sum(cut["ratings"]) + sum(
+      c or r for key in ("tagged", "train") for c, r in zip(cut[f"{key}_c"], cut[f"{key}_r"]))
+  lost = [spec for spec, st in read.items() if st["dropped"]]
+  return data_info(", ".join(lost) or d.source, sum(st["n_in"] for st in read.values()),
+                   sum(st["kept"] for st in read.values()), n_eval, dropped, truncated,
+                   sources=read, truncated_by_set={k: int(sum(v)) for k, v in cut.items()})
+
+
 def _log(msg):
   if jax.process_index() == 0:
     print(f"[armorm] {msg}", flush=True)
@@ -239,9 +255,12 @@ def run(config, workdir: str) -> dict:
   pattern = tuple(emb.prompt_end_pattern(tok))  # recorded in model_config.json for scoring
   _log(f"objectives {names}; prompt pattern {list(pattern)}")
 
-  rated = specs.load_ratings_spec(d.ratings, objectives, config.seed, unrated=tuple(d.unrated))
-  tagged = specs.load_objective_pairs(d.objective_pairs, names, config.seed) if d.objective_pairs else []
-  train_pairs = specs.load_pairs_spec(d.source, config.seed)
+  read: dict = {}  # per train source: {n_in, kept, dropped by reason}, for the data report
+  rated = specs.load_ratings_spec(d.ratings, objectives, config.seed, unrated=tuple(d.unrated),
+                                  stats=read)
+  tagged = specs.load_objective_pairs(d.objective_pairs, names, config.seed,
+                                      stats=read) if d.objective_pairs else []
+  train_pairs = specs.load_pairs_spec(d.source, config.seed, stats=read)
   eval_pairs = specs.load_pairs_spec(d.eval_source, config.seed + 1) if d.eval_source else []
   ref_pairs = specs.load_pairs_spec(a.reference, config.seed + 2) if a.reference else train_pairs
   _log(f"{len(rated)} rated responses, {len(tagged)} tagged pairs, {len(train_pairs)} train / "
@@ -250,11 +269,17 @@ def run(config, workdir: str) -> dict:
   if d.length_objective:  # a verbosity objective rated by response length (no rated one)
     ratings[:, objs.verbosity_index(names, d.length_objective)] = rdata.length_rating(
         [e.response for e in rated])
-  rows = {"ratings": emb.encode_rows(encoder, [(e.messages, e.response) for e in rated])}
+  cut = {}  # per row set: which rows were truncated to max_length
+  rows = {"ratings": emb.encode_rows(encoder, [(e.messages, e.response) for e in rated],
+                                     cut.setdefault("ratings", []))}
   for key, pairs in (("tagged", [t.pair for t in tagged]), ("train", train_pairs),
                      ("eval", eval_pairs), ("reference", ref_pairs if a.reference else [])):
-    rows[f"{key}_c"] = emb.encode_rows(encoder, [(p.messages, p.chosen) for p in pairs])
-    rows[f"{key}_r"] = emb.encode_rows(encoder, [(p.messages, p.rejected) for p in pairs])
+    for side, name in (("c", "chosen"), ("r", "rejected")):
+      rows[f"{key}_{side}"] = emb.encode_rows(encoder, [(p.messages, getattr(p, name))
+                                                        for p in pairs],
+                                              cut.setdefault(f"{key}_{side}", []))
+  read_info = data_stats(d, read, cut, n_eval=len(eval_pairs))
+  announce_data(config, read_info)  # the data report; --strict fails here, nothing written yet
 
   stage1 = {}
   w = None
@@ -320,7 +345,8 @@ def run(config, workdir: str) -> dict:
   params = {"backbone": jax.tree_util.tree_map(lambda x, s: np.asarray(x, s.dtype), backbone_params,
                                                shapes["params"]["backbone"]),
             "heads": jax.tree_util.tree_map(np.asarray, head_params)}
-  final_run = Run(config, workdir, model_config=cfg, model_extras=extras, desc="armorm")
+  final_run = Run(config, workdir, model_config=cfg, model_extras=extras, desc="armorm",
+                  info=read_info, announce=False)
   done = int(s2_final.get("step", 0) or stage2_config(config).train.steps)
   final_run.save_final(done, params)
   final_run.close()

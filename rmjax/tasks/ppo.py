@@ -38,7 +38,7 @@ from rmjax.rl import ppo, rollout
 from rmjax.rl import value as value_lib
 from rmjax.tasks import ppo_setup
 from rmjax.tasks.spec import TaskSpec
-from rmjax.train.run import Run
+from rmjax.train.run import Run, prompt_info
 from rmjax.train.state import make_optimizer
 
 
@@ -292,7 +292,8 @@ def run(config, workdir: str, return_state: bool = False, mesh=None):
   setup = ppo_setup.build(config, workdir, mesh)
   trainer = Trainer(config, setup, mesh)
   prompts = PromptIterator(setup.train_prompts, pc.rollout_batch, config.seed)
-  run_ = Run(config, workdir, model_config=setup.cfg, desc="ppo")
+  run_ = Run(config, workdir, model_config=setup.cfg, desc="ppo",
+             info=prompt_info(pc, setup))  # the data report (prompts, truncated)
   state, start = run_.restore(trainer.abstract_state(), prompts)
   if state is None:
     state = trainer.init_state(setup.policy_params, setup.value_params,

@@ -31,6 +31,7 @@ from rmjax.tasks import bt, common, salmon_collect
 from rmjax.tasks.pairs import pair_task, summarize_pairs
 from rmjax.tasks.spec import TaskSpec
 from rmjax.train.loop import Task
+from rmjax.train.run import data_info
 
 make_model = bt.make_model  # backbone + scalar head; reward = head(hidden at the last real token)
 
@@ -150,7 +151,9 @@ def salmon_data(config, tok):
   if len(eval_tok):
     evalb = PairBatcher(eval_tok, config.train.batch_size, buckets=buckets, seed=config.seed,
                         shuffle=False, drop_remainder=False).eval_batches
-  stats = {"aggregate": astats, "train_tokenize": tstats, "eval_tokenize": estats}
+  # the data report train prints for every method (records read, pairs kept, dropped by reason)
+  stats = data_info(s.preferences, len(records) + unjudged, len(train_tok), len(eval_tok),
+                    dropped, 0, aggregate=astats, train_tokenize=tstats, eval_tokenize=estats)
   return batcher, evalb, eval_views, stats
 
 

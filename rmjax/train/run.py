@@ -72,9 +72,10 @@ def check_workdir(config, workdir: str) -> None:
 
 
 def data_report(info: Optional[dict]) -> Optional[dict]:
-  """The console summary of a pair run's data (`data_stats.json` has the detail): records in,
-  train / eval pairs, dropped by reason (overlong ones included), truncated; None for data
-  stats of another shape."""
+  """The console summary of a run's data (`data_stats.json` has the detail): records in,
+  train / eval examples (pairs; SALMON's aggregated pairs, ArmoRM's rated responses + pairs,
+  PPO's prompts), dropped by reason (overlong ones included), truncated; None for data stats of
+  another shape. Every method's data stats carry these keys (`data_info` builds them)."""
   if not info or "n_in" not in info:
     return None
   tok = info.get("train_tokenize", {})
@@ -84,6 +85,40 @@ def data_report(info: Optional[dict]) -> Optional[dict]:
   return {"n_in": info["n_in"], "n_train": info.get("train_pairs"),
           "n_eval": info.get("eval_pairs"), "n_dropped": dropped,
           "n_truncated": tok.get("truncated", 0)}
+
+
+def data_info(source: str, n_in: int, n_train: int, n_eval: int, dropped: dict,
+              truncated: int, **detail) -> dict:
+  """Data stats in the shape `data_report` reads, for methods whose data is not a pair source
+  (SALMON, ArmoRM, PPO): `source` is named by `--strict`, `dropped` counts by reason (zeros
+  left out), `detail` goes to data_stats.json as it is."""
+  return dict(detail, source=source, n_in=int(n_in), train_pairs=int(n_train),
+              eval_pairs=int(n_eval), dropped={k: int(v) for k, v in dropped.items() if v},
+              train_tokenize=dict(detail.get("train_tokenize", {}), truncated=int(truncated)))
+
+
+def prompt_info(pc, setup) -> dict:
+  """An RL run's data stats (`data_info`): prompts read from `pc.prompts` (all trained on),
+  prompts of `pc.eval_prompts` evaluated (whole `pc.rollout_batch`es; the rest are counted in
+  data_stats.json), none dropped, train prompts over `pc.prompt_len` tokens (rollouts keep
+  their last prompt_len tokens) counted as truncated. `setup`: `train_prompts`,
+  `eval_prompts` ([{'prompt'}]) and `encode_prompt` (`rmjax.tasks.ppo_setup.build`)."""
+  bs = pc.rollout_batch
+  cut = sum(len(setup.encode_prompt(r["prompt"])) > pc.prompt_len for r in setup.train_prompts)
+  n_eval = len(setup.eval_prompts) // bs * bs
+  return data_info(pc.prompts, len(setup.train_prompts), len(setup.train_prompts), n_eval, {},
+                   cut, eval_source=pc.eval_prompts,
+                   eval_prompts_beyond_whole_batches=len(setup.eval_prompts) - n_eval)
+
+
+def announce_data(config, info: Optional[dict]) -> Optional[dict]:
+  """`data_report(info)`: checked under `--strict` (`check_strict`, naming `info['source']` or
+  `data.source`), then printed as one `data report: {...}` line (process 0)."""
+  report = data_report(info)
+  check_strict((info or {}).get("source") or config.data.get("source", "<data>"), report)
+  if report is not None and is_main():
+    print(f"data report: {json.dumps(report)}", flush=True)
+  return report
 
 
 STRICT = False  # set by `rmjax train --strict`: a run whose data lost or cut a record fails,
@@ -108,15 +143,17 @@ class Run:
 
   def __init__(self, config, workdir: str, *, model_config=None, info: Optional[dict] = None,
                model_extras: Optional[dict] = None, desc: str = "train",
-               checkpoints: str = "checkpoints"):
+               checkpoints: str = "checkpoints", announce: bool = True):
+    """`announce=False`: the caller already printed (and --strict-checked) `info`'s data
+    report with `announce_data` (ArmoRM, whose data is read long before its final Run)."""
     tc = config.train
     validate_config(config)
     check_workdir_writable(workdir)
     check_workdir(config, workdir)
     self.config, self.workdir, self.desc = config, workdir, desc
     self.model_config, self.info, self.model_extras = model_config, info, model_extras or {}
-    report = data_report(info)
-    check_strict(config.data.get("source", "<data>"), report)
+    if announce:
+      announce_data(config, info)  # --strict fails here, before the workdir is touched
     os.makedirs(workdir, exist_ok=True)
     self.ckpt = Checkpointer(os.path.join(workdir, checkpoints), keep=tc.keep_checkpoints,
                              best_metric=tc.get("best_metric") or None,
@@ -124,8 +161,6 @@ class Run:
                              async_save=tc.async_checkpoint, create=True)
     self.writer: Optional[MetricWriter] = None
     self.resumed_from: Optional[int] = None
-    if report is not None and is_main():
-      print(f"data report: {json.dumps(report)}", flush=True)
 
   # ------------------------------------------------------------------ files
   def write_files(self) -> None:
