@@ -8,21 +8,32 @@ kl=<coef>, norm=none|frozen|running, smoke (seconds-long run for tests).
 Reward 'proxy' is the over-optimisation setup: a 5-member proxy ensemble trained on noisy
 gold labels (configs/overopt.py), gold logged beside it. tiny: the tiny proxy; smollm2: the
 policy answers the synthetic prompts and the proxy is 5 heads on frozen SmolLM2 embeddings.
+`rl_config` is shared with configs/grpo.py (the same learner and keys, in `config.<task>`).
 """
 
 import ml_collections as mlc
 
 from configs import common
 
+ARGS = dict(reward="gold", uncertainty="none", agg="mean", kl=0.05, norm="none", smoke=False,
+            members=5, noise=0.25)
+
 
 def get_config(arg=None):
-  arg = common.parse_arg(arg, reward="gold", uncertainty="none", agg="mean", kl=0.05,
-                         norm="none", smoke=False, members=5, noise=0.25)
-  c = common.base_config(arg, "ppo")
+  return rl_config(common.parse_arg(arg, **ARGS), "ppo")
+
+
+def rl_config(arg, task: str):
+  """The RL learner's config for `task`, its settings in `c[task]`: PPO's defaults (GAE with a
+  value model, the KL in the reward); configs/grpo.py changes the estimator and the KL."""
+  c = common.base_config(arg, task)
   c.model.spec = "words" if arg.variant == "tiny" else c.model.spec
   c.model.hidden = 64
   c.model.layers = 2
-  c.ppo = mlc.ConfigDict(dict(
+  # advantage: an ADVANTAGES name (gae | grpo | rloo) or a plug-in's 'module:name'; group_size:
+  # samples per prompt (>= 2 for grpo / rloo); kl_in: reward (PPO, RLOO) | loss (GRPO)
+  c[task] = pc = mlc.ConfigDict(dict(
+      advantage="gae", group_size=1, kl_in="reward",
       prompts="synthetic:512", eval_prompts="synthetic:64", prompt_len=8, max_new_tokens=8,
       temperature=1.0, top_p=1.0, rollout_batch=32, minibatches=2, epochs=2,
       policy_loss="clip", clip=0.2, dual_clip=3.0, vf_clip=0.2, vf_coef=0.5, ent_coef=0.0,
@@ -43,14 +54,14 @@ def get_config(arg=None):
   c.train.checkpoint_every = 20
   c.train.keep_checkpoints = 2
   if arg.variant == "smollm2":
-    c.ppo.prompts = "shared:mt_bench"
-    c.ppo.eval_prompts = "shared:alpaca_eval_prompts:16"
-    c.ppo.prompt_len = 128
-    c.ppo.max_new_tokens = 48
-    c.ppo.rollout_batch = 8
-    c.ppo.minibatches = 2
-    c.ppo.temperature = 0.7
-    c.ppo.top_p = 0.9
+    pc.prompts = "shared:mt_bench"
+    pc.eval_prompts = "shared:alpaca_eval_prompts:16"
+    pc.prompt_len = 128
+    pc.max_new_tokens = 48
+    pc.rollout_batch = 8
+    pc.minibatches = 2
+    pc.temperature = 0.7
+    pc.top_p = 0.9
     c.optim.lr = 1e-6
     c.train.steps = 20
     c.train.eval_every = 10
@@ -64,13 +75,12 @@ def get_config(arg=None):
       # over-optimisation at SmolLM2 scale: the policy answers the synthetic prompts the proxy
       # (5 heads on frozen SmolLM2 embeddings) was labelled on, and the proxy's label pairs are
       # sampled from the reference policy with the PPO sampling settings
-      c.ppo.prompts, c.ppo.eval_prompts, c.ppo.prompt_len = "synthetic:512", "", 48
+      pc.prompts, pc.eval_prompts, pc.prompt_len = "synthetic:512", "", 48
       o = c.proxy.overopt
-      o.max_new_tokens, o.temperature, o.top_p = (c.ppo.max_new_tokens, c.ppo.temperature,
-                                                  c.ppo.top_p)
+      o.max_new_tokens, o.temperature, o.top_p = pc.max_new_tokens, pc.temperature, pc.top_p
   if arg.smoke:
-    c.ppo.prompts, c.ppo.eval_prompts = "synthetic:64", "synthetic:16"
-    c.ppo.rollout_batch = 16
+    pc.prompts, pc.eval_prompts = "synthetic:64", "synthetic:16"
+    pc.rollout_batch = 16
     c.train.steps = 4
     c.train.eval_every = c.train.checkpoint_every = 2
     c.train.progress = False

@@ -7,6 +7,7 @@ import pytest
 
 from rmjax.errors import ConfigError
 from rmjax.rl import rewards
+from rmjax.rl.registry import AGGREGATES
 
 R = np.array([1.0, 1.2, 2.6])
 
@@ -23,7 +24,7 @@ def test_worked_example():
 
 def test_batched_and_jax_agree():
   x = np.stack([R, R[::-1] + 1.0])                         # [2, 3]
-  for m in rewards.METHODS:
+  for m in AGGREGATES.names():
     np_out = rewards.aggregate(x, m)
     jx_out = jax.jit(lambda a: rewards.aggregate(a, m))(jnp.asarray(x, jnp.float32))
     assert np_out.shape == (2,)

@@ -21,10 +21,29 @@ from typing import Callable
 import numpy as np
 
 from rmjax.errors import ConfigError
+from rmjax.rl.registry import AGGREGATES
 
-METHODS = ("mean", "wco", "uwo", "lcb")
-SPREAD_METHODS = ("uwo", "lcb")
 STD_KINDS = {"population": 0, "sample": 1}
+
+
+@AGGREGATES.register("mean")
+def _mean(r, *, lam, beta, ddof):
+  return r.mean(axis=-1)
+
+
+@AGGREGATES.register("wco")
+def _wco(r, *, lam, beta, ddof):
+  return r.min(axis=-1)
+
+
+@AGGREGATES.register("uwo", spread=True)
+def _uwo(r, *, lam, beta, ddof):
+  return r.mean(axis=-1) - lam * r.var(axis=-1)  # population variance (1/K)
+
+
+@AGGREGATES.register("lcb", spread=True)
+def _lcb(r, *, lam, beta, ddof):
+  return r.mean(axis=-1) - beta * r.std(axis=-1, ddof=ddof)
 
 
 def _xp(x):
@@ -45,15 +64,15 @@ def _check_finite(x, what: str):
 
 def aggregate(member_scores, method: str = "mean", *, lam: float = 0.5, beta: float = 1.0,
               std: str = "population", standardize: Callable | None = None):
-  """Aggregate member scores [..., K] -> [...] with `method` in mean | wco | uwo | lcb.
+  """Aggregate member scores [..., K] -> [...] with `method` in mean | wco | uwo | lcb (or any
+  method registered in `rmjax.rl.registry.AGGREGATES`).
 
   lam: UWO variance weight (Coste BoN: 0.5; PPO: 0.1). beta: LCB std weight. std: LCB's std,
   'population' (ddof 0, the default) or 'sample' (ddof 1). standardize: optional per-member map
   from `standardizer` applied first. Raises ConfigError on an unknown method/std kind or K < 2
   for a spread-based method, ValueError on non-finite scores.
   """
-  if method not in METHODS:
-    raise ConfigError(f"unknown aggregation method {method!r}; choose from {', '.join(METHODS)}")
+  fn, spread_method = AGGREGATES.get(method), AGGREGATES.traits(method)["spread"]
   if std not in STD_KINDS:
     raise ConfigError(f"unknown std kind {std!r}; choose population or sample")
   xp = _xp(member_scores)
@@ -63,21 +82,14 @@ def aggregate(member_scores, method: str = "mean", *, lam: float = 0.5, beta: fl
   k = r.shape[-1]
   if k < 1:
     raise ConfigError("member scores have an empty members axis")
-  if method in SPREAD_METHODS and k < 2:
+  if spread_method and k < 2:
     raise ConfigError(f"aggregation {method!r} needs at least 2 ensemble members, got {k}")
   if method == "lcb" and std == "sample" and k < 2:
     raise ConfigError("sample std needs at least 2 members")
   _check_finite(r, "aggregate")
   if standardize is not None:
     r = standardize(r)
-  mu = r.mean(axis=-1)
-  if method == "mean":
-    return mu
-  if method == "wco":
-    return r.min(axis=-1)
-  if method == "uwo":
-    return mu - lam * r.var(axis=-1)  # population variance (1/K)
-  return mu - beta * r.std(axis=-1, ddof=STD_KINDS[std])
+  return fn(r, lam=lam, beta=beta, ddof=STD_KINDS[std])
 
 
 def spread(member_scores, kind: str = "population"):
@@ -111,15 +123,15 @@ def standardizer(reference_scores, eps: float = 1e-8) -> Callable:
   return apply
 
 
-def aggregate_all(member_scores, methods=METHODS, *, reference=None, lam: float = 0.5,
+def aggregate_all(member_scores, methods=None, *, reference=None, lam: float = 0.5,
                   beta: float = 1.0, std: str = "population") -> dict:
   """{method: aggregated [...]} for several methods at once; `reference` [N, K] (or None)
   turns on per-member standardisation. Also adds 'single' = member 0 (raw) for comparisons."""
   r = np.asarray(member_scores, np.float64)
   f = standardizer(reference) if reference is not None else None
   out = {"single": r[..., 0]}
-  for m in methods:
-    if m in SPREAD_METHODS and r.shape[-1] < 2:
+  for m in AGGREGATES.names() if methods is None else methods:
+    if AGGREGATES.traits(m)["spread"] and r.shape[-1] < 2:
       continue
     out[m] = aggregate(r, m, lam=lam, beta=beta, std=std, standardize=f)
   return out

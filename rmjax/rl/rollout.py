@@ -29,11 +29,15 @@ from rmjax.data import synthetic
 from rmjax.errors import ConfigError
 from rmjax.models.llama import Llama, LlamaConfig
 from rmjax.rl import ppo, rewards
+from rmjax.rl.registry import ADVANTAGES
 from rmjax.rl.value import ValueModel
 from rmjax.inference.generate import generate
 
 NORM_MODES = ("none", "frozen", "running")
-UNCERTAINTY = ("none", "reward", "variance_kl", "both")
+# uncertainty mode -> (score = conservative aggregate of the members, KL coefficient scaled by
+# each sequence's normalised ensemble variance)
+UNCERTAINTY = {"none": (False, False), "reward": (True, False), "variance_kl": (False, True),
+               "both": (True, True)}
 
 
 # ---------------------------------------------------------------- synthetic word vocabulary
@@ -136,28 +140,36 @@ def value_forward(params, ids, mask, *, cfg: LlamaConfig, prompt_len: int):
 
 @functools.partial(jax.jit, static_argnames=("cfg", "value_cfg", "prompt_len"))
 def score_sequences(policy, ref, value, ids, mask, resp_mask, *, cfg, value_cfg, prompt_len):
-  """Old log-probs, reference log-probs, values [B, N] and the policy's entropy (one jit)."""
+  """Old log-probs, reference log-probs, values [B, N] (with a value model: `value` not None),
+  each sequence's summed k1 KL [B] and the policy's entropy (one jit)."""
   logp, logits = policy_forward(policy, ids, mask, cfg=cfg, prompt_len=prompt_len)
   ref_logp, _ = policy_forward(ref, ids, mask, cfg=cfg, prompt_len=prompt_len)
-  values = value_forward(value, ids, mask, cfg=value_cfg, prompt_len=prompt_len)
   m = resp_mask.astype(jnp.float32)
-  return {"old_logp": logp * m, "ref_logp": ref_logp * m, "values": values * m,
-          "entropy": ppo.entropy(logits, m)}
+  out = {"old_logp": logp * m, "ref_logp": ref_logp * m, "entropy": ppo.entropy(logits, m)}
+  if value is not None:
+    out["values"] = value_forward(value, ids, mask, cfg=value_cfg, prompt_len=prompt_len) * m
+  out["seq_kl"] = jnp.sum((out["old_logp"] - out["ref_logp"]) * m, axis=-1)   # [B] sum of k1
+  return out
 
 
-@functools.partial(jax.jit, static_argnames=("kl_kind", "whiten"))
+@functools.partial(jax.jit, static_argnames=("kl_kind", "whiten", "estimator", "group_size"))
 def make_advantages(score, kl_coef_seq, old_logp, ref_logp, values, resp_mask, gamma, lam,
-                    kl_clamp_min, *, kl_kind: str = "k1", whiten: bool = True):
-  """Shaped per-token rewards, GAE advantages (whitened) and returns, plus KL statistics."""
+                    kl_clamp_min, *, kl_kind: str = "k1", whiten: bool = True,
+                    estimator: str = "gae", group_size: int = 1):
+  """Shaped per-token rewards (score at the last token, -kl_coef_seq * KL per token), the
+  ADVANTAGES entry `estimator`'s advantages (whitened) and, from a critic, returns; the
+  per-sequence KL penalty. `values` is None for estimators without a value model."""
   m = resp_mask.astype(jnp.float32)
   kl = ppo.kl_estimate(old_logp, ref_logp, kl_kind, clamp_min=kl_clamp_min) * m
   r = ppo.token_rewards(score, kl, m, kl_coef_seq)
-  adv, returns = ppo.gae(r, values, m, gamma, lam)
+  adv, returns = ADVANTAGES.get(estimator)(r, values, m, gamma=gamma, lam=lam,
+                                           group_size=group_size)
   if whiten:
     adv = ppo.whiten(adv, m)
-  seq_kl = jnp.sum((old_logp - ref_logp) * m, axis=-1)                   # [B] sum of k1
-  return {"advantages": adv, "returns": returns, "seq_kl": seq_kl,
-          "penalty": jnp.sum(kl_coef_seq[:, None] * kl, axis=-1)}
+  out = {"advantages": adv, "penalty": jnp.sum(kl_coef_seq[:, None] * kl, axis=-1)}
+  if returns is not None:
+    out["returns"] = returns
+  return out
 
 
 def uncertainty_terms(reward, members, method: str, uncertainty: str, lam: float, beta: float,
@@ -168,6 +180,7 @@ def uncertainty_terms(reward, members, method: str, uncertainty: str, lam: float
   its normalised ensemble variance (section 2.3)."""
   if uncertainty not in UNCERTAINTY:
     raise ConfigError(f"unknown uncertainty mode {uncertainty!r}; choose from {', '.join(UNCERTAINTY)}")
+  conservative, weighted_kl = UNCERTAINTY[uncertainty]
   b = len(reward)
   if members is None:
     if uncertainty != "none":
@@ -176,10 +189,10 @@ def uncertainty_terms(reward, members, method: str, uncertainty: str, lam: float
   members = np.asarray(members, np.float64)
   var = members.var(axis=-1)
   score = np.asarray(reward, np.float32)
-  if uncertainty in ("reward", "both"):
+  if conservative:
     score = np.asarray(rewards.aggregate(members, method, lam=lam, beta=beta), np.float32)
   w = np.ones(b, np.float32)
-  if uncertainty in ("variance_kl", "both"):
+  if weighted_kl:
     w = np.asarray(ppo.variance_weights(jnp.asarray(var, jnp.float32), w_min, w_max), np.float32)
   return score, w, var.astype(np.float32)
 

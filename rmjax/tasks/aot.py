@@ -239,7 +239,8 @@ def ppo_steps(config, cfg, mesh) -> list:
   steps.append(Step("ppo.score", score, (policy, policy, value, seqs["ids"],
                                          seqs["mask"], seqs["resp_mask"]),
                     (policy_sh, policy_sh, value_sh, bsh, bsh, bsh),
-                    {"old_logp": bsh, "ref_logp": bsh, "values": bsh, "entropy": rep}, (),
+                    {"old_logp": bsh, "ref_logp": bsh, "values": bsh, "seq_kl": bsh,
+                     "entropy": rep}, (),
                     3 * llama_flops(cfg, b, length, train=False)))
 
   # the sampler (rmjax.inference.generate.generate on the policy params)

@@ -1,23 +1,32 @@
-"""Uncertainty-penalised PPO: `rmjax train --config configs/ppo.py:tiny --workdir W`.
+"""The RL learner: PPO (`configs/ppo.py`) and the critic-free group methods GRPO / RLOO
+(`configs/grpo.py`), `rmjax train --config configs/ppo.py:tiny --workdir W`.
 
-One PPO iteration (ALGORITHMS.md 2.3, 2.4; tunix PPO decomposition):
-  1. rollout: the jitted KV-cache sampler continues a batch of left-padded prompts [B, P];
+One iteration (ALGORITHMS.md 2.3, 2.4; tunix's learner decomposition), prompts -> rollouts ->
+rewards -> experience -> update:
+  1. rollout: the jitted KV-cache sampler continues a batch of left-padded prompts [B, P], each
+     prompt repeated `group_size` times (G samples per prompt for the group estimators);
   2. one jitted forward pass: old log-probs (policy), reference log-probs (frozen initial
-     policy), values (value model) over the full sequences [B, P + N];
-  3. reward function on host -> (reward [B], members [B, K] | None); conservative aggregate
-     and/or variance-aware KL weights (`rollout.uncertainty_terms`); normalisation none /
-     frozen after the first batch / running;
-  4. jitted: shaped per-token rewards (score at the last token, -beta_t KL per token), GAE by
-     reverse scan, whitening;
-  5. jitted update: `epochs` x `minibatches` of clipped policy loss + clipped value loss -
-     entropy bonus, policy and value models with their own AdamW states, explicit shardings
-     (with `model.lora` both are LoRA models: only their adapters and the value head train).
-State (`PPOState`): step, policy and value params, their optimizer states, rng, KL coefficient
-and reward-normalisation statistics -- with the prompt-iterator position it is the whole
-checkpoint, so a resumed run continues exactly. The reference policy and reward models are
-frozen params only (no optimizer state) and are rebuilt deterministically on resume.
-This module holds the state, the update step, the rollout driver and `run(config, workdir)`;
-building models, prompts and the reward function from a config is `rmjax.tasks.ppo_setup`.
+     policy) and, when the advantage estimator needs a critic, values (value model) over the
+     full sequences [B, P + N];
+  3. reward function (`REWARDS[reward.kind]`) on host -> (reward [B], members [B, K] | None);
+     conservative aggregate and/or variance-aware KL weights (`rollout.uncertainty_terms`);
+     normalisation none / frozen after the first batch / running;
+  4. jitted: shaped per-token rewards (score at the last token, -beta_t KL per token when
+     `kl_in='reward'`), the advantage estimator `ADVANTAGES[advantage]` (gae by reverse scan,
+     grpo, rloo or a plug-in), optional whitening;
+  5. jitted update: `epochs` x `minibatches` of the policy loss `POLICY_LOSSES[policy_loss]`
+     (+ beta_t KL to the reference when `kl_in='loss'`, GRPO's form) - entropy bonus, and with a
+     critic the clipped value loss; policy and value models with their own AdamW states, explicit
+     shardings (with `model.lora` both are LoRA models: only their adapters and the value head
+     train).
+The settings live in the config section named by the task (`config.ppo` / `config.grpo`, the
+same keys). State (`PPOState`): step, policy and value params (`{}` without a critic), their
+optimizer states, rng, KL coefficient and reward-normalisation statistics -- with the
+prompt-iterator position it is the whole checkpoint, so a resumed run continues exactly. The
+reference policy and reward models are frozen params only (no optimizer state) and are rebuilt
+deterministically on resume. This module holds the state, the update step, the rollout driver
+and `run(config, workdir)`; building models, prompts and the reward function from a config is
+`rmjax.tasks.ppo_setup`; the named pieces are in `rmjax.rl.registry`.
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ from rmjax.models import lora
 from rmjax.models.llama import Llama
 from rmjax.rl import ppo, rollout
 from rmjax.rl import value as value_lib
+from rmjax.rl.registry import ADVANTAGES
 from rmjax.tasks import ppo_setup
 from rmjax.tasks.spec import TaskSpec
 from rmjax.train.run import Run, prompt_info
@@ -57,24 +67,38 @@ class PPOState(flax.struct.PyTreeNode):
 def make_update(cfg, value_cfg, prompt_len: int, pc, tx_policy, tx_value, policy_view=None,
                 value_view=None):
   """Pure `update(state, batch) -> (state, metrics)`: `pc.epochs` passes over the rollout batch
-  in `pc.minibatches` shuffled minibatches, each one AdamW step for policy and value.
-  `policy_view(policy params) -> Llama params` and `value_view(value params) -> ValueModel
-  params` (LoRA: adapters merged, the base's gradient stopped)."""
+  in `pc.minibatches` shuffled minibatches, each one AdamW step for the policy (and the value
+  model, when `pc.advantage` needs one). `policy_view(policy params) -> Llama params` and
+  `value_view(value params) -> ValueModel params` (LoRA: adapters merged, the base's gradient
+  stopped)."""
+  use_value = ADVANTAGES.traits(pc.advantage)["needs_value"]
+  kl_in_loss = pc.kl_in == "loss"
 
   def loss_fn(params, mb):
     policy, value = params
     policy = policy_view(policy) if policy_view else policy
-    value = value_view(value) if value_view else value
     m = mb["resp_mask"].astype(jnp.float32)
     logp, logits = rollout.policy_forward(policy, mb["ids"], mb["mask"], cfg=cfg,
                                           prompt_len=prompt_len)
     pg, pm = ppo.policy_loss(logp, mb["old_logp"], mb["advantages"], m, pc.clip,
                              pc.policy_loss, pc.dual_clip)
     ent = ppo.entropy(logits, m)
-    v = rollout.value_forward(value, mb["ids"], mb["mask"], cfg=value_cfg, prompt_len=prompt_len)
-    vl, vm = ppo.value_loss(v, mb["values"], mb["returns"], m, pc.vf_clip)
-    loss = pg - pc.ent_coef * ent + pc.vf_coef * vl
-    return loss, dict(pm, **vm, pg_loss=pg, vf_loss=vl, entropy=ent)
+    metrics = dict(pm, pg_loss=pg, entropy=ent)
+    loss = pg - pc.ent_coef * ent
+    if use_value:
+      value = value_view(value) if value_view else value
+      v = rollout.value_forward(value, mb["ids"], mb["mask"], cfg=value_cfg,
+                                prompt_len=prompt_len)
+      vl, vm = ppo.value_loss(v, mb["values"], mb["returns"], m, pc.vf_clip)
+      loss = loss + pc.vf_coef * vl
+      metrics.update(vm, vf_loss=vl)
+    if kl_in_loss:  # GRPO: beta_t KL(pi || pi_ref) per token in the loss, not in the reward
+      kl = ppo.kl_estimate(logp, mb["ref_logp"], pc.kl_estimator,
+                           clamp_min=0.0 if pc.kl_clamp else None)
+      kl_loss = ppo.masked_mean(mb["kl_coef"][:, None] * kl, m)
+      loss = loss + kl_loss
+      metrics.update(kl_loss=kl_loss)
+    return loss, metrics
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
@@ -88,10 +112,12 @@ def make_update(cfg, value_cfg, prompt_len: int, pc, tx_policy, tx_value, policy
       mb = jax.tree_util.tree_map(lambda x: jnp.take(x, idx, axis=0), batch)
       (loss, metrics), (gp, gv) = grad_fn((policy, value), mb)
       up, popt = tx_policy.update(gp, popt, policy)
-      uv, vopt = tx_value.update(gv, vopt, value)
-      metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(gp),
-                     value_grad_norm=optax.tree.norm(gv))
-      return (optax.apply_updates(policy, up), optax.apply_updates(value, uv), popt, vopt), metrics
+      metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(gp))
+      if use_value:
+        uv, vopt = tx_value.update(gv, vopt, value)
+        metrics.update(value_grad_norm=optax.tree.norm(gv))
+        value = optax.apply_updates(value, uv)
+      return (optax.apply_updates(policy, up), value, popt, vopt), metrics
 
     def epoch(carry, key):
       perm = jax.random.permutation(key, b).reshape(nmb, b // nmb)
@@ -143,12 +169,14 @@ class PromptIterator:
 
 # ---------------------------------------------------------------- the trainer
 class Trainer:
-  """Holds the compiled functions and frozen params of one PPO run (built by `ppo_setup`)."""
+  """Holds the compiled functions and frozen params of one RL run (built by `ppo_setup`)."""
 
   def __init__(self, config, setup, mesh):
     self.config, self.setup, self.mesh = config, setup, mesh
-    pc = config.ppo
+    pc = ppo_setup.section(config)
     self.pc = pc
+    self.advantage = ADVANTAGES.resolve(pc.advantage)
+    self.use_value = ADVANTAGES.traits(self.advantage)["needs_value"]
     self.cfg, self.value_cfg = setup.cfg, setup.value_cfg
     self.prompt_len = pc.prompt_len
     self.sampling = SamplingConfig(max_new_tokens=pc.max_new_tokens, temperature=pc.temperature,
@@ -182,9 +210,11 @@ class Trainer:
     def boxed():
       ids = jnp.zeros((1, 2), jnp.int32)
       pol = lora.wrap(Llama(self.cfg), self.lora).init(jax.random.PRNGKey(0), ids)["params"]
-      val = value_lib.boxed_init(self.value_cfg, jax.random.PRNGKey(1), self.value_lora)
+      val = (value_lib.boxed_init(self.value_cfg, jax.random.PRNGKey(1), self.value_lora)
+             if self.use_value else {})
       return PPOState(step=jnp.zeros((), jnp.int32), policy=pol, value=val,
-                      policy_opt=self.tx_policy.init(pol), value_opt=self.tx_value.init(val),
+                      policy_opt=self.tx_policy.init(pol),
+                      value_opt=self.tx_value.init(val) if self.use_value else {},
                       rng=jax.random.PRNGKey(0), kl_coef=jnp.zeros((), jnp.float32),
                       norm={k: jnp.zeros((), jnp.float32) for k in ("count", "mean", "m2")})
     abstract = jax.eval_shape(boxed)
@@ -195,12 +225,17 @@ class Trainer:
     return shd.with_shardings(shd.strip_boxes(self.abstract_boxed), self.shardings)
 
   def init_state(self, policy, value, rng) -> PPOState:
-    """State from initial params (host or device trees), placed on the state shardings."""
+    """State from initial params (host or device trees; `value` None without a critic),
+    placed on the state shardings."""
     sh = self.shardings
     policy = shd.place(policy, sh.policy)
-    value = shd.place(value, sh.value)
     popt = jax.jit(self.tx_policy.init, out_shardings=sh.policy_opt)(policy)
-    vopt = jax.jit(self.tx_value.init, out_shardings=sh.value_opt)(value)
+    vopt = {}
+    if self.use_value:
+      value = shd.place(value, sh.value)
+      vopt = jax.jit(self.tx_value.init, out_shardings=sh.value_opt)(value)
+    else:
+      value = {}
     put = lambda x: jax.device_put(x, self.replicated)  # noqa: E731
     return PPOState(step=put(jnp.zeros((), jnp.int32)), policy=policy, value=value,
                     policy_opt=popt, value_opt=vopt, rng=put(rng),
@@ -212,7 +247,10 @@ class Trainer:
     return lora.merge(policy, self.lora) if self.lora else policy
 
   def value_params(self, value):
-    """The plain ValueModel params the scoring pass runs (adapters merged for LoRA)."""
+    """The plain ValueModel params the scoring pass runs (adapters merged for LoRA); None
+    without a critic."""
+    if not self.use_value:
+      return None
     return lora.merge(value, self.lora) if self.lora else value
 
   def ref_params(self, policy):
@@ -224,9 +262,10 @@ class Trainer:
     toks = [self.setup.encode_prompt(r["prompt"]) for r in records]
     return left_pad(toks, self.setup.pad_id, length=self.prompt_len), toks
 
-  def experience(self, state: PPOState, records, rng, sampling=None):
-    """One rollout batch -> (device batch for `update`, host metrics, new norm, texts)."""
-    pc = self.pc
+  def rollout(self, state: PPOState, records, rng, sampling=None):
+    """Sample one response per record, reward it and score it (policy, reference, critic):
+    (device batch, scored, reward [B], members [B, K] | None, ensemble variance | None,
+    host metrics, response texts)."""
     (pids, pmask), ptoks = self.encode_prompts(records)
     policy = self.policy_params(state.policy)
     ids, mask, resp_mask, tokens = rollout.generate_responses(
@@ -235,10 +274,6 @@ class Trainer:
     texts = [r["prompt"] for r in records]
     rtexts = self.setup.decode(resp)
     reward, members = self.setup.reward_fn(texts, rtexts, ptoks, resp)
-    score, w, var = rollout.uncertainty_terms(reward, members, pc.aggregate, pc.uncertainty,
-                                              pc.uwo_lam, pc.lcb_beta, pc.w_min, pc.w_max)
-    norm = {k: np.float32(v) for k, v in jax.device_get(state.norm).items()}
-    score_n, norm = rollout.normalize_rewards(score, norm, pc.reward_norm)
     batch = shd.shard_batch({"ids": ids, "mask": mask, "resp_mask": resp_mask}, self.mesh,
                             global_batch=True)
     with jax.set_mesh(self.mesh):
@@ -247,36 +282,56 @@ class Trainer:
                                        batch["ids"], batch["mask"], batch["resp_mask"],
                                        cfg=self.cfg, value_cfg=self.value_cfg,
                                        prompt_len=self.prompt_len)
-      coef = jnp.asarray(state.kl_coef * w, jnp.float32)
-      adv = rollout.make_advantages(
-          jnp.asarray(score_n), coef, scored["old_logp"], scored["ref_logp"], scored["values"],
-          batch["resp_mask"], pc.gamma, pc.lam, 0.0 if pc.kl_clamp else -jnp.inf,
-          kl_kind=pc.kl_estimator, whiten=pc.whiten)
-    batch = dict(batch, old_logp=scored["old_logp"], values=scored["values"],
-                 advantages=adv["advantages"], returns=adv["returns"])
-    seq_kl = np.asarray(jax.device_get(adv["seq_kl"]))
+    var = None if members is None else np.asarray(members, np.float64).var(axis=-1)
     metrics = {"reward_mean": float(np.mean(reward)), "reward_std": float(np.std(reward)),
-               "score_mean": float(np.mean(score)), "kl": float(np.mean(seq_kl)),
-               "penalty": float(np.mean(jax.device_get(adv["penalty"]))),
+               "kl": float(np.mean(np.asarray(jax.device_get(scored["seq_kl"])))),
                "rollout_entropy": float(jax.device_get(scored["entropy"])),
-               "response_length": float(resp_mask.sum(-1).mean()),
-               "kl_coef": float(jax.device_get(state.kl_coef))}
+               "response_length": float(resp_mask.sum(-1).mean())}
     if members is not None:
-      metrics.update(ensemble_std=float(np.mean(np.sqrt(var))), kl_weight_max=float(w.max()),
+      metrics.update(ensemble_std=float(np.mean(np.sqrt(var.astype(np.float32)))),
                      members_mean=[float(x) for x in np.mean(members, 0)])
     if self.setup.gold_fn is not None:
       metrics["gold_mean"] = float(np.mean(self.setup.gold_fn(texts, rtexts)))
+    return batch, scored, reward, members, metrics, rtexts
+
+  def experience(self, state: PPOState, records, rng, sampling=None):
+    """One rollout batch -> (device batch for `update`, host metrics, new norm, texts).
+    `records` are the batch's rows: a group estimator's G samples of a prompt consecutive."""
+    pc = self.pc
+    batch, scored, reward, members, metrics, rtexts = self.rollout(state, records, rng, sampling)
+    score, w, _ = rollout.uncertainty_terms(reward, members, pc.aggregate, pc.uncertainty,
+                                            pc.uwo_lam, pc.lcb_beta, pc.w_min, pc.w_max)
+    norm = {k: np.float32(v) for k, v in jax.device_get(state.norm).items()}
+    score_n, norm = rollout.normalize_rewards(score, norm, pc.reward_norm)
+    with jax.set_mesh(self.mesh):
+      coef = jnp.asarray(state.kl_coef * w, jnp.float32)                  # [B]
+      in_reward = coef if pc.kl_in == "reward" else jnp.zeros_like(coef)
+      adv = rollout.make_advantages(
+          jnp.asarray(score_n), in_reward, scored["old_logp"], scored["ref_logp"],
+          scored.get("values"), batch["resp_mask"], pc.gamma, pc.lam,
+          0.0 if pc.kl_clamp else -jnp.inf, kl_kind=pc.kl_estimator, whiten=pc.whiten,
+          estimator=self.advantage, group_size=pc.group_size)
+    batch = dict(batch, old_logp=scored["old_logp"], advantages=adv["advantages"])
+    if self.use_value:
+      batch.update(values=scored["values"], returns=adv["returns"])
+    if pc.kl_in == "loss":
+      batch.update(ref_logp=scored["ref_logp"], kl_coef=coef)
+    metrics.update(score_mean=float(np.mean(score)),
+                   penalty=float(np.mean(jax.device_get(adv["penalty"]))),
+                   kl_coef=float(jax.device_get(state.kl_coef)))
+    if members is not None:
+      metrics.update(kl_weight_max=float(w.max()))
     return batch, metrics, norm, rtexts
 
   def evaluate(self, state: PPOState, records) -> dict:
-    """Greedy responses on held-out prompts: proxy reward, gold, KL to the reference."""
+    """Greedy responses on held-out prompts (one per prompt): proxy reward, gold, KL to the
+    reference."""
     out = {}
     bs = self.pc.rollout_batch
     parts = []
     for s in range(0, len(records) - bs + 1, bs):
-      _, m, _, _ = self.experience(state, records[s:s + bs], jax.random.PRNGKey(0),
-                                   self.sampling.replace(temperature=0.0))
-      parts.append(m)
+      parts.append(self.rollout(state, records[s:s + bs], jax.random.PRNGKey(0),
+                                self.sampling.replace(temperature=0.0))[4])
     for k in ("reward_mean", "gold_mean", "kl", "response_length", "ensemble_std"):
       if parts and k in parts[0]:
         out[k] = float(np.mean([p[k] for p in parts]))
@@ -284,15 +339,16 @@ class Trainer:
 
 
 def run(config, workdir: str, return_state: bool = False, mesh=None):
-  """Train PPO under `config` in `workdir` (resuming from its latest checkpoint); returns the
-  last logged metrics (and the final PPOState when `return_state`)."""
-  pc = config.ppo
+  """Train under `config` (PPO, GRPO, RLOO...) in `workdir` (resuming from its latest
+  checkpoint); returns the last logged metrics (and the final PPOState when `return_state`)."""
   ppo_setup.check(config)
+  pc = ppo_setup.section(config)
   mesh = mesh or shd.make_mesh(tuple(config.mesh.shape))
   setup = ppo_setup.build(config, workdir, mesh)
   trainer = Trainer(config, setup, mesh)
-  prompts = PromptIterator(setup.train_prompts, pc.rollout_batch, config.seed)
-  run_ = Run(config, workdir, model_config=setup.cfg, desc="ppo",
+  g = pc.group_size
+  prompts = PromptIterator(setup.train_prompts, pc.rollout_batch // g, config.seed)
+  run_ = Run(config, workdir, model_config=setup.cfg, desc=config.task,
              info=prompt_info(pc, setup))  # the data report (prompts, truncated)
   state, start = run_.restore(trainer.abstract_state(), prompts)
   if state is None:
@@ -301,7 +357,7 @@ def run(config, workdir: str, return_state: bool = False, mesh=None):
   run_.write_files()
 
   def one_step(state, step):
-    records = next(prompts)
+    records = [r for r in next(prompts) for _ in range(g)]  # G consecutive samples per prompt
     rng = jax.random.fold_in(state.rng, 7)  # rollout key; state.rng itself feeds the update
     batch, m, norm, _ = trainer.experience(state, records, rng)
     state = state.replace(norm={k: jax.device_put(jnp.float32(v), trainer.replicated)

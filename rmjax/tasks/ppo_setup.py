@@ -1,11 +1,12 @@
-"""Build a PPO run from its config: policy, value and reference params, prompts, reward.
+"""Build an RL run (PPO, GRPO, RLOO) from its config: policy, reference and (for an advantage
+estimator that needs one) value params, prompts, reward.
 
 Policy specs: 'words' (a tiny random Llama over the synthetic task's word vocabulary,
 `rollout.WordTokenizer`: its samples are word sequences the gold reward can tell apart) or any
 `rmjax.checkpoints` spec ('tiny', 'smollm2-135m', 'hf:DIR', ...) with its tokenizer and chat
 template. Prompts: 'synthetic:N' (`rmjax.data.synthetic.make_prompts`) or 'shared:NAME' for
 NAME in mt_bench | alpaca_eval_prompts | arena_hard (first user turns from ../shared/data).
-Reward kinds:
+Reward kinds (`rmjax.rl.registry.REWARDS`; a plug-in registers its own):
   gold         the synthetic task's known reward (`synthetic.gold_reward`) on decoded text
   token_count  number of `reward.token_id` tokens in the response (CI)
   proxy        the over-optimisation setup (ALGORITHMS.md 5.2, `rmjax.tasks.overopt`): a K-member
@@ -29,15 +30,16 @@ from rmjax.data import synthetic
 from rmjax.errors import ConfigError, DataError
 from rmjax.models import lora
 from rmjax.models.llama import Llama, LlamaConfig
-from rmjax.rl import ppo, rollout
+from rmjax.rl import ppo, rollout  # noqa: F401 -- ppo registers the estimators, losses, KLs
 from rmjax.rl import value as value_lib
+from rmjax.rl.registry import ADVANTAGES, KL_ESTIMATORS, POLICY_LOSSES, REWARDS
 from rmjax.tasks import common, overopt
 from rmjax.data.pairs import write_pairs
 from rmjax.sharding import strip_boxes
 from rmjax import checkpoints
 from rmjax.inference.generate import _render
 
-REWARD_KINDS = ("gold", "token_count", "proxy")
+KL_IN = ("reward", "loss")
 SHARED_PROMPTS = {
     "mt_bench": ("mt_bench/question.jsonl.gz", lambda o: o["turns"][0]),
     "alpaca_eval_prompts": ("alpaca_eval_prompts/alpaca_eval_805_text_davinci_003.jsonl.gz",
@@ -47,23 +49,42 @@ SHARED_PROMPTS = {
 }
 
 
+def section(config):
+  """The learner's settings: `config.ppo` for task ppo, `config.grpo` for task grpo."""
+  sec = config.get(config.task)
+  if sec is None:
+    raise ConfigError(f"task {config.task!r} needs a config section {config.task!r} (the RL "
+                      f"learner's settings, as in configs/ppo.py)")
+  return sec
+
+
 def check(config):
-  pc = config.ppo
-  if config.reward.kind not in REWARD_KINDS:
-    raise ConfigError(f"reward.kind must be one of {', '.join(REWARD_KINDS)}, got {config.reward.kind!r}")
+  """The learner's own keys, each error naming its key; registered names are resolved (a
+  'module:name' plug-in is imported here, before anything is built)."""
+  pc, t = section(config), config.task
+  kind = REWARDS.resolve(config.reward.kind, "reward.kind")
+  POLICY_LOSSES.resolve(pc.policy_loss, f"{t}.policy_loss")
+  KL_ESTIMATORS.resolve(pc.kl_estimator, f"{t}.kl_estimator")
+  traits = ADVANTAGES.traits(pc.advantage, f"{t}.advantage")
+  if pc.kl_in not in KL_IN:
+    raise ConfigError(f"{t}.kl_in must be one of {', '.join(KL_IN)}, got {pc.kl_in!r}")
+  g, low = pc.group_size, 2 if traits["grouped"] else 1
+  if isinstance(g, bool) or not isinstance(g, int) or g < low:
+    why = f" ({pc.advantage} compares each sample with its group)" if low > 1 else ""
+    raise ConfigError(f"{t}.group_size must be an integer >= {low}{why}, got {g!r}")
+  if pc.rollout_batch % g:
+    raise ConfigError(f"{t}.rollout_batch={pc.rollout_batch} must divide into groups of "
+                      f"{t}.group_size={g}")
   if pc.rollout_batch % pc.minibatches:
-    raise ConfigError(f"ppo.rollout_batch={pc.rollout_batch} must divide into "
-                      f"ppo.minibatches={pc.minibatches}")
-  if pc.policy_loss not in ppo.POLICY_LOSSES:
-    raise ConfigError(f"ppo.policy_loss must be one of {', '.join(ppo.POLICY_LOSSES)}")
-  if pc.kl_estimator not in ppo.KL_ESTIMATORS:
-    raise ConfigError(f"ppo.kl_estimator must be one of {', '.join(ppo.KL_ESTIMATORS)}")
+    raise ConfigError(f"{t}.rollout_batch={pc.rollout_batch} must divide into "
+                      f"{t}.minibatches={pc.minibatches}")
   if pc.reward_norm not in rollout.NORM_MODES:
-    raise ConfigError(f"ppo.reward_norm must be one of {', '.join(rollout.NORM_MODES)}")
+    raise ConfigError(f"{t}.reward_norm must be one of {', '.join(rollout.NORM_MODES)}")
   if pc.uncertainty not in rollout.UNCERTAINTY:
-    raise ConfigError(f"ppo.uncertainty must be one of {', '.join(rollout.UNCERTAINTY)}")
-  if pc.uncertainty != "none" and config.reward.kind != "proxy":
-    raise ConfigError(f"ppo.uncertainty={pc.uncertainty!r} needs an ensemble reward (reward.kind=proxy)")
+    raise ConfigError(f"{t}.uncertainty must be one of {', '.join(rollout.UNCERTAINTY)}")
+  if pc.uncertainty != "none" and not REWARDS.traits(kind)["members"]:
+    raise ConfigError(f"{t}.uncertainty={pc.uncertainty!r} needs an ensemble reward (a "
+                      f"reward.kind with members, e.g. proxy), got {kind!r}")
 
 
 def word_policy_config(hidden: int = 64, layers: int = 2) -> LlamaConfig:
@@ -119,6 +140,19 @@ def label_responses(proxy_config, prompts, seed: int, path: str) -> list:
   return resp
 
 
+@REWARDS.register("gold")
+def _gold_reward(config, workdir):
+  """The synthetic task's known gold reward on decoded text."""
+  return rollout.gold_reward_fn
+
+
+@REWARDS.register("token_count")
+def _token_count_reward(config, workdir):
+  """Number of `reward.token_id` tokens in the response (CI)."""
+  return rollout.token_count_reward_fn(config.reward.token_id)
+
+
+@REWARDS.register("proxy", members=True)
 def _proxy_reward(config, workdir):
   """The overopt gold-RM setup: gold-labelled pairs -> K-member proxy -> members_reward_fn."""
   rc = config.reward
@@ -157,7 +191,8 @@ class PPOSetup:
   cfg: LlamaConfig = None               # policy (and value) backbone config
   value_cfg: LlamaConfig = None
   policy_params: Any = None             # initial policy (host)
-  value_params: Any = None              # initial value model (host; with adapters under LoRA)
+  value_params: Any = None              # initial value model (host; with adapters under LoRA;
+                                        # None without one)
   ref_params: Any = None                # frozen reference policy, placed on the mesh (None for
                                         # a LoRA policy: its own base weights, adapters off)
   encode_prompt: Callable = None        # prompt record -> token ids
@@ -182,8 +217,9 @@ def lora_policy(config, cfg, params) -> Any:
 
 
 def build(config, workdir: str, mesh) -> PPOSetup:
-  """Models, prompts and the reward function of a PPO config."""
-  rc, pc = config.reward, config.ppo
+  """Models, prompts and the reward function of an RL config (no value model for a critic-free
+  advantage estimator: `value_params` None)."""
+  rc, pc = config.reward, section(config)
   s = PPOSetup()
   if config.model.spec == "words":
     tok = rollout.WordTokenizer()
@@ -204,10 +240,11 @@ def build(config, workdir: str, mesh) -> PPOSetup:
     s.pad_id = getattr(tok, "pad_token_id", None) or 0
   s.cfg = s.value_cfg = cfg
   lora_s = lora.settings(config.model.get("lora"))
-  # a LoRA run's value model is LoRA too: fresh adapters (B = 0) on the value_init backbone
-  fresh = shd.strip_boxes(jax.device_get(value_lib.boxed_init(
-      cfg, jax.random.PRNGKey(config.seed + 2), value_lib.lora_settings(lora_s))))
-  s.value_params = value_lib.init_value_params(fresh, pc.value_init, policy_params=params)
+  if ADVANTAGES.traits(pc.advantage)["needs_value"]:
+    # a LoRA run's value model is LoRA too: fresh adapters (B = 0) on the value_init backbone
+    fresh = shd.strip_boxes(jax.device_get(value_lib.boxed_init(
+        cfg, jax.random.PRNGKey(config.seed + 2), value_lib.lora_settings(lora_s))))
+    s.value_params = value_lib.init_value_params(fresh, pc.value_init, policy_params=params)
   if lora_s is not None:  # one backbone: ref = adapters off
     s.policy_params, s.ref_params = lora_policy(config, cfg, params), None
   else:
@@ -216,12 +253,7 @@ def build(config, workdir: str, mesh) -> PPOSetup:
   s.train_prompts = load_prompts(pc.prompts, config.seed)
   s.eval_prompts = load_prompts(pc.eval_prompts, config.seed + 100) if pc.eval_prompts else []
   s.gold_fn = None
-  if rc.kind == "gold":
-    s.reward_fn = rollout.gold_reward_fn
-  elif rc.kind == "token_count":
-    s.reward_fn = rollout.token_count_reward_fn(rc.token_id)
-  else:
-    s.reward_fn = _proxy_reward(config, workdir)
+  s.reward_fn = REWARDS.get(rc.kind, "reward.kind")(config, workdir)
   if rc.kind == "proxy" or (rc.kind == "gold" and rc.log_gold):
     s.gold_fn = lambda p, r: rollout.gold_reward_fn(p, r)[0]
   return s
