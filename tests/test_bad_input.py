@@ -545,6 +545,39 @@ def test_one_writer_per_workdir(trained, tmp_path):
   assert not (wd / LOCK_NAME).exists()
 
 
+def test_two_concurrent_trains_on_one_workdir(tmp_path, jax_compile_cache):
+  """Two real `rmjax train` processes started together on one fresh workdir: one trains, the
+  other exits 2 at once in one line naming the holder; the survivor's checkpoints, data
+  position and metrics equal those of a single uninterrupted run of the same config (no
+  checkpoint half-written by the loser, no metric row written twice)."""
+  shared, single = tmp_path / "shared", tmp_path / "single"
+  code, out, err = run_cli(train_argv(single, "--config.train.checkpoint_every=1", steps=3))
+  assert code == 0, err
+  argv = [sys.executable, "-m", "rmjax", *train_argv(shared, "--config.train.checkpoint_every=1",
+                                                       steps=3)]
+  env = dict(os.environ, RMJAX_DEBUG_STEP_DELAY="0.5",  # the winner holds the lock a while
+             JAX_COMPILATION_CACHE_DIR=jax_compile_cache,  # the single run's compiled programs
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.1")
+  procs = [subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True) for _ in range(2)]
+  outs = [p.communicate(timeout=300) for p in procs]
+  codes = [p.returncode for p in procs]
+  assert sorted(codes) == [0, 2], (codes, [e[-2000:] for _, e in outs])
+  winner, loser = (0, 1) if codes[0] == 0 else (1, 0)
+  one_line_error(2, *outs[loser], str(shared), "another process", f"pid {procs[winner].pid}")
+  assert "data report" not in outs[loser][0]  # refused before any data was read
+  a, b = Checkpointer(str(shared / "checkpoints")), Checkpointer(str(single / "checkpoints"))
+  assert a.all_steps() == b.all_steps() == [1, 2, 3]
+  assert sorted(p.name for p in (shared / "checkpoints").iterdir()) == ["1", "2", "3"]
+  for step in (1, 2, 3):
+    got, want = a.restore_raw(step), b.restore_raw(step)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, got, want)
+  rows = lambda wd: [{k: v for k, v in json.loads(l).items() if not k.endswith("per_s")}
+                     for l in (wd / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in rows(shared)] == [1, 2, 3] and rows(shared) == rows(single)
+  assert not (shared / LOCK_NAME).exists()
+
+
 def test_damaged_newest_checkpoint_and_a_failed_save(trained, tmp_path, monkeypatch):
   """Resuming past a truncated newest checkpoint (2) falls back to step 1 with one warning line
   naming both; a save that then fails on a full disk (an injected ENOSPC at step 3) exits 2 in
