@@ -572,6 +572,8 @@ def test_two_concurrent_trains_on_one_workdir(tmp_path, jax_compile_cache):
   for step in (1, 2, 3):
     got, want = a.restore_raw(step), b.restore_raw(step)
     jax.tree_util.tree_map(np.testing.assert_array_equal, got, want)
+    position = lambda wd: json.loads((wd / f"checkpoints/{step}/data/metadata").read_text())
+    assert position(shared) == position(single) and position(shared)["data"] is not None
   rows = lambda wd: [{k: v for k, v in json.loads(l).items() if not k.endswith("per_s")}
                      for l in (wd / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in rows(shared)] == [1, 2, 3] and rows(shared) == rows(single)
