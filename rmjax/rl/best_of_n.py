@@ -66,15 +66,19 @@ def order_stat_weights(pool: int, n: int) -> np.ndarray:
   return w
 
 
+def bon_per_prompt(proxy, values, n: int) -> np.ndarray:
+  """Per prompt, E over random n-subsets of `values` (gold, the proxy itself, an indicator) at
+  the proxy argmax: [M]. proxy, values: [M, N]."""
+  p, v = _check(proxy, values)
+  w = order_stat_weights(p.shape[1], n)                     # [N]
+  return np.take_along_axis(v, _rank_order(p), axis=1) @ w
+
+
 def bon_unbiased(proxy, gold, n: int, values=None) -> float:
   """E over random n-subsets (and prompts) of gold (or `values`, e.g. the proxy itself) at the
   proxy argmax. proxy, gold: [M, N]."""
   p, g = _check(proxy, gold)
-  v = g if values is None else np.asarray(values, np.float64)
-  w = order_stat_weights(p.shape[1], n)                     # [N]
-  order = _rank_order(p)
-  sorted_v = np.take_along_axis(v, order, axis=1)           # [M, N]
-  return float(np.mean(sorted_v @ w))
+  return float(np.mean(bon_per_prompt(p, g if values is None else values, n)))
 
 
 def bon_nested(proxy, gold, n: int, values=None, seed: int | None = 0) -> float:
