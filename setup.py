@@ -30,7 +30,10 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8", "torch==2.13.0", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6",
-                 "fastapi>=0.110,<1", "uvicorn>=0.30,<1"],
+                 "fastapi>=0.110,<1", "uvicorn>=0.30,<1",
+                 # OpenRLHF's remote-RM client (tests/test_serve.py runs it against rmjax serve;
+                 # openrlhf itself goes in with --no-deps: its deps are torch/deepspeed/ray/vllm)
+                 "aiohttp>=3.9,<4"],
         # `rmjax serve` (rmjax.inference.server); the client, rmjax.client, needs nothing
         "serve": ["fastapi>=0.110,<1", "uvicorn>=0.30,<1"],
         "notebooks": ["jupyter", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6"],

@@ -6,12 +6,15 @@ SIGTERM under load answers what was received and exits 0. `rmjax.client` as TRL 
 import asyncio
 import concurrent.futures
 import http.client
+import importlib
+import importlib.util
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import types
 
 import numpy as np
 import pytest
@@ -242,3 +245,84 @@ def test_a_few_rows_run_in_the_smallest_batch_that_holds_them():
   rows = [[1] * n for n in (40, 5, 50, 7, 6)]
   np.testing.assert_array_equal(forward(rows)["reward"], [40, 5, 50, 7, 6])
   assert seen == [(3, 4), (2, 2)]
+
+
+# ------------------------------------------------------------------ OpenRLHF's real client
+@pytest.fixture
+def openrlhf_agent():
+  """OpenRLHF's remote-RM client module as installed (0.11: `openrlhf/utils/agent.py`,
+  `SingleTurnAgentExecutor`), imported from its file without running the package __init__s
+  (they import torch, deepspeed and ray; the client needs only aiohttp). Skipped without
+  `pip install --no-deps openrlhf` or aiohttp."""
+  spec = importlib.util.find_spec("openrlhf")
+  if spec is None:
+    pytest.skip("openrlhf not installed (pip install --no-deps openrlhf)")
+  pytest.importorskip("aiohttp")
+  root = os.path.dirname(spec.origin) if spec.origin else spec.submodule_search_locations[0]
+  if not os.path.exists(os.path.join(root, "utils", "agent.py")):
+    pytest.skip(f"this openrlhf keeps no utils/agent.py ({root})")
+  saved = {k: v for k, v in sys.modules.items() if k == "openrlhf" or k.startswith("openrlhf.")}
+  for name, path in (("openrlhf", root), ("openrlhf.utils", os.path.join(root, "utils"))):
+    pkg = types.ModuleType(name)
+    pkg.__path__ = [path]  # a bare package: its submodules import, its __init__ does not run
+    sys.modules[name] = pkg
+  try:
+    yield importlib.import_module("openrlhf.utils.agent")
+  finally:
+    for k in [k for k in sys.modules if k == "openrlhf" or k.startswith("openrlhf.")]:
+      del sys.modules[k]
+    sys.modules.update(saved)
+
+
+class _HFByteTokenizer:
+  """The byte tokenizer as OpenRLHF calls an HF tokenizer (`return_tensors="pt"` rows)."""
+
+  def __init__(self):
+    self.tok = ByteTokenizer()
+
+  def __call__(self, text, add_special_tokens=False, return_tensors=None):
+    return {"input_ids": np.asarray([self.tok.encode(text, add_special_tokens)])}
+
+  def decode(self, ids, skip_special_tokens=False):
+    return self.tok.decode(ids, skip_special_tokens=skip_special_tokens)
+
+
+class _Engine:
+  """vLLM's place in OpenRLHF's rollout: 'generates' a fixed response ending in EOS."""
+
+  def __init__(self, response):
+    self.ids = ByteTokenizer().encode(response + "<|im_end|>")
+
+  async def generate(self, prompt_token_ids, sampling_params, multi_modal_data=None):
+    out = types.SimpleNamespace(token_ids=self.ids, finish_reason="stop", logprobs=None)
+    return types.SimpleNamespace(outputs=[out])
+
+
+def test_openrlhf_remote_rm_client_gets_rmjax_score_rewards(openrlhf_agent, workdir):
+  """OpenRLHF's own client code against a live `rmjax serve`: its HTTP call
+  (`_fetch_rewards_via_http`: POST {"query", "prompts", "labels"} -> reads "rewards" /
+  "scores" / "extra_logs") and a whole single-turn rollout (`execute`: prompt tokenized,
+  response 'generated' with its EOS, prompt + response decoded into the query, rewarded)
+  give `rmjax score`'s rewards."""
+  proc, port = start(workdir[0])  # OpenRLHF sends no Authorization header: no --token
+  try:
+    url = f"http://127.0.0.1:{port}/get_reward"
+    ex = openrlhf_agent.SingleTurnAgentExecutor(url)
+    tok = ByteTokenizer()
+    prompts = [tok.apply_chat_template(
+        [{"role": "user", "content": p}] if isinstance(p, str) else p,
+        add_generation_prompt=True) for p in PROMPTS]
+    queries = [p + r + "<|im_end|>" for p, r in zip(prompts, RESPONSES)]  # what it decodes
+    got = asyncio.run(ex._fetch_rewards_via_http(queries, prompts, [None] * len(queries)))
+    assert len(got) == 1 and set(got[0]) == {"rewards", "scores", "extra_logs"}, got
+    np.testing.assert_allclose(got[0]["rewards"], workdir[1], atol=1e-5)
+    np.testing.assert_allclose(got[0]["scores"], workdir[1], atol=1e-5)
+    params = types.SimpleNamespace(max_tokens=64, logprobs=None)
+    for k in range(len(PROMPTS)):
+      out = asyncio.run(ex.execute(prompts[k], None, params, 256, _HFByteTokenizer(),
+                                   _Engine(RESPONSES[k])))
+      np.testing.assert_allclose(out["reward"], [workdir[1][k]], atol=1e-5)
+      np.testing.assert_allclose(out["scores"], [workdir[1][k]], atol=1e-5)
+  finally:
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0
