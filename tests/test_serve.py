@@ -326,3 +326,33 @@ def test_openrlhf_remote_rm_client_gets_rmjax_score_rewards(openrlhf_agent, work
   finally:
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 0
+
+
+def test_armorm_served_equals_rmjax_score(tmp_path):
+  """A tiny ArmoRM run served: /v1/score's reward, objectives and gate and /get_reward's reward
+  equal `rmjax score` on it."""
+  wd = tmp_path / "armo"
+  code, _, err = run_cli(["train", "--config", f"{REPO}/configs/armorm.py:tiny,smoke",
+                          "--workdir", wd, "--config.armorm.stage1=ridge",
+                          "--config.train.progress=False"])
+  assert code == 0, err
+  (tmp_path / "in.jsonl").write_text("".join(json.dumps({"prompt": p, "response": r}) + "\n"
+                                             for p, r in zip(PROMPTS, RESPONSES)))
+  code, _, err = run_cli(["score", "--workdir", wd, "--data", tmp_path / "in.jsonl",
+                          "--out", tmp_path / "out.jsonl"])
+  assert code == 0, err
+  want = [json.loads(l) for l in (tmp_path / "out.jsonl").read_text().splitlines()]
+  proc, port = start(wd)
+  try:
+    got = RewardClient(f"http://127.0.0.1:{port}").score(
+        [{"prompt": p, "response": r} for p, r in zip(PROMPTS, RESPONSES)])
+    rewards = RewardClient(f"http://127.0.0.1:{port}").get_reward(
+        [formatted(p, r) for p, r in zip(PROMPTS, RESPONSES)])
+  finally:
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0
+  for g, w, r in zip(got, want, rewards):
+    assert set(g["objectives"]) == set(w["objectives"]) and set(g["gate"]) == set(w["gate"])
+    np.testing.assert_allclose([g["reward"], r], [w["reward"]] * 2, atol=1e-5)
+    for key in ("objectives", "gate"):
+      np.testing.assert_allclose([g[key][k] for k in w[key]], list(w[key].values()), atol=1e-5)
