@@ -112,9 +112,11 @@ def base_config(arg: mlc.ConfigDict, task: str) -> mlc.ConfigDict:
       token_cache="",    # tokenized data cache dir ("" = $RMJAX_CACHE/tokens; "off" = none)
       packing=False,     # pair tasks: pack sequences into rows (rmjax/data/packing.py)
       share_prompt=True,  # packed rows hold a pair's prompt once, both responses after it
-      pack_length=0,     # longest packed row (0 = 2 * max_length)
-      pack_length_multiple=128))  # per batch, rows of the multiple of this (<= pack_length) that
-                                  # packs it into the fewest tokens (0 = always pack_length)
+      pack_length=0,     # longest packed row (0 = 3 * max_length)
+      pack_length_multiple=128,  # per batch, rows of the multiple of this (<= pack_length) that
+                                 # packs it into the fewest tokens (0 = always pack_length)
+      pack_ladder=True))  # packed shapes from a fixed set (rows: powers of 2; row lengths 1/2,
+                          # 3/4, 1 x pack_length): a handful of compiles; False: exact per batch
 
   if arg.get("runlocal", False):  # a quick local smoke run of any variant
     c.train.steps = 20

@@ -112,13 +112,14 @@ def test_prompt_shared_rows_hold_each_prompt_once():
 
 
 def test_row_length_is_the_multiple_that_packs_into_fewest_tokens():
-  """length_multiple: per batch, rows of the multiple of it (<= row_length) with the fewest
-  R x L tokens; each pair still whole in one row, and no shorter multiple holds the pairs."""
+  """ladder=False, length_multiple: per batch, rows of the multiple of it (<= row_length) with
+  the fewest R x L tokens; each pair still whole in one row, and no shorter multiple holds the
+  pairs."""
   data = _pairs(12, seed=4)
   batch = next(PairBatcher(data, 8, buckets=(64,), seed=0))
   lengths = [len(data.chosen[j]) + len(data.rejected[j]) for j in batch["index"]]
-  fixed = pack_batch(batch, data, row_length=256)
-  packed = pack_batch(batch, data, row_length=256, length_multiple=16)
+  fixed = pack_batch(batch, data, row_length=256, ladder=False)
+  packed = pack_batch(batch, data, row_length=256, length_multiple=16, ladder=False)
   rows, length = packed["input_ids"].shape
   assert length % 16 == 0 and max(lengths) <= length < 256
   assert rows * length < fixed["input_ids"].size
@@ -133,6 +134,59 @@ def test_row_length_is_the_multiple_that_packs_into_fewest_tokens():
   from rmjax.data.packing import _first_fit
   for size in range(16 * -(-max(lengths) // 16), 257, 16):
     assert _first_fit(lengths, size)[1] * size >= rows * length
+
+
+def _varied_pairs(n, seed=0, vocab=512, longest=64):
+  """Pairs of widely varied lengths (prompt 1..longest/2, responses 0..longest/2 tokens)."""
+  rng = np.random.default_rng(seed)
+  chosen, rejected, plen = [], [], []
+  for _ in range(n):
+    cap = int(rng.choice([8, 16, 32]))  # short, medium and long pairs mixed
+    prompt = rng.integers(3, vocab, rng.integers(1, min(cap, longest // 2) + 1))
+    for out in (chosen, rejected):
+      out.append(np.concatenate([prompt, rng.integers(3, vocab, rng.integers(0, cap + 1))]).astype(np.int32))
+    plen.append(len(prompt))
+  return TokenizedPairs(chosen, rejected, np.asarray(plen, np.int32), np.zeros(n, np.float32),
+                        [None] * n, [None] * n, pad_id=0)
+
+
+@pytest.mark.parametrize("row_multiple,share", [(1, False), (2, True)])
+def test_ladder_packs_many_batches_into_few_shapes_and_keeps_every_pair(row_multiple, share):
+  """ladder=True (data.pack_ladder): over many batches of varied lengths the packed shapes are
+  few and all from `shape_ladder` (rows row_multiple x 2^k; row lengths 1/2, 3/4, 1 x
+  row_length), while the exact rule (ladder=False) needs more; every pair of every batch is
+  packed, whole, at its pointers, and the ladder changes neither the batch's pairs nor its
+  other keys."""
+  from rmjax.data.packing import shape_ladder
+  data = _varied_pairs(400, seed=7)
+  row_length, multiple, pairs = 192, 16, 8
+  ladder = shape_ladder(pairs, row_length, row_multiple, multiple)
+  assert len(set(ladder)) == len(ladder) == 3 * (4 if row_multiple == 1 else 3)  # rows <= 8
+  batcher = PairBatcher(data, pairs, buckets=(64,), seed=0)
+  shapes, exact_shapes, tokens, exact_tokens = set(), set(), 0, 0
+  for _ in range(3 * batcher.steps_per_epoch):  # 150 batches over 3 epochs
+    batch = next(batcher)
+    packed = pack_batch(batch, data, row_length, row_multiple, share, multiple)
+    exact = pack_batch(batch, data, row_length, row_multiple, share, multiple, ladder=False)
+    shapes.add(packed["input_ids"].shape)
+    exact_shapes.add(exact["input_ids"].shape)
+    tokens += packed["input_ids"].size
+    exact_tokens += exact["input_ids"].size
+    for key in ("index", "weight", "margin", "prompt_len"):
+      np.testing.assert_array_equal(packed[key], batch[key])
+    placed = 0
+    for i, j in enumerate(batch["index"]):
+      for side in ("chosen", "rejected"):
+        seq = getattr(data, side)[j]
+        row, col = packed[f"{side}_at"][i]
+        tail = seq[int(data.prompt_len[j]):] if share else seq
+        np.testing.assert_array_equal(packed["input_ids"][row, col - len(tail) + 1:col + 1], tail)
+        placed += len(tail)
+      placed += int(data.prompt_len[j]) if share else 0
+    assert (packed["segment_ids"] > 0).sum() == placed  # nothing else in the rows, nothing lost
+  assert shapes <= set(ladder) and len(shapes) <= 6, sorted(shapes)
+  assert len(exact_shapes) > len(shapes), (sorted(shapes), sorted(exact_shapes))
+  assert tokens <= 1.3 * exact_tokens  # the fixed set costs some padding, not a lot
 
 
 @pytest.mark.parametrize("padding,share", [("right", False), ("left", False), ("right", True),
@@ -175,16 +229,21 @@ def _losses(workdir):
 
 
 def test_packed_run_trains_like_the_padded_run(tmp_path):
+  """Padded, packed with the shape ladder (the default) and packed with exact shapes: the same
+  losses step by step (the default data.share_prompt=True)."""
   runs = {}
-  for packing in (False, True):  # packed with the default data.share_prompt=True
+  for name, packing, ladder in (("padded", False, True), ("ladder", True, True),
+                                ("exact", True, False)):
     c = fast_config(bt_config.get_config("tiny"), steps=3)
     c.data.packing = packing
+    c.data.pack_ladder = ladder
     c.data.max_length = 64
     c.data.token_cache = "off"
-    get("bt").train(c, str(tmp_path / str(packing)))
-    runs[packing] = _losses(tmp_path / str(packing))
-  assert len(runs[True]) == 3
-  np.testing.assert_allclose(runs[True], runs[False], atol=1e-4)
+    get("bt").train(c, str(tmp_path / name))
+    runs[name] = _losses(tmp_path / name)
+  assert len(runs["ladder"]) == 3
+  np.testing.assert_allclose(runs["ladder"], runs["padded"], atol=1e-4)
+  np.testing.assert_allclose(runs["exact"], runs["padded"], atol=1e-4)
 
 
 @pytest.mark.parametrize("reg,share", [("sft", False), ("dpo_ref", False), ("sft", True),

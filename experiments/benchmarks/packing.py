@@ -7,8 +7,9 @@ the model is the SmolLM2-135M architecture with random weights (`smollm2-135m-co
 `--batches` batches of `--pairs` pairs go through each arm:
   padded   rmjax `PairBatcher` batches: chosen and rejected padded to the length bucket
   packed_plain   the same batches through `rmjax.data.packing.pack_batch` (rows of up to
-           2 x max_length, per batch the multiple of `--length_multiple` with the fewest
-           tokens, as `data.pack_length_multiple`), chosen and rejected as two whole sequences
+           `--pack_factor` x max_length, default 3 as `data.pack_length`; shapes from the fixed
+           ladder as `data.pack_ladder`, `--exact` for each batch's fewest-token shape; row
+           lengths rounded to `--length_multiple`), chosen and rejected as two whole sequences
   packed   the same, prompt-shared (`data.share_prompt`, the default): each pair's prompt once,
            both responses after it (same rewards and loss as padded: tests/test_packing.py)
   torch    LlamaForSequenceClassification + AdamW, the 2 x pairs sequences padded to the longest
@@ -16,10 +17,15 @@ Every shape is compiled before the clock starts (rmjax compiles once per shape; 
 a handful). The torch arm runs in its own child process on the same batches, in PyTorch's default
 environment (`train_step.torch_environ`). Useful tokens = real tokens of the pairs. The timed
 batches are a sample: `epoch` gives each arm's computed tokens over ALL batches of one epoch
-(numpy only), so the sample's share of padding can be checked against the whole distribution's.
+(numpy only), so the sample's share of padding can be checked against the whole distribution's,
+and the distinct packed shapes (= compiled train steps) of the epoch, of its first 10 batches,
+with the ladder and with exact shapes. `--warm_steps N` also times the first N and the next N
+steps of a fresh packed train step (compiles included, as a run's first steps pay them), with
+the ladder and with exact shapes (`warm`: seconds, new shapes, first / next ratio).
 Prints one JSON object last (`packed_vs_torch` = packed useful tokens/s / torch's).
 
-  python -m experiments.benchmarks.packing [--batches 4] [--pairs 8] [--max_length 256]
+  python -m experiments.benchmarks.packing [--batches 4] [--pairs 8] [--max_length 256] \
+      [--warm_steps 10]
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ from experiments.benchmarks.train_step import rmjax_step_fn, torch_environ, torc
 from rmjax import checkpoints  # noqa: E402
 from rmjax.checkpoints.presets import load_pretrained  # noqa: E402
 from rmjax.data.batching import PairBatcher, tokenize_pairs  # noqa: E402
-from rmjax.data.packing import pack_batch  # noqa: E402
+from rmjax.data.packing import DEFAULT_PACK_FACTOR, pack_batch  # noqa: E402
 from rmjax.data.sources import shared_data_root  # noqa: E402
 from rmjax.data.specs import load_pairs  # noqa: E402
 from rmjax.data.tokenize import ChatEncoder  # noqa: E402
@@ -54,7 +60,15 @@ def parse_args(argv=None):
   p.add_argument("--pairs", type=int, default=8)
   p.add_argument("--max_length", type=int, default=256)
   p.add_argument("--length_multiple", type=int, default=128,
-                 help="packed row lengths: multiples of this up to 2 x max_length (0 = fixed)")
+                 help="packed row lengths: rounded to multiples of this (0 = always the longest)")
+  p.add_argument("--pack_factor", type=int, default=DEFAULT_PACK_FACTOR,
+                 help="longest packed row = this x max_length (data.pack_length = 0: 3)")
+  p.add_argument("--exact", action="store_true",
+                 help="the timed packed arms get each batch's exact fewest-token shape "
+                      "(data.pack_ladder=False) instead of the fixed shape ladder")
+  p.add_argument("--warm_steps", type=int, default=0,
+                 help="also time the first N and next N steps of a fresh packed step, compiles "
+                      "included, ladder vs exact (0 = skip)")
   p.add_argument("--preset", default="smollm2-135m-config", help="model architecture (random)")
   p.add_argument("--no-torch", action="store_true")
   p.add_argument("--torch-only", action="store_true", help="(internal) the torch arm alone")
@@ -92,22 +106,58 @@ def _computed(batch) -> int:
   return int(np.prod(batch["input_ids"].shape))
 
 
-def epoch_tokens(data, pairs: int, max_length: int, length_multiple: int) -> dict:
-  """Useful and computed tokens of every arm over one epoch of `pairs`-pair batches."""
-  batcher = PairBatcher(data, pairs, buckets=(64, 128, 256, 512), seed=0)
-  out = dict.fromkeys(("useful", "padded", "torch", "packed_plain", "packed"), 0)
+def _pack(b, data, args, share: bool, ladder: bool):
+  return pack_batch(b, data, args.pack_factor * args.max_length, share_prompt=share,
+                    length_multiple=args.length_multiple, ladder=ladder)
+
+
+def epoch_tokens(data, args) -> dict:
+  """Useful and computed tokens of every arm over one epoch of `--pairs`-pair batches, and the
+  distinct packed shapes (compiled train steps) of the epoch and of its first 10 batches."""
+  batcher = PairBatcher(data, args.pairs, buckets=(64, 128, 256, 512), seed=0)
+  arms = ("packed_plain", "packed", "packed_exact")
+  out = dict.fromkeys(("useful", "padded", "torch", *arms), 0)
+  shapes = {k: [] for k in ("padded", *arms)}
   for _ in range(batcher.steps_per_epoch):
     b = next(batcher)
     lengths = np.concatenate([b["chosen_mask"].sum(1), b["rejected_mask"].sum(1)])
     out["useful"] += int(lengths.sum())
     out["padded"] += _computed(b)
+    shapes["padded"].append(b["chosen_ids"].shape)
     out["torch"] += len(lengths) * int(lengths.max())
-    for name, share in (("packed_plain", False), ("packed", True)):
-      out[name] += _computed(pack_batch(b, data, 2 * max_length, share_prompt=share,
-                                        length_multiple=length_multiple))
+    for name, share, ladder in (("packed_plain", False, not args.exact), ("packed", True, not args.exact),
+                                ("packed_exact", True, False)):
+      packed = _pack(b, data, args, share, ladder)
+      out[name] += _computed(packed)
+      shapes[name].append(packed["input_ids"].shape)
   return {**out, "batches": batcher.steps_per_epoch,
           **{f"useful_fraction_{k}": round(out["useful"] / out[k], 3)
-             for k in ("padded", "torch", "packed_plain", "packed")}}
+             for k in ("padded", "torch", *arms)},
+          "shapes": {k: len(set(v)) for k, v in shapes.items()},
+          "shapes_first_10": {k: len(set(v[:10])) for k, v in shapes.items()}}
+
+
+def warm_steps(cfg, params, data, args) -> dict:
+  """Seconds of the first N and the next N steps of a fresh packed (prompt-shared) train step,
+  compiles included, with the shape ladder and with exact shapes: what a run's start costs."""
+  batcher = PairBatcher(data, args.pairs, buckets=(64, 128, 256, 512), seed=0)
+  padded = [next(batcher) for _ in range(2 * args.warm_steps)]
+  out = {}
+  for name, ladder in (("ladder", True), ("exact", False)):
+    batches = [_pack(b, data, args, True, ladder) for b in padded]
+    step, seen, times, new = rmjax_step_fn(cfg, params), set(), [], []
+    for b in batches:
+      t = time.perf_counter()
+      jax.block_until_ready(step(b))
+      times.append(time.perf_counter() - t)
+      new.append(b["input_ids"].shape not in seen)
+      seen.add(b["input_ids"].shape)
+    n = args.warm_steps
+    first, rest = sum(times[:n]), sum(times[n:])
+    out[name] = {"first_s": round(first, 3), "next_s": round(rest, 3),
+                 "first_vs_next": round(first / max(rest, 1e-9), 3),
+                 "new_shapes_first": int(sum(new[:n])), "new_shapes_next": int(sum(new[n:]))}
+  return out
 
 
 def _pass(step, batches):
@@ -132,9 +182,8 @@ def main(argv=None):
   data.rejected = [r % cfg.vocab_size for r in data.rejected]
   batcher = PairBatcher(data, args.pairs, buckets=(64, 128, 256, 512), seed=0)
   padded = [next(batcher) for _ in range(args.batches)]
-  plain, packed = ([pack_batch(b, data, 2 * args.max_length, share_prompt=share,
-                                length_multiple=args.length_multiple) for b in padded]
-                    for share in (False, True))
+  plain, packed = ([_pack(b, data, args, share, not args.exact) for b in padded]
+                   for share in (False, True))
   useful = int(sum(b["chosen_mask"].sum() + b["rejected_mask"].sum() for b in padded))
   if args.torch_only:
     print(json.dumps(torch_arm(cfg, params, padded, useful)))
@@ -160,8 +209,9 @@ def main(argv=None):
     arms["torch"] = json.loads(child.stdout.strip().splitlines()[-1])
   result = {"benchmark": "packing", "preset": args.preset, "source": source, "pairs_per_batch": args.pairs,
             "batches": args.batches, "max_length": args.max_length,
-            "length_multiple": args.length_multiple, "useful_tokens": useful,
-            "epoch": epoch_tokens(data, args.pairs, args.max_length, args.length_multiple),
+            "length_multiple": args.length_multiple, "pack_length": args.pack_factor * args.max_length,
+            "pack_ladder": not args.exact, "useful_tokens": useful,
+            "epoch": epoch_tokens(data, args),
             "env": _common.environment(), **arms,
             "packed_vs_padded": round(arms["packed"]["useful_tokens_per_s"]
                                       / arms["padded"]["useful_tokens_per_s"], 3),
@@ -172,6 +222,8 @@ def main(argv=None):
                                       / arms["torch"]["useful_tokens_per_s"], 3)
     result["padded_vs_torch"] = round(arms["padded"]["useful_tokens_per_s"]
                                       / arms["torch"]["useful_tokens_per_s"], 3)
+  if args.warm_steps:
+    result["warm"] = warm_steps(cfg, params, data, args)
   _common.emit(result)
   return result
 

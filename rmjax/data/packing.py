@@ -28,12 +28,25 @@ Packed batch (numpy; R rows of `row_length` tokens, B = the padded batch's pair 
   prefix_ids    int32 [R, L]   the prompt's segment id on response tokens (0 elsewhere)
   prompt_at     int32 [B, 2]   (row, column) of each pair's last prompt token: the logits that
                                score both responses' first tokens (GRM's LM regularisers)
-R is rounded up to a multiple of `row_multiple` (rows that divide the mesh's batch axes). L is
-`row_length`, or with `length_multiple` (`data.pack_length_multiple`) the multiple of it up to
-`row_length` that packs the batch into the fewest tokens R x L: a short batch packs into short
-rows instead of leaving most of its last long row empty (an hh-rlhf epoch in batches of 8
-pairs at max_length 256: 2.71M -> 2.54M packed tokens, experiments/benchmarks/RESULTS.md). Every
-(R, L) is one compiled shape: a handful per run. Positions restart at every segment (`Llama` derives them).
+Shapes (R, L) come from a small fixed set, so a run compiles a handful of train steps and its
+first steps do not pay a compile per new batch (`ladder=True`, `data.pack_ladder`, the default):
+R is `row_multiple` x a power of two (1, 2, 4, 8, ... row multiples: rows that divide the mesh's
+batch axes) and L is `row_length` or, with `length_multiple` (`data.pack_length_multiple`), one
+of `row_lengths(row_length, length_multiple)` = {row_length / 2, 3/4 x row_length, row_length}
+rounded up to the multiple; per batch the (R, L) of that set with the fewest tokens R x L
+(ties: longer rows) that first-fit packs every pair into. `shape_ladder` lists the whole set:
+at most 3 x (log2(pairs per batch) + 1) shapes (12 for 8 pairs), of which an hh-rlhf epoch in
+batches of 8 pairs at max_length 256 (row_length 768, prompt-shared) uses 4, 2 of them in its
+first 10 batches, with 77% of its computed tokens real (2.70M; the exact shapes below: 10
+shapes, 3 in the first 10, 89%, 2.35M; the former default, exact shapes in rows of 2 x
+max_length: 12 shapes, 5 in the first 10, 82%, 2.54M; `experiments.benchmarks.packing`'s
+`epoch`).
+`ladder=False` keeps the exact fewest-token shape of every batch (R any multiple of
+`row_multiple`, L any multiple of `length_multiple` up to `row_length`): fewer padding tokens,
+one compiled program per new (R, L). Every pair is always packed (the set's largest R holds one
+pair per row); the shape changes only padding, never which pairs a batch holds, so losses,
+gradients and the resume position are those of the padded batches. Positions restart at every
+segment (`Llama` derives them).
 """
 
 from __future__ import annotations
@@ -43,6 +56,7 @@ import numpy as np
 from rmjax.data.batching import MappedBatches
 
 PACKED_KEYS = ("input_ids", "segment_ids", "positions", "chosen_at", "rejected_at")
+DEFAULT_PACK_FACTOR = 3  # data.pack_length = 0: rows of 3 x max_length (a pair fits in 2 x)
 
 
 def _first_fit(lengths, row_length):
@@ -68,27 +82,61 @@ def _pieces(chosen, rejected, prompt_len: int, share_prompt: bool):
   return [(chosen[:p], 0, None, None), (chosen[p:], p, 0, "chosen"), (rejected[p:], p, 0, "rejected")]
 
 
-def _row_shape(lengths, row_length: int, row_multiple: int, length_multiple: int):
+def _round_up(n: int, multiple: int) -> int:
+  return -(-max(int(n), 1) // multiple) * multiple
+
+
+LADDER_FRACTIONS = (2, 3, 4)  # ladder row lengths: these quarters of row_length
+
+
+def row_lengths(row_length: int, length_multiple: int, ladder: bool = True, longest: int = 1):
+  """The row lengths a batch may get, longest first: `row_length` alone without
+  `length_multiple`; with it, the ladder's {1/2, 3/4, 1} x row_length rounded up to the multiple
+  (`ladder`) or every multiple up to row_length; only those >= `longest` (a pair must fit)."""
+  if not length_multiple:
+    return [row_length]
+  if ladder:
+    sizes = {min(_round_up(row_length * q // 4, length_multiple), row_length)
+             for q in LADDER_FRACTIONS}
+  else:
+    sizes = {*range(_round_up(longest, length_multiple), row_length, length_multiple), row_length}
+  return sorted((s for s in sizes if s >= longest), reverse=True) or [row_length]
+
+
+def row_count(n_rows: int, row_multiple: int, ladder: bool = True) -> int:
+  """Rows of a packed batch that needs `n_rows`: the next multiple of `row_multiple`, or with
+  `ladder` the next row_multiple x 2^k."""
+  units = -(-max(n_rows, 1) // row_multiple)
+  if ladder:
+    units = 1 << (units - 1).bit_length()
+  return units * row_multiple
+
+
+def shape_ladder(pairs: int, row_length: int, row_multiple: int = 1, length_multiple: int = 0) -> list:
+  """Every (R, L) a ladder-packed batch of at most `pairs` pairs can get (see the module
+  docstring): 3 x (log2(pairs) + 1) shapes at most."""
+  rows = sorted({row_count(n, row_multiple) for n in range(1, max(pairs, 1) + 1)})
+  return [(r, l) for r in rows for l in sorted(row_lengths(row_length, length_multiple))]
+
+
+def _row_shape(lengths, row_length: int, row_multiple: int, length_multiple: int,
+               ladder: bool = True):
   """(row of each item, row count R, row length L) with the fewest tokens R x L (ties: longer
-  rows); L is `row_length` or, with `length_multiple`, a multiple of it up to `row_length`."""
-  longest = max(lengths, default=1)
-  sizes = [row_length]
-  if length_multiple:
-    first = max(1, -(-longest // length_multiple)) * length_multiple
-    sizes = sorted({*range(first, row_length, length_multiple), row_length}, reverse=True)
+  rows) over the allowed shapes (`row_lengths`, `row_count`)."""
   best = None
-  for size in sizes:
+  for size in row_lengths(row_length, length_multiple, ladder, max(lengths, default=1)):
     rows_of, n_rows = _first_fit(lengths, size)
-    n_rows = -(-max(n_rows, 1) // row_multiple) * row_multiple
+    n_rows = row_count(n_rows, row_multiple, ladder)
     if best is None or n_rows * size < best[1] * best[2]:
       best = (rows_of, n_rows, size)
   return best
 
 
 def pack_batch(batch: dict, data, row_length: int, row_multiple: int = 1,
-               share_prompt: bool = False, length_multiple: int = 0) -> dict:
+               share_prompt: bool = False, length_multiple: int = 0, ladder: bool = True) -> dict:
   """The packed form of a padded pair batch (see the module docstring). `data`:
-  `TokenizedPairs` the batch's 'index' refers to."""
+  `TokenizedPairs` the batch's 'index' refers to; `ladder`: shapes from the fixed set
+  (`shape_ladder`), else each batch's exact fewest-token shape."""
   idx, weight = np.asarray(batch["index"]), np.asarray(batch["weight"])
   live = [i for i in range(len(idx)) if weight[i] > 0]
   pieces = {i: _pieces(data.chosen[idx[i]], data.rejected[idx[i]], int(data.prompt_len[idx[i]]),
@@ -97,7 +145,8 @@ def pack_batch(batch: dict, data, row_length: int, row_multiple: int = 1,
   if lengths and max(lengths) > row_length:
     raise ValueError(f"a pair of {max(lengths)} tokens does not fit a packed row of {row_length}; "
                      f"set data.pack_length >= 2 * data.max_length")
-  rows_of, n_rows, row_length = _row_shape(lengths, row_length, row_multiple, length_multiple)
+  rows_of, n_rows, row_length = _row_shape(lengths, row_length, row_multiple, length_multiple,
+                                           ladder)
   ids = np.full((n_rows, row_length), data.pad_id, np.int32)
   seg, pos, pre = (np.zeros((n_rows, row_length), np.int32) for _ in range(3))
   fill = np.zeros(n_rows, np.int64)
@@ -179,18 +228,20 @@ class PackedBatches(MappedBatches):
   row count (the largest, through `agree`) and each pads to it and points its pairs at its
   block's global rows (`as_process_block`), so the global batch is the processes' blocks side
   by side. `row_multiple` is then per block, and the row length is the longest any process
-  chose (`length_multiple`)."""
+  chose (`length_multiple`); with `ladder` the agreed shape is still in the set (the largest of
+  ladder row counts and row lengths is one of them)."""
 
   def __init__(self, batcher, row_length: int, row_multiple: int = 1, share_prompt: bool = False,
-               block: tuple = (0, 1), agree=max_over_processes, length_multiple: int = 0):
+               block: tuple = (0, 1), agree=max_over_processes, length_multiple: int = 0,
+               ladder: bool = True):
     self.row_length, self.row_multiple = row_length, row_multiple
     self.share_prompt, self.block, self.agree = share_prompt, block, agree
-    self.length_multiple = length_multiple
+    self.length_multiple, self.ladder = length_multiple, ladder
     super().__init__(batcher, self._pack)
 
   def _pack(self, batch):
     packed = pack_batch(batch, self.batcher.data, self.row_length, self.row_multiple,
-                        self.share_prompt, self.length_multiple)
+                        self.share_prompt, self.length_multiple, self.ladder)
     index, count = self.block
     if count == 1:
       return packed

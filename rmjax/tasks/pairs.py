@@ -25,7 +25,7 @@ import numpy as np
 
 from rmjax import sharding as shd
 from rmjax.data.batching import MappedBatches, PairBatcher, tokenize_pairs
-from rmjax.data.packing import PackedBatches
+from rmjax.data.packing import DEFAULT_PACK_FACTOR, PackedBatches
 from rmjax.data.specs import train_eval_pairs
 from rmjax.data.tokenize import ChatEncoder
 from rmjax.errors import ConfigError
@@ -120,7 +120,7 @@ def pair_data(config, tok):
   if d.get("packing", False):
     batcher = packed_batches(config, batcher)
     stats["packing"] = {"row_length": batcher.row_length,
-                        "length_multiple": batcher.length_multiple}
+                        "length_multiple": batcher.length_multiple, "ladder": batcher.ladder}
   eval_batches = None
   if evals:
     eval_batches = PairBatcher(eval_tok, config.train.batch_size, buckets=tuple(d.buckets),
@@ -131,20 +131,22 @@ def pair_data(config, tok):
 
 def packed_batches(config, batcher) -> PackedBatches:
   """`data.packing`: the train batches packed into rows of up to `data.pack_length` tokens
-  (default 2 x max_length: any pair fits one row; per batch the multiple of
-  `data.pack_length_multiple` that packs it into the fewest tokens), the row count a multiple
-  of the mesh's batch shards.
+  (default 3 x max_length: any pair fits one row, and longer rows leave less of themselves
+  empty), the row count a multiple of the mesh's batch shards; with `data.pack_ladder` the
+  shapes come from a fixed set (`rmjax.data.packing.shape_ladder`), else per batch the multiple
+  of `data.pack_length_multiple` that packs it into the fewest tokens.
   Several processes: each packs its block of pairs and all pad to the largest row count."""
   if config.train.freeze_backbone and config.train.get("cache_features", True):
     raise ConfigError("config key data.packing: head-only training on cached features has no "
                       "token batches to pack; set train.cache_features=False or packing=False")
   pair_pack_check(config)
-  length = config.data.get("pack_length", 0) or 2 * config.data.max_length
+  length = config.data.get("pack_length", 0) or DEFAULT_PACK_FACTOR * config.data.max_length
   mesh = shd.make_mesh(tuple(config.mesh.shape))
   block = shd.batch_shard(mesh)
   return PackedBatches(batcher, length, shd.batch_divisor(mesh) // block[1],
                        bool(config.data.get("share_prompt", False)), block=block,
-                       length_multiple=int(config.data.get("pack_length_multiple", 0)))
+                       length_multiple=int(config.data.get("pack_length_multiple", 0)),
+                       ladder=bool(config.data.get("pack_ladder", True)))
 
 
 # ------------------------------------------------------------------------ head-only features

@@ -127,7 +127,7 @@ def config_errors(config) -> list[ConfigError]:
   def pack_length(key, value):  # a pair's chosen + rejected share one packed row
     need = 2 * int(_get(config, "data.max_length"))
     if _get(config, "data.packing") is True and value and _number(key, value, True) < need:
-      raise _bad(key, f"must be 0 (= 2 x max_length) or >= 2 x data.max_length = {need}", value)
+      raise _bad(key, f"must be 0 (= 3 x max_length) or >= 2 x data.max_length = {need}", value)
   check("data.pack_length", pack_length)
   errors.extend(lora_errors(config))
   return errors
