@@ -32,9 +32,9 @@ def subsample(examples, n):
 
 
 def evaluate(scorer, examples):
-  prompts = [e.messages for e in examples]
-  rc = scorer.score(prompts, [e.chosen for e in examples])["reward"]
-  rr = scorer.score(prompts, [e.rejected for e in examples])["reward"]
+  res_c, res_r = scorer.score_pairs([e.messages for e in examples], [e.chosen for e in examples],
+                                    [e.rejected for e in examples])  # as `rmjax eval` scores them
+  rc, rr = res_c["reward"], res_r["reward"]
   return pair_report(rc, rr, [e.subset for e in examples], [len(e.chosen) for e in examples],
                      [len(e.rejected) for e in examples])
 

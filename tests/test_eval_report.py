@@ -84,6 +84,59 @@ def test_eval_writes_json_png_md_without_collisions(workdir, tmp_path, capsys):
   assert not list((workdir / "eval").glob(".tmp-*"))  # atomic writes leave nothing behind
 
 
+# pairs over the tiny preset's max_length (128 byte tokens): a long prompt, one long and one
+# short response (either side), and one pair that fits
+LONG_ROWS = [{"prompt": "Tell me about dogs and their habits. " * (2 + i),
+              "chosen": ("Dogs are loyal friends. " * (3 + i)) if i % 2 == 0 else "Yes.",
+              "rejected": "No." if i % 2 == 0 else "Cats are better pets. " * (3 + i)}
+             for i in range(4)] + [{"prompt": "Hi", "chosen": "Hello!", "rejected": "Go."}]
+
+
+def test_eval_and_score_read_the_ids_training_read(workdir, tmp_path, capsys, monkeypatch):
+  """One truncation rule (rmjax.data.tokenize.truncate): for pairs over max_length, the ids
+  `rmjax eval` feeds the model for each response are the ids the training batch holds for it
+  (the prompt cut once for both), and a pair's longer response scored alone (`rmjax score`)
+  gets its ids too."""
+  from rmjax import checkpoints
+  from rmjax.checkpoints.workdir import read_config
+  from rmjax.data.batching import PairBatcher, tokenize_pairs
+  from rmjax.data.specs import load_pairs
+  from rmjax.data.tokenize import ChatEncoder
+  from rmjax.inference.scorer import Scorer
+  path = write_pairs(tmp_path / "long.jsonl", LONG_ROWS)
+  config = read_config(str(workdir))
+  pairs, _ = load_pairs(str(path))
+  enc = ChatEncoder(checkpoints.load_tokenizer(config.model.tokenizer), config.data.max_length)
+  tokd, tstats = tokenize_pairs(pairs, enc, token_cache="off")
+  batch = next(PairBatcher(tokd, len(pairs), buckets=tuple(config.data.buckets), shuffle=False))
+  trained = {side: {int(j): list(ids[m > 0]) for j, ids, m in zip(
+      batch["index"], batch[f"{side}_ids"], batch[f"{side}_mask"])} for side in ("chosen", "rejected")}
+  assert tstats["truncated"] == 4 and len(pairs) == 5
+
+  fed, scorers = [], []
+  score_rows = Scorer.score_rows
+
+  def recording(self, rows, *a, **kw):
+    fed.append([list(map(int, r)) for r in rows])
+    scorers.append(self)
+    return score_rows(self, rows, *a, **kw)
+  monkeypatch.setattr(Scorer, "score_rows", recording)
+  run_eval(f"--workdir={workdir}", f"--data={path}", f"--out={tmp_path / 'out'}")
+  report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert report["accounting"]["n_truncated"] == 4  # counted as before: pairs with a side cut
+  (rows,) = fed  # one forward pass: the chosen rows, then the rejected rows
+  assert rows == [trained["chosen"][j] for j in range(5)] + [trained["rejected"][j] for j in range(5)]
+  assert all(len(r) <= config.data.max_length for r in rows)
+
+  scorer = scorers[0]
+  for j, p in enumerate(pairs):
+    longer, shorter = sorted(("chosen", "rejected"), key=lambda s: -len(getattr(p, s)))
+    alone = scorer.rows([p.messages] * 2, [getattr(p, longer), getattr(p, shorter)])[0]
+    assert alone[0] == trained[longer][j]  # `rmjax score` of the longer side: its training ids
+    if j < 4:  # the shorter side alone keeps more prompt than it had beside its long partner
+      assert alone[1] != trained[shorter][j] and len(alone[1]) > len(trained[shorter][j])
+
+
 def test_report_names_are_safe_and_distinct():
   specs = ["plain.jsonl", "plain.jsonl.gz", "/a/plain.jsonl", "json:plain.jsonl",
            "hub:HuggingFaceH4/ultrafeedback_binarized:test_prefs", "shared:x@eval",

@@ -85,7 +85,8 @@ def render(*, kind: str, rm: dict, task: str = "", base: str = "", data: Optiona
          + (f"; eval data `{data['eval_source']}`" if data.get("eval_source") else "")]
   if max_length:
     out.append(f"- trained and scored with sequences of at most {max_length} tokens (rmjax cuts "
-               "the prompt's oldest tokens first)")
+               "the prompt's oldest tokens first, once for both responses of a pair, then the "
+               "responses' tails: `rmjax.data.tokenize.truncate`)")
   out.append(f"- pad token: {pad_note}; pooling: {rm.get('pooling', 'last real token')}")
   if kind == "ensemble":
     out.append(f"- {rm.get('members')} members (num_labels); reward = mean of (logits + "

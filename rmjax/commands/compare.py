@@ -152,9 +152,10 @@ def main():
     scorer = _load_scorer(*sources[label])
     models[label] = {}
     for s, pairs in sets.items():
-      prompts = [p.messages for p in pairs]
-      models[label][s] = {"chosen": np.asarray(scorer.score(prompts, [p.chosen for p in pairs])["reward"]),
-                          "rejected": np.asarray(scorer.score(prompts, [p.rejected for p in pairs])["reward"])}
+      res_c, res_r = scorer.score_pairs([p.messages for p in pairs], [p.chosen for p in pairs],
+                                        [p.rejected for p in pairs])  # as `rmjax eval` scores them
+      models[label][s] = {"chosen": np.asarray(res_c["reward"]),
+                          "rejected": np.asarray(res_r["reward"])}
     del scorer
   models = {k: models[k] for k in sources}  # the command-line order
   report = compare(models, lengths, ood_sets=FLAGS.ood, tol=FLAGS.length_tol, n_boot=FLAGS.n_boot)

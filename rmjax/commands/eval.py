@@ -43,20 +43,21 @@ def accounting(stats: dict, n_scored: int, n_truncated) -> dict:
 
 
 def check_none_truncated(scorer, pairs, data: str) -> None:
-  """--strict: a DataError when a pair has a side longer than the scorer's max_length (models
-  that render their own inputs, TaskSpec.score_ids, are not checked)."""
+  """--strict: a DataError when a pair would be cut to the scorer's max_length (the pair rule,
+  `rmjax.data.tokenize.truncate`; models that render their own inputs, TaskSpec.score_ids, are
+  not checked)."""
   if getattr(getattr(scorer, "spec", None), "score_ids", None) is not None:
     return
-  n = sum(1 for p in pairs if any(scorer.encoder.encode_pair(p.messages, text)[2]
-                                  for text in (p.chosen, p.rejected)))
+  n = sum(1 for p in pairs
+          if scorer.encoder.encode_responses(p.messages, [p.chosen, p.rejected])[2])
   if n:
     raise DataError(data, None, None, f"{n} pair(s) longer than max_length "
                     f"{scorer.encoder.max_length} would be truncated (--strict)")
 
 
 def count_truncated(res_c: dict, res_r: dict):
-  """Pairs with a side the scorer cut to max_length (from its per-row flags); None when the
-  model renders its own inputs (TaskSpec.score_ids) and reports no flags."""
+  """Pairs the scorer cut to max_length (from its per-row flags); None when the model renders
+  its own inputs (TaskSpec.score_ids) and reports no flags."""
   if "truncated" not in res_c:
     return None
   return int(np.sum(np.asarray(res_c["truncated"]) | np.asarray(res_r["truncated"])))
@@ -86,8 +87,8 @@ def main():
   if FLAGS.strict:  # refuse before the forward: an encode-only pass over the pairs
     check_none_truncated(scorer, pairs, data)
   prompts = [p.messages for p in pairs]
-  res_c = scorer.score(prompts, [p.chosen for p in pairs])
-  res_r = scorer.score(prompts, [p.rejected for p in pairs])
+  # each pair's prompt cut once for both responses, as training cut it (Scorer.pair_rows)
+  res_c, res_r = scorer.score_pairs(prompts, [p.chosen for p in pairs], [p.rejected for p in pairs])
   n_truncated = count_truncated(res_c, res_r)
   report = pair_report(res_c["reward"], res_r["reward"], [p.subset for p in pairs],
                        [len(p.chosen) for p in pairs], [len(p.rejected) for p in pairs])

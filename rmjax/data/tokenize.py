@@ -129,6 +129,17 @@ def truncate(prompt_ids, responses, max_length):
   as needed for the longest response to keep min(len, max_length // 2) tokens; responses are then
   cut from the RIGHT. One prompt cut for all responses, so chosen and rejected see the same
   context. Returns (prompt_ids, [response_ids], truncated).
+
+  This is rmjax's one truncation rule, for training, `rmjax eval` / `compare` and `rmjax score`
+  alike: a preference pair is cut as ONE call with both responses (training batches,
+  `ChatEncoder.encode_responses`, `Scorer.pair_rows`), so eval feeds the model exactly the ids
+  the pair had in training; a response scored alone (`rmjax score`, `serve`'s /v1/score) is one
+  call with one response, which gives it the ids it has in a pair whose other response is not
+  longer (the cut depends only on the longest response). A pair is truncated when
+  prompt + its longer response exceeds max_length, i.e. when either side alone would be.
+  ArmoRM's pair rows use it too (`rmjax.inference.embed.encode_pair_rows`). Not under it:
+  `FeatureCache.pairs` cuts each side alone (its on-disk rows are keyed by those ids), and
+  `serve`'s /get_reward keeps the first max_length tokens of an already rendered text.
   """
   longest = max((len(r) for r in responses), default=0)
   if len(prompt_ids) + longest <= max_length:
@@ -210,10 +221,12 @@ class ChatEncoder:
     return prompt_ids, responses, was_cut or cut_more
 
   def encode_responses(self, messages, responses):
-    """(prompt_ids, [response_ids], truncated) for several responses sharing one prompt cut."""
+    """(prompt_ids, [response_ids], truncated) for several responses sharing one prompt cut
+    (a preference pair: the rule `truncate` documents)."""
     return self.cut(*self.encode_untruncated(messages, responses))
 
   def encode_pair(self, messages, response):
-    """(prompt_ids, response_ids, truncated); prompt_end_index = len(prompt_ids) - 1."""
+    """(prompt_ids, response_ids, truncated) of one response alone (`truncate`: as the longer
+    side of a pair); prompt_end_index = len(prompt_ids) - 1."""
     prompt_ids, (response_ids,), was_cut = self.encode_responses(messages, [response])
     return prompt_ids, response_ids, was_cut

@@ -150,6 +150,20 @@ def encode_rows(encoder, items: Sequence[tuple], truncated: list | None = None) 
   return out
 
 
+def encode_pair_rows(encoder, pairs: Sequence, truncated: list | None = None) -> tuple:
+  """Pairs (`.messages`, `.chosen`, `.rejected`) -> (chosen rows, rejected rows), each pair's
+  prompt cut once for both responses (`rmjax.data.tokenize.truncate`, as training batches and
+  `rmjax eval` cut it); `truncated` (a list) gets one bool per pair: whether it was cut."""
+  rows_c, rows_r = [], []
+  for p in pairs:
+    prompt, (c, r), cut = encoder.encode_responses(p.messages, [p.chosen, p.rejected])
+    rows_c.append(list(prompt) + list(c))
+    rows_r.append(list(prompt) + list(r))
+    if truncated is not None:
+      truncated.append(bool(cut))
+  return rows_c, rows_r
+
+
 # ---------------------------------------------------------------------------------- cache
 
 def params_fingerprint(params) -> str:

@@ -203,7 +203,10 @@ class FeatureCache:
   def pairs(self, examples: Sequence, features: Sequence[str] = FEATURES,
             extract: bool = True) -> dict:
     """Aligned arrays for pair examples (`PairExample`s): {'chosen': {feature: [N, D]},
-    'rejected': {...}, 'truncated': [N] (either side cut), 'tokens_chosen', 'tokens_rejected'}."""
+    'rejected': {...}, 'truncated': [N] (either side cut), 'tokens_chosen', 'tokens_rejected'}.
+    Each side is encoded alone (`encode`), not with the pair's one prompt cut that training and
+    `rmjax eval` use (`rmjax.data.tokenize.truncate`), so the rows already on disk stay valid;
+    the two differ only on the pairs counted in 'truncated'."""
     items = [(e.messages, e.chosen) for e in examples] + [(e.messages, e.rejected) for e in examples]
     rows, cut = self.encode(items)
     if extract:

@@ -152,8 +152,10 @@ class Scorer:
     return rec
 
   def rows(self, prompts: Sequence, responses: Sequence[str], principles=None):
-    """(token rows, truncated): the model inputs of (prompt, response) pairs, as `score` runs
-    them; `truncated` is a bool array for chat-rendered inputs, None for task-rendered ones."""
+    """(token rows, truncated): the model inputs of (prompt, response) items scored alone, as
+    `score` runs them (`rmjax.data.tokenize.truncate` with one response: the row the response
+    has in a training pair whose other response is not longer); `truncated` is a bool array for
+    chat-rendered inputs, None for task-rendered ones. Pairs: `pair_rows`."""
     if getattr(self.spec, "score_ids", None) is not None or principles is not None:
       # the task renders its own inputs: truncation is its business
       return [self.token_ids(p, r, principles) for p, r in zip(prompts, responses)], None
@@ -165,6 +167,25 @@ class Scorer:
       rows.append(list(prompt_ids) + list(response_ids))
       cut.append(was_cut)
     return rows, np.asarray(cut, bool)
+
+  def pair_rows(self, prompts: Sequence, chosen: Sequence[str], rejected: Sequence[str],
+                principles=None):
+    """(chosen rows, rejected rows, truncated): the model inputs of preference pairs under the
+    training rule (`rmjax.data.tokenize.truncate`): each pair's prompt is cut once for both
+    responses, so `rmjax eval` reads exactly the ids its pairs had in a training batch, and a
+    pair's longer side gets the row `rows` gives it alone. `truncated` is a bool array (the pair
+    was cut) for chat-rendered inputs, None for task-rendered ones (rendered per response)."""
+    if getattr(self.spec, "score_ids", None) is not None or principles is not None:
+      return (self.rows(prompts, chosen, principles)[0],
+              self.rows(prompts, rejected, principles)[0], None)
+    items = [(normalize_prompt(p), [c, r]) for p, c, r in zip(prompts, chosen, rejected)]
+    rows_c, rows_r, cut = [], [], []
+    for prompt_ids, responses in encode_many(self.encoder, items):
+      prompt_ids, (c, r), was_cut = self.encoder.cut(prompt_ids, responses)
+      rows_c.append(list(prompt_ids) + list(c))
+      rows_r.append(list(prompt_ids) + list(r))
+      cut.append(was_cut)
+    return rows_c, rows_r, np.asarray(cut, bool)
 
   def text_rows(self, texts: Sequence[str]):
     """(token rows, truncated) of already formatted texts (a chat-rendered conversation, as
@@ -196,3 +217,14 @@ class Scorer:
     rows, cut = self.rows(prompts, responses, principles)
     extra = {} if cut is None else {"truncated": cut}
     return dict(self.score_rows(rows, progress), **extra)
+
+  def score_pairs(self, prompts: Sequence, chosen: Sequence[str], rejected: Sequence[str],
+                  progress: bool = True, principles=None) -> tuple:
+    """(chosen outputs, rejected outputs) of preference pairs, as `score` gives them, with the
+    inputs `pair_rows` makes (one prompt cut per pair, as in training); 'truncated' [N] (both
+    sides: the pair was cut) for chat-rendered inputs."""
+    rows_c, rows_r, cut = self.pair_rows(prompts, chosen, rejected, principles)
+    out = self.score_rows(rows_c + rows_r, progress)
+    n = len(rows_c)
+    extra = {} if cut is None else {"truncated": cut}
+    return ({k: v[:n] for k, v in out.items()} | extra, {k: v[n:] for k, v in out.items()} | extra)

@@ -274,10 +274,10 @@ def run(config, workdir: str) -> dict:
                                      cut.setdefault("ratings", []))}
   for key, pairs in (("tagged", [t.pair for t in tagged]), ("train", train_pairs),
                      ("eval", eval_pairs), ("reference", ref_pairs if a.reference else [])):
-    for side, name in (("c", "chosen"), ("r", "rejected")):
-      rows[f"{key}_{side}"] = emb.encode_rows(encoder, [(p.messages, getattr(p, name))
-                                                        for p in pairs],
-                                              cut.setdefault(f"{key}_{side}", []))
+    # one prompt cut per pair for both sides, as `rmjax eval` reads them (tokenize.truncate)
+    rows[f"{key}_c"], rows[f"{key}_r"] = emb.encode_pair_rows(encoder, pairs,
+                                                              cut.setdefault(f"{key}_c", []))
+    cut[f"{key}_r"] = cut[f"{key}_c"]
   read_info = data_stats(d, read, cut, n_eval=len(eval_pairs))
   announce_data(config, read_info)  # the data report; --strict fails here, nothing written yet
 
