@@ -21,7 +21,7 @@ def ci(d: dict, nd: int = 3) -> str:
 def json_safe(x):
   """Numbers as plain floats / ints (non-finite -> None), arrays as lists, `_`-keys left out."""
   if isinstance(x, dict):
-    return {k: json_safe(v) for k, v in x.items() if not k.startswith("_")}
+    return {str(k): json_safe(v) for k, v in x.items() if not str(k).startswith("_")}
   if isinstance(x, (list, tuple)):
     return [json_safe(v) for v in x]
   if isinstance(x, (np.floating, float)):

@@ -244,13 +244,13 @@ def train_and_score(data: dict) -> dict:
 
 
 def _pooled(margins: dict, data: dict, name: str, fn) -> np.ndarray:
-  """Per held-out item of `name`, fn(margins by condition [seeds, N_split]) averaged over seeds,
-  taken from the split that holds the item out."""
+  """Per held-out item of `name`, fn(margins by condition [seeds, N_split], the split's item mask)
+  averaged over seeds, taken from the split that holds the item out."""
   ids = data["eval"][name]["ids"]
   vals = np.full(len(ids), np.nan)
   for s in SPLITS:
     side = np.array([eval_side(i, s) for i in ids])
-    v = fn({c: m[:, side] for c, m in margins[s][name].items()}).mean(0)
+    v = fn({c: m[:, side] for c, m in margins[s][name].items()}, side).mean(0)
     vals[side] = v
   return vals
 
@@ -264,9 +264,9 @@ def analyse(data: dict, margins: dict, items: dict, n_boot: int) -> dict:
     """steer / follow(p) / follow(q) [, follow of the control] on items of `name`."""
     sgn = np.ones(len(data["eval"][name]["ids"])) if sign is None else sign
     ok = (sgn != 0) if mask is None else (mask & (sgn != 0))
-    steer = _pooled(margins, data, name, lambda m: (m[p] - m[q]) * sgn > 0)[ok]
-    fp = _pooled(margins, data, name, lambda m: m[p] * sgn > 0)[ok]
-    fq = _pooled(margins, data, name, lambda m: m[q] * sgn > 0)[ok]
+    steer = _pooled(margins, data, name, lambda m, k: (m[p] - m[q]) * sgn[k] > 0)[ok]
+    fp = _pooled(margins, data, name, lambda m, k: m[p] * sgn[k] > 0)[ok]
+    fq = _pooled(margins, data, name, lambda m, k: m[q] * sgn[k] > 0)[ok]
     return {"n": int(ok.sum()), "steer": stats.bootstrap_ci(steer, n_boot),
             "follow_p": stats.bootstrap_ci(fp, n_boot), "follow_not_p": stats.bootstrap_ci(fq, n_boot),
             "_steer": steer}
@@ -288,10 +288,10 @@ def analyse(data: dict, margins: dict, items: dict, n_boot: int) -> dict:
     key = "comprehensive" if h == "H2" else "markdown"
     res[h]["steer_minus_control"] = stats.paired_diff_ci(
         res[h][key]["_steer"], res[h]["control_multilingual"]["_steer"], n_boot)
-  conc = _pooled(margins, data, "alpaca", lambda m: m["concise"] * s_conc > 0)[s_conc != 0]
+  conc = _pooled(margins, data, "alpaca", lambda m, k: m["concise"] * s_conc[k] > 0)[s_conc != 0]
   both = _pooled(margins, data, "alpaca",
-                 lambda m: m["concise+multilingual"] * s_conc > 0)[s_conc != 0]
-  agree = _pooled(margins, data, "alpaca", lambda m: np.sign(m["concise"]) ==
+                 lambda m, k: m["concise+multilingual"] * s_conc[k] > 0)[s_conc != 0]
+  agree = _pooled(margins, data, "alpaca", lambda m, k: np.sign(m["concise"]) ==
                   np.sign(m["concise+multilingual"]))[s_conc != 0]
   res["H4"] = {"n": int(len(conc)), "follow_concise": stats.bootstrap_ci(conc, n_boot),
                "follow_concise+multilingual": stats.bootstrap_ci(both, n_boot),
@@ -304,9 +304,10 @@ def analyse(data: dict, margins: dict, items: dict, n_boot: int) -> dict:
   for part, mask in (("all", np.ones(len(xid), bool)), ("safe", safe), ("unsafe", ~safe)):
     r = {"n": int(mask.sum())}
     for c in ("ethical", "not_ethical", "concise", "concise+ethical"):
-      v = _pooled(margins, data, "xstest", lambda m: m[c] * s_eth > 0)[mask]
+      v = _pooled(margins, data, "xstest", lambda m, k: m[c] * s_eth[k] > 0)[mask]
       r[f"follow_ethical_under_{c}"] = stats.bootstrap_ci(v, n_boot)
-    st = _pooled(margins, data, "xstest", lambda m: (m["ethical"] - m["not_ethical"]) * s_eth > 0)
+    st = _pooled(margins, data, "xstest",
+                 lambda m, k: (m["ethical"] - m["not_ethical"]) * s_eth[k] > 0)
     r["steer_ethical"] = stats.bootstrap_ci(st[mask], n_boot)
     res["H5"][part] = r
   return res
