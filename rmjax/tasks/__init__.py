@@ -5,7 +5,8 @@
     tasks.register(TaskSpec(name="hinge", make_model=..., build=...))   # a sixth method, or
     config.task = "mylab.hinge_rm"      # a module whose SPEC is a TaskSpec, found on import
 
-One module per method: bt, grm, ensemble, salmon (+ salmon_collect), armorm, ppo, overopt;
+One module per method: bt, grm, ensemble, salmon (+ salmon_collect), armorm, ppo (the RL
+learner) and grpo (GRPO / RLOO on it), overopt;
 `pairs` is the assembly pair methods share, `common` the backbone / tokenizer loaders.
 """
 
@@ -16,12 +17,13 @@ import importlib.util
 
 from rmjax.errors import ConfigError
 from rmjax.inference.scorer import Scorer
-from rmjax.tasks import armorm, bt, ensemble, grm, overopt, ppo, salmon
+from rmjax.tasks import armorm, bt, ensemble, grm, grpo, overopt, ppo, salmon
 from rmjax.tasks.spec import TaskSpec
 from rmjax.checkpoints.workdir import read_config
 
 TASKS: dict[str, TaskSpec] = {s.name: s for s in (
-    bt.SPEC, grm.SPEC, ensemble.SPEC, salmon.SPEC, armorm.SPEC, ppo.SPEC, overopt.SPEC)}
+    bt.SPEC, grm.SPEC, ensemble.SPEC, salmon.SPEC, armorm.SPEC, ppo.SPEC, grpo.SPEC,
+    overopt.SPEC)}
 
 
 def register(spec: TaskSpec) -> TaskSpec:

@@ -316,6 +316,10 @@ class Trainer:
       batch.update(values=scored["values"], returns=adv["returns"])
     if pc.kl_in == "loss":
       batch.update(ref_logp=scored["ref_logp"], kl_coef=coef)
+    # rows on the batch axis, as `update` takes them (a group estimator's reshapes and the
+    # replicated KL coefficients may come out otherwise placed)
+    rows = NamedSharding(self.mesh, P(shd.BATCH))
+    batch = {k: jax.device_put(v, rows) for k, v in batch.items()}
     metrics.update(score_mean=float(np.mean(score)),
                    penalty=float(np.mean(jax.device_get(adv["penalty"]))),
                    kl_coef=float(jax.device_get(state.kl_coef)))
