@@ -19,8 +19,9 @@ flipped; 5 proxy seeds (different init, minibatches, bootstrap draws). Members a
 on the label samples' scores before aggregation (single = member 0; mean; UWO lam 0.5; LCB
 beta 1; WCO).
 
-Best-of-n: the unbiased order-statistics estimator (`rmjax.rl.best_of_n`), n = 1..64; gold in
-units of the base policy's gold sd (0 = the base pool's mean). CIs: 2,000 bootstrap replicates
+Best-of-n: the unbiased order-statistics estimator (`rmjax.rl.best_of_n`), n = 1..64; gold as
+the gain over each prompt's base-policy mean, in units of the within-prompt gold sd (so n = 1 is
+0 on every prompt and the CIs measure the optimisation, not which prompts were drawn). CIs: 2,000 bootstrap replicates
 resampling prompts and proxy seeds independently. Risk: P(the pick's gold < the base policy's
 mean gold on that prompt), per prompt x seed.
 
@@ -258,7 +259,9 @@ def analyse(workdir: str, cache_dir: str, spec: str, max_length: int, limit: int
   ns = default_ns(pool)
   runs = {}
   for name, g in golds.items():
-    g_std = (g - g[grid].mean()) / g[grid].std()
+    gp = g[grid]                                   # [P, N]: gain over the prompt's base mean,
+    g_std = g.copy()                               # in units of the within-prompt gold sd
+    g_std[grid] = (gp - gp.mean(1, keepdims=True)) / (gp - gp.mean(1, keepdims=True)).std()
     ci_, ri_, label_info = label_pairs(rows, g)
     ref = np.array(sorted(set(ci_) | set(ri_)))
     members, proxy_plan = train_proxies(feats[PROXY_FEATURE], ci_, ri_, ref)   # [S, K, N]
@@ -302,8 +305,8 @@ def markdown(r: dict) -> str:
   ns = r["ns"]
   for name, run in r["runs"].items():
     pr = run["proxy"]
-    lines += [f"## Best-of-n, gold = {name} (gold in base-policy gold sd; 95% CI over prompts x "
-              "proxy seeds)", "",
+    lines += [f"## Best-of-n, gold = {name} (gold gain over the prompt's base mean, in within-prompt "
+              "gold sd; 95% CI over prompts x proxy seeds)", "",
               f"Spearman(this gold, tokens) on the pool {run['pool_spearman_length_tokens']:.3f}; "
               f"proxy labels {json.dumps(pr['labels'])}; within-prompt Spearman(mean proxy, gold)"
               f" per proxy seed {[round(x, 3) for x in pr['within_prompt_spearman_mean_vs_gold']]}",
@@ -333,7 +336,7 @@ def figure(r: dict, path: str) -> None:
         c = cv[q]
         ax.plot(x, c["value"], marker="o", ms=3, label=a)
         ax.fill_between(x, c["lo"], c["hi"], alpha=0.15)
-    row[0].set(xlabel="sqrt(KL_bon)", ylabel="gold (base-policy sd units)",
+    row[0].set(xlabel="sqrt(KL_bon)", ylabel="gold gain (within-prompt sd)",
                title=f"gold = {name}")
     row[1].set(xlabel="sqrt(KL_bon)", ylabel="proxy (standardised)", title="proxy")
     row[2].set(xlabel="sqrt(KL_bon)", ylabel="P(pick < base mean gold)",
