@@ -100,6 +100,16 @@ def test_bad_config_one_line_errors(field, value, match):
   assert REWARDS.traits("proxy")["members"] and not REWARDS.traits("gold")["members"]
 
 
+def test_every_variant_validates():
+  from configs.common import VARIANTS  # noqa: PLC0415
+  from rmjax.train.validate import config_errors  # noqa: PLC0415
+  for variant in VARIANTS:
+    for adv in ("grpo", "rloo"):
+      c = grpo_config.get_config(f"{variant},advantage={adv}")
+      assert config_errors(c) == [], (variant, adv)
+      ppo_setup.check(c)
+
+
 def _rows(workdir):
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     return [json.loads(line) for line in f]
