@@ -36,6 +36,10 @@ setup(
                  "aiohttp>=3.9,<4"],
         # `rmjax serve` (rmjax.inference.server); the client, rmjax.client, needs nothing
         "serve": ["fastapi>=0.110,<1", "uvicorn>=0.30,<1"],
+        # experiments/benchmarks/vs_trl.py: TRL's RewardTrainer + peft LoRA beside rmjax (the
+        # versions whose RewardTrainer source the benchmark's notes describe; they install
+        # without moving transformers/torch/jax)
+        "bench": ["torch==2.13.0", "trl==1.16.0", "peft==0.21.2"],
         "notebooks": ["jupyter", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6"],
         # libtpu matching the installed jax (jax 0.10.2 -> libtpu 0.0.42.*): the splash-attention
         # kernel's TPU backend. Tests still run on CPU (JAX_PLATFORMS=cpu, Pallas interpret mode).
