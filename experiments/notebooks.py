@@ -19,7 +19,8 @@ import nbformat
 from nbclient import NotebookClient
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-NOTEBOOKS = ("armorm", "grm", "inconsistency", "ppo_uncertainty", "salmon", "uncertainty")
+NOTEBOOKS = ("armorm", "grm", "inconsistency", "overoptimisation", "ppo_uncertainty", "salmon",
+             "uncertainty")
 
 
 def _kernel_env(smoke: bool) -> dict:

@@ -9,13 +9,14 @@ EXPECTED = {
     "armorm": "gated (T in training)",
     "grm": "ID accuracy",
     "inconsistency": "pairwise disagreement",
+    "overoptimisation": "gold credibility",
     "ppo_uncertainty": "weighted_kl",
-    "salmon": "final train loss",
+    "salmon": "H4 follow(Concise)",
     "uncertainty": "members:",
 }
 # rough seconds per notebook at smoke size on CPU (only orders the runs: the longest first)
-COST = {"grm": 40, "ppo_uncertainty": 36, "salmon": 27, "armorm": 30, "inconsistency": 30,
-        "uncertainty": 13}
+COST = {"grm": 40, "ppo_uncertainty": 36, "salmon": 45, "armorm": 30, "inconsistency": 30,
+        "overoptimisation": 60, "uncertainty": 13}
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +27,8 @@ def executed():
   return notebooks.execute_many(order, parallel=2)
 
 
-NEEDS_SHARED_DATA = ("armorm", "inconsistency")  # real-data experiments (E-c, E-a)
+# real-data experiments (E-c, E-a, E-b, E-e)
+NEEDS_SHARED_DATA = ("armorm", "inconsistency", "overoptimisation", "salmon")
 
 
 @pytest.mark.parametrize("name", notebooks.NOTEBOOKS)
