@@ -4,7 +4,7 @@ with defaults and an example (exit 0); `--show_config` prints the resolved confi
 import pytest
 
 from rmjax.main import COMMANDS
-from tests._cli import REPO, run_cli, run_subprocesses
+from _cli import REPO, run_cli, run_subprocesses
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["-h"], ["help"]])

@@ -11,7 +11,7 @@ import pytest
 from configs import bt as bt_config
 from rmjax import tasks
 from rmjax.eval import compare as compare_lib
-from tests._cli import run_cli
+from _cli import run_cli
 from _util import fast_config
 
 # the two tiny models share their compiles (conftest)

@@ -3,6 +3,7 @@ intra-package imports at module top (unless a comment on the line says why), sma
 
 import ast
 import pathlib
+import re
 
 import pytest
 
@@ -101,3 +102,15 @@ def test_no_import_circles():
 @pytest.mark.parametrize("path", sorted(PKG.rglob("*.py")), ids=lambda p: str(p.relative_to(PKG)))
 def test_files_stay_small(path):
   assert len(path.read_text().splitlines()) <= 420, f"{path}: split it by what it holds"
+
+
+def test_test_helpers_are_imported_by_module_name():
+  """tests/ is not a package: its helpers are imported as `_cli` / `_util` (conftest puts this
+  directory on sys.path). `from tests._cli import ...` breaks wherever a distribution installs a
+  top-level `tests` package into site-packages, as openrlhf 0.11.2 (installed for the remote-RM
+  client test) does: collection then fails with ModuleNotFoundError."""
+  tests_dir = pathlib.Path(__file__).resolve().parent
+  bad = [f"{p.name}:{i}" for p in sorted(tests_dir.glob("*.py"))
+         for i, line in enumerate(p.read_text().splitlines(), 1)
+         if re.match(r"\s*(from|import)\s+tests(\.|\s|$)", line)]
+  assert not bad, f"import test helpers by module name (from _cli import ...): {bad}"

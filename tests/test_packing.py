@@ -20,7 +20,7 @@ from rmjax.models.reward_model import RewardModel
 from rmjax.tasks import get
 from rmjax.tasks.pairs import forward_pairs
 from rmjax.checkpoints.presets import preset_config
-from tests._util import fast_config
+from _util import fast_config
 
 
 def _pairs(n=10, seed=0, vocab=512, empty_chosen=False):
