@@ -2,9 +2,8 @@
 
 Three reward models on SmolLM2-135M, everything else equal (init, seed, data order, MLP head
 d -> 1024 -> 1 with dropout 0.1, LoRA r 32 on q/k/v/o, packing, AdamW cosine, 1 epoch):
-  bt      GRM's task with alpha = 0: the BT loss and gradients exactly (tests/test_grm.py), but the
-          retained LM head is still read, so the regulariser's value (summed chosen log-prob) is
-          logged for BT too: what BT does to the LM the hidden states used to feed
+  bt      the BT task (= GRM with alpha 0: same loss and gradients, tests/test_grm.py) with the
+          same MLP head and clip 5; it skips GRM's LM logits (a 49K-vocabulary log-softmax per token)
   grm     GRM-SFT, alpha 0.01, beta 0.1 (the paper's)
   frozen  the same MLP head on the frozen backbone (head-only training on cached features; the
           head is all that trains, so it gets 5 epochs at lr 1e-3, fixed before any evaluation)
@@ -98,14 +97,17 @@ def make_config(args, run: str, train_path: str):
   from configs import bt as bt_config, grm as grm_config
   variant = args.variant
   steps = math.ceil(args.train_pairs / args.batch_size) if not args.steps else args.steps
-  if run == "frozen":
+  if run == "grm":
+    c = grm_config.get_config(f"{variant},reg=sft,alpha={args.alpha}")
+  else:
     c = bt_config.get_config(variant)
-    c.model.head, c.model.head_hidden, c.model.head_dropout = "mlp", 1024, 0.1
+  c.model.head, c.model.head_hidden, c.model.head_dropout = "mlp", 1024, 0.1
+  c.optim.clip_norm = 5.0  # configs/grm.py's (the paper's)
+  if run == "frozen":
     c.train.freeze_backbone = True
     c.optim.lr = args.frozen_lr
     steps *= args.frozen_epochs
   else:
-    c = grm_config.get_config(f"{variant},reg=sft,alpha={args.alpha if run == 'grm' else 0.0}")
     c.model.lora.rank, c.model.lora.alpha = args.rank, float(2 * args.rank)
     c.data.packing = True
     c.optim.lr = args.lr
@@ -156,6 +158,46 @@ def score(workdir: str, sets: dict, max_length: int) -> dict:
   return out
 
 
+def lm_logps(workdir: str, examples, max_length: int) -> dict:
+  """The regulariser's value after training: each ID pair's summed chosen-response log-prob under
+  the run's backbone and its retained LM head (GRM's L_reg reads exactly this; the frozen run's
+  backbone is the base model, so its value is the starting point), cached in lm_logps.json."""
+  import flax.linen as nn
+  import jax
+  from rmjax import lm_losses, sharding as shd, tasks
+  from rmjax.checkpoints.workdir import read_config
+  from rmjax.data.batching import PairBatcher, tokenize_pairs
+  from rmjax.inference.scorer import Scorer
+  from rmjax.tasks import grm
+  path = os.path.join(workdir, "lm_logps.json")
+  if os.path.exists(path):
+    return json.load(open(path))
+  scorer = Scorer(workdir, tasks.get(read_config(workdir).task), max_length=max_length)
+  model = grm.make_model(scorer.config, scorer.cfg, keep_lm_logits=True)
+
+  @jax.jit
+  def chosen(params, batch):
+    logits = model.apply({"params": params}, batch["chosen_ids"], batch["chosen_mask"])["logits"]
+    return lm_losses.response_logprobs(logits, batch["chosen_ids"], batch["chosen_mask"],
+                                       batch["prompt_len"])
+
+  tok, _ = tokenize_pairs(examples, scorer.encoder, on_overlong="truncate", progress=False)
+  batcher = PairBatcher(tok, 8, shuffle=False, drop_remainder=False,
+                        buckets=tuple(scorer.config.data.buckets))
+  values = np.full(len(examples), np.nan)
+  with jax.set_mesh(scorer.mesh), nn.logical_axis_rules(shd.DEFAULT_RULES):
+    for batch in batcher.eval_batches():
+      real = np.asarray(batch["weight"]) > 0
+      lp = np.asarray(jax.device_get(chosen(scorer.params, batch)))
+      values[np.asarray(batch["index"])[real]] = lp[real]
+  assert not np.isnan(values).any(), "a pair was not scored"
+  out = {"chosen_logps": values.tolist()}
+  with open(path + ".tmp", "w") as f:
+    json.dump(out, f)
+  os.replace(path + ".tmp", path)
+  return out
+
+
 def metric_curve(workdir: str, key: str) -> list:
   rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl")) if l.strip()]
   return [(r["step"], r[key]) for r in rows if key in r and "step" in r]
@@ -187,6 +229,19 @@ def compare(sets: dict, margins: dict) -> dict:
                          for ex in sets["ood"].values()])
     out["ood_pooled"] = {"n": int(len(lb)), "length_baseline": round(float(lb.mean()), 4),
                          **{r: rnd(stats.bootstrap_ci(cat[r])) for r in runs}, **diffs(cat, rnd)}
+  return out
+
+
+def lm_report(lm: dict) -> dict:
+  """Mean summed chosen log-prob on the ID pairs per run (95% CI), and each run minus the frozen
+  (base) model, paired by pair."""
+  from rmjax.eval import stats
+  rnd = lambda d: {k: round(float(v), 2) for k, v in d.items()}
+  out = {r: rnd(stats.bootstrap_ci(np.asarray(v))) for r, v in lm.items()}
+  if "frozen" in lm:
+    for r in lm:
+      if r != "frozen":
+        out[f"{r}_minus_base"] = rnd(stats.paired_diff_ci(lm[r], lm["frozen"]))
   return out
 
 
@@ -276,7 +331,7 @@ def main(argv=None):
     write_pairs(train_path + ".tmp.jsonl", sets["train"])
     os.replace(train_path + ".tmp.jsonl", train_path)
   print(json.dumps({"sizes": sets["sizes"]}), flush=True)
-  margins, trained, curves = {}, {}, {}
+  margins, trained, curves, lm = {}, {}, {}, {}
   for run in runs:
     wd = os.path.join(args.workdir, run)
     config = make_config(args, run, train_path)
@@ -285,12 +340,15 @@ def main(argv=None):
     margins[run] = score(wd, sets, args.max_length)
     trained[run]["score_seconds"] = round(time.time() - t0, 1)
     curves[run] = metric_curve(wd, "chosen_logps")
+    lm[run] = lm_logps(wd, sets["id"], args.max_length)["chosen_logps"]
     acc = {k: round(float(np.mean(np.asarray(v) > 0) + 0.5 * np.mean(np.asarray(v) == 0)), 3)
            for k, v in margins[run].items()}
     print(f"[{run}] {json.dumps({**trained[run], 'accuracy': acc})}", flush=True)
   report = compare(sets, margins)
+  report_lm = lm_report(lm)
   out = {"args": vars(args), "sizes": sets["sizes"], "runs": trained, "report": report,
-         "chosen_logps": curves, "table": table(report, runs)}
+         "chosen_logps": curves, "lm_chosen_logps": report_lm,
+         "table": table(report, runs)}
   dests = [args.workdir] + ([args.results] if args.results else [])
   for d in dests:
     os.makedirs(d, exist_ok=True)
