@@ -106,7 +106,7 @@ def base_config(arg: mlc.ConfigDict, task: str) -> mlc.ConfigDict:
 
   c.data = mlc.ConfigDict(dict(
       source="synthetic:2000", eval_source="synthetic:256", eval_fraction=0.1, max_length=p["max_length"],
-      max_eval_examples=512, on_overlong="truncate", on_identical="drop",
+      max_eval_examples=512, on_overlong="truncate",  # identical pairs: SPEC?on_identical=
       buckets=(64, 128, 256, 512, 1024, 2048), limit=0,
       feature_cache="",  # head-only features cache dir ("" = $RMJAX_CACHE or ~/.cache/rmjax)
       token_cache="",    # tokenized data cache dir ("" = $RMJAX_CACHE/tokens; "off" = none)

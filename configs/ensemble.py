@@ -20,11 +20,10 @@ def get_config(arg=None):
   c.ensemble = mlc.ConfigDict(dict(
       members=arg.members, mode=arg.mode, bootstrap=arg.bootstrap, seed=0,
       cached_embeddings=bool(arg.cached),
-      # fast path (cached embeddings): optax AdamW on [N, D] arrays
-      head_steps=300, head_lr=1e-2, head_batch_size=256, head_weight_decay=1e-4,
-      cache_dir="",                 # default: <workdir>/embeddings
-      # aggregation used when scores are read as one number (rmjax.rl.rewards.aggregate)
-      aggregation="mean", lam=0.5, beta=1.0, std="population", standardize=True))
+      # fast path (cached embeddings, under data.feature_cache): optax AdamW on [N, D] arrays
+      head_steps=300, head_lr=1e-2, head_batch_size=256, head_weight_decay=1e-4))
+  # How the members become one number is the reader's choice, not the RM's: `rmjax score` gives
+  # mean, std and members; PPO and GRPO configs take `aggregate`, best-of-n overopt.aggregators.
   if arg.variant == "smollm2":
     c.data.source = "shared:hh_rlhf_helpful_test+hh_rlhf_harmless_test"
     c.data.eval_source = ""  # 10% held out by prompt hash

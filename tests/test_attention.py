@@ -10,10 +10,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import bt as bt_config
 from rmjax import sharding as shd
 from rmjax.inference.generate import SamplingConfig, generate, left_pad
 from rmjax.models import Llama, LlamaConfig, RewardModel
 from rmjax.models import attention as attn
+from rmjax.train import validate
 
 CFG = LlamaConfig(vocab_size=97, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
@@ -174,3 +176,16 @@ def test_config_field_defaults_and_validation():
   assert [attn.resolve("auto", p) for p in ("tpu", "gpu", "cpu")] == ["splash", "dot_product",
                                                                        "blocked"]
   assert attn.resolve("splash", "cpu") == "splash"
+
+
+def test_validator_accepts_every_backend_and_no_other():
+  """`rmjax.train.validate` reads the backend list from this module: each backend passes the
+  up-front config check, an unknown one fails naming the key and the backends."""
+  assert validate.ENUMS["model.attention"] is attn.BACKENDS
+  config = bt_config.get_config("tiny")
+  for backend in attn.BACKENDS:
+    config.model.attention = backend
+    assert validate.config_errors(config) == [], backend
+  config.model.attention = "flash"
+  [error] = validate.config_errors(config)
+  assert "model.attention" in str(error) and ", ".join(attn.BACKENDS) in str(error)

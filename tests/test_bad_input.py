@@ -164,8 +164,9 @@ CASES = {
                        ["optim.schedule", "cosine"]),
     "train-on-overlong": (lambda c: train_argv(c.tmp / "w", "--config.data.on_overlong=chop"),
                           ["data.on_overlong", "truncate"]),
-    "train-on-identical": (lambda c: train_argv(c.tmp / "w", "--config.data.on_identical=maybe"),
-                           ["data.on_identical"]),
+    "train-grm-regulariser": (lambda c: train_argv(c.tmp / "w", "--config.loss.reg=kl",
+                                                   config=f"{REPO}/configs/grm.py:tiny"),
+                              ["loss.reg", "dpo_ref"]),
     "train-dtype": (lambda c: train_argv(c.tmp / "w", "--config.model.dtype=float8"),
                     ["model.dtype", "bfloat16"]),
     "train-param-dtype": (lambda c: train_argv(c.tmp / "w", "--config.model.param_dtype=int8"),
@@ -688,7 +689,7 @@ def test_every_shipped_config_variant_validates():
   import importlib
   from configs.common import VARIANTS
   from rmjax.train.validate import config_errors
-  for family in ("bt", "grm", "ensemble", "salmon", "armorm", "ppo", "overopt"):
+  for family in ("bt", "grm", "ensemble", "salmon", "armorm", "ppo", "grpo", "overopt"):
     module = importlib.import_module(f"configs.{family}")
     for variant in VARIANTS:
       assert config_errors(module.get_config(variant)) == [], (family, variant)

@@ -7,6 +7,7 @@ handler, no jax import per call); `score` and `eval` on the trained run also run
 
 import gzip
 import json
+import os
 import types
 
 import pytest
@@ -78,6 +79,34 @@ def test_score_and_eval(trained, tmp_path):
   assert 0.0 <= report["accuracy"] <= 1.0 and "ece" in report
   assert report["length_baseline_accuracy"] == 1.0
   assert len(list((trained / "eval").glob("pairs.jsonl.gz-*.json"))) == 1  # name from the whole spec
+
+
+def test_score_reads_config_json_once(trained, tmp_path, monkeypatch):
+  from rmjax.checkpoints import workdir  # noqa: PLC0415
+  reads, real = [], workdir._read_json
+
+  def counted(path, what):
+    reads.append(os.path.basename(path))
+    return real(path, what)
+  monkeypatch.setattr(workdir, "_read_json", counted)
+  inp = tmp_path / "in.jsonl"
+  inp.write_text(json.dumps({"prompt": "Say something kind.", "response": "good cats."}) + "\n")
+  rmjax("score", f"--workdir={trained}", f"--data={inp}", f"--out={tmp_path / 'out.jsonl'}")
+  assert reads.count("config.json") == 1, reads
+
+
+def test_train_with_the_blocked_attention_backend(tmp_path):
+  """`model.attention=blocked` (which an error message tells prompt-shared packing users to
+  set) passes the validator, whose backend list is the attention module's own, and trains."""
+  wd = tmp_path / "w"
+  proc = rmjax("train", f"--config={REPO}/configs/bt.py:tiny", f"--workdir={wd}",
+               "--config.model.attention=blocked", "--config.train.steps=1",
+               "--config.train.checkpoint_every=1", "--config.train.eval_every=0",
+               "--config.train.log_every=1", *FAST)
+  assert "results:" in proc.stdout
+  assert json.loads((wd / "config.json").read_text())["model"]["attention"] == "blocked"
+  rows = [json.loads(l) for l in (wd / "metrics.jsonl").read_text().splitlines()]
+  assert rows[-1]["step"] == 1 and "loss" in rows[-1]
 
 
 def test_sweep_dry_run_prints_one_command_per_run(tmp_path):

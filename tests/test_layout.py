@@ -99,6 +99,26 @@ def test_no_import_circles():
   assert not cycles, "\n".join(" -> ".join(c) for c in cycles)
 
 
+def test_commands_import_no_train_module():
+  """The commands reach training and scoring through the task layer (`rmjax.tasks.runs`), so
+  train/ stays an implementation the tasks own; every import counts, lazy ones too."""
+  modules = dict(_modules())
+  bad = [f"{path.name}:{line} {mod} -> {name}" for mod, path in modules.items()
+         if mod.startswith("rmjax.commands") for name, line, _ in _imports(path)
+         if name == "rmjax.train" or name.startswith("rmjax.train.")]
+  assert not bad, "\n".join(bad)
+
+
+def test_task_registry_imports_no_scorer():
+  """`rmjax.tasks` (the registry) imports no scorer when it is imported: `load_scorer` lives in
+  `rmjax.tasks.runs` (module top only: the lazy `tasks.load_scorer` alias runs on demand)."""
+  tree = ast.parse((PKG / "tasks" / "__init__.py").read_text())
+  names = [n.module for n in tree.body if isinstance(n, ast.ImportFrom) and n.module]
+  names += [a.name for n in tree.body if isinstance(n, ast.Import) for a in n.names]
+  bad = [m for m in names if m.startswith("rmjax.inference") or m == "rmjax.tasks.runs"]
+  assert not bad, bad
+
+
 @pytest.mark.parametrize("path", sorted(PKG.rglob("*.py")), ids=lambda p: str(p.relative_to(PKG)))
 def test_files_stay_small(path):
   assert len(path.read_text().splitlines()) <= 420, f"{path}: split it by what it holds"

@@ -10,7 +10,7 @@ from ml_collections import config_flags
 
 import configs
 from rmjax.errors import ConfigError
-from rmjax.train.validate import validate_config
+from rmjax.tasks.runs import validate_config
 
 FLAGS = flags.FLAGS
 CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file[:variant], e.g. "
@@ -45,7 +45,8 @@ def config_load_error() -> str | None:
 
 def config():
   """The parsed --config (locked), or the built-in default configs/bt.py:tiny, validated (values,
-  ranges, enums: `rmjax.train.validate`) before any command builds anything from it."""
+  ranges, enums: `rmjax.train.validate`, reached through `rmjax.tasks.runs`) before any command
+  builds anything from it."""
   value = CONFIG.value
   if value is None:
     FLAGS["config"].parse(default_config_path())

@@ -24,14 +24,13 @@ import sys
 import numpy as np
 from absl import flags
 
-from rmjax import tasks
 from rmjax.checkpoints.workdir import read_config
 from rmjax.commands.common import FLAGS, positive_batch_size, require
 from rmjax.data.specs import load_pairs
-from rmjax.errors import CheckpointError, ConfigError, DataError
+from rmjax.errors import ConfigError, DataError
 from rmjax.eval.compare import compare, write_report
 from rmjax.eval.pair_rewards import pair_ids, read_rewards
-from rmjax.train.run import all_finite
+from rmjax.tasks import runs
 
 SUMMARY = "compare several RMs on the same pairs: accuracy CIs, disagreement, kappa, Spearman"
 DETAILS = ("Repeat --workdir, --model hf:DIR and --rewards FILE (the <name>.rewards.jsonl of "
@@ -121,11 +120,7 @@ def _match(path: str, table: dict, name: str, ids: list) -> dict:
 def _load_scorer(kind: str, path: str):
   source = f"hf:{path}" if kind == "hf" else path
   step = FLAGS.step if kind == "workdir" else None
-  scorer = tasks.load_scorer(source, step=step, batch_size=positive_batch_size())
-  if not bool(all_finite(getattr(scorer, "params", {}))):
-    raise CheckpointError(f"{source}: step {scorer.step} holds non-finite parameters; refusing "
-                          f"to score with it")
-  return scorer
+  return runs.load_scorer(source, step=step, finite=True, batch_size=positive_batch_size())
 
 
 def main():

@@ -16,10 +16,11 @@ import os
 
 from absl import flags
 
-from rmjax import checkpoints, tasks
+from rmjax import checkpoints
 from rmjax.checkpoints import hf_export, hf_rm, model_card
 from rmjax.commands.common import FLAGS, require
 from rmjax.errors import ConfigError
+from rmjax.tasks import runs
 
 SUMMARY = "import hf:DIR / gguf:FILE into --workdir, or export --workdir to hf:OUT"
 EXAMPLE = "rmjax convert --workdir /tmp/bt --to hf:/tmp/bt-hf"
@@ -41,7 +42,7 @@ def import_to(src: str, out: str) -> str:
   causal LM, GGUF file or preset becomes a LlamaForCausalLM with its tokenizer."""
   where = os.path.expanduser(src[3:]) if src.startswith("hf:") else ""
   if where and hf_rm.is_reward_model(where):
-    scorer = tasks.load_scorer(src)
+    scorer = runs.load_scorer(src)
     rm = scorer.config.get("objectives", {}).get("names", None)
     hf_export.write_reward_model(out, scorer.model, scorer.params, scorer.tokenizer,
                                  task=hf_rm.rmjax_section(where).get("task", ""), objectives=rm or None,
@@ -63,7 +64,7 @@ def _tokenizer_of(src: str):
 
 def export_workdir(workdir: str, dst: str, step=None, members: bool = False) -> dict:
   """`--to hf:OUT`: the workdir's reward model, tokenizer and model card; returns config.json."""
-  scorer = tasks.load_scorer(workdir, step=step)
+  scorer = runs.load_scorer(workdir, step=step)
   config = scorer.config
   names = list(config.get("objectives", {}).get("names", [])) if config.task == "armorm" else None
   card = {"base": config.model.spec,

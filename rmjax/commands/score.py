@@ -25,7 +25,7 @@ from rmjax.commands.common import FLAGS, positive_batch_size, require
 from rmjax.data.pairs import iter_records
 from rmjax.data.tokenize import normalize_prompt
 from rmjax.errors import CheckpointError, ConfigError, DataError
-from rmjax.train.run import all_finite
+from rmjax.tasks import runs
 
 SUMMARY = "score {prompt, response} JSONL records with a trained RM (or an HF RM via --model)"
 EXAMPLE = "rmjax score --workdir /tmp/bt --data in.jsonl --out scores.jsonl"
@@ -121,15 +121,13 @@ def check_out(out: str) -> None:
     raise ConfigError(f"--out {out}: {probe} is not a writable directory")
 
 
-def load_scorer(**kw):
+def load_scorer(config=None, **kw):
   """The reward model named by --model (hf:DIR) or --workdir, refused when its parameters are
-  not all finite (a diverged run's weights would score NaN)."""
+  not all finite (a diverged run's weights would score NaN). `config`: the workdir's
+  config.json when the command has read it already (it is read once)."""
   source = FLAGS.model or require("workdir")
-  scorer = tasks.load_scorer(source, step=FLAGS.step, batch_size=positive_batch_size(), **kw)
-  if not bool(all_finite(getattr(scorer, "params", {}))):
-    raise CheckpointError(f"{source}: step {scorer.step} holds non-finite parameters (a diverged "
-                          f"run?); refusing to score with it")
-  return scorer
+  return runs.load_scorer(source, step=FLAGS.step, config=config, finite=True,
+                          batch_size=positive_batch_size(), **kw)
 
 
 def _truncated(scorer) -> int:
@@ -159,12 +157,13 @@ def main():
   if FLAGS.strict and dropped:
     reason, lines = next(iter(dropped.items()))
     raise DataError(data, lines[0], None, f"{reason} (--strict; {len(lines)} such line(s))")
-  if FLAGS.principles and not FLAGS.model:
-    spec = tasks.get(read_config(require("workdir")).task)
+  config = None if FLAGS.model else read_config(require("workdir"))  # read once, here
+  if FLAGS.principles and config is not None:
+    spec = tasks.get(config.task)
     if not spec.takes_principles:
       raise ConfigError(f"--principles needs a principle-conditioned model; task "
                         f"{spec.name!r} takes none")
-  scorer = load_scorer()
+  scorer = load_scorer(config)
   prompts, responses = [r["prompt"] for r in rows], [r["response"] for r in rows]
   if FLAGS.strict:  # tokenise first: a truncation fails before the forward passes
     for i, (p, r) in enumerate(zip(prompts, responses)):

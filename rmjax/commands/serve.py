@@ -95,11 +95,11 @@ def main():
     raise ConfigError(f"--max_wait_ms must be >= 0, got {FLAGS.max_wait_ms}")
   if not 0 <= FLAGS.port < 65536:
     raise ConfigError(f"--port must be in 0..65535, got {FLAGS.port}")
-  if not FLAGS.model:
-    read_config(source)  # a missing or foreign workdir fails before the port is taken
+  # a missing or foreign workdir fails before the port is taken (its config.json read once)
+  config = None if FLAGS.model else read_config(source)
   token = FLAGS.token or os.environ.get("RMJAX_SERVE_TOKEN") or None
   sock = bind(FLAGS.host, FLAGS.port)
-  scorer = load_scorer(max_length=FLAGS.max_length)
+  scorer = load_scorer(config, max_length=FLAGS.max_length)
   outputs = server.warm_up(scorer)
   info = {"source": source, "task": scorer.config.task, "step": scorer.step,
           "max_length": scorer.encoder.max_length, "batch_size": scorer.batch_size,

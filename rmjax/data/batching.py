@@ -27,6 +27,7 @@ import numpy as np
 from rmjax.data.encode_batch import cached_encode_many
 from rmjax.errors import ConfigError, DataError
 
+ON_OVERLONG = ('truncate', 'drop', 'fail')  # tokenize_pairs(on_overlong=...)
 BATCH_KEYS = ('chosen_ids', 'chosen_mask', 'rejected_ids', 'rejected_mask', 'prompt_len',
               'margin', 'weight', 'index')
 
@@ -65,8 +66,8 @@ def tokenize_pairs(examples, encoder, *, on_overlong='truncate', progress=None, 
   token_cache_hit. Ids come from the batched, cached encoder (`rmjax.data.encode_batch`;
   token_cache: its directory, '' = the default, 'off' = none).
   """
-  if on_overlong not in ('truncate', 'drop', 'fail'):
-    raise ValueError(f'on_overlong must be truncate|drop|fail, got {on_overlong!r}')
+  if on_overlong not in ON_OVERLONG:
+    raise ValueError(f'on_overlong must be {"|".join(ON_OVERLONG)}, got {on_overlong!r}')
   stats = {'pairs': len(examples), 'kept': 0, 'truncated': 0, 'dropped': 0, 'identical': 0}
   chosen, rejected, prompt_len, margin, subsets, sources = [], [], [], [], [], []
   show = progress if progress is not None else len(examples) >= 2000

@@ -1,7 +1,7 @@
 """Load a trained reward model from its workdir and score (prompt, response) pairs in batches.
 
-The method's `TaskSpec` (from `rmjax.tasks.get(config.task)`; `rmjax.tasks.load_scorer` does
-the lookup) says how to build the scoring model (`make_model`) and, for principle-conditioned
+The method's `TaskSpec` (from `rmjax.tasks.get(config.task)`; `rmjax.tasks.runs.load_scorer`
+does the lookup) says how to build the scoring model (`make_model`) and, for principle-conditioned
 models, how to render an input (`score_ids`). Batches go through the one padded, bucketed,
 sharded forward (`rmjax.inference.embed.batched_forward`).
 
@@ -57,8 +57,9 @@ class Scorer:
   directory (`Scorer.from_hf`)."""
 
   def __init__(self, workdir: str, spec, step: Optional[int] = None, batch_size: int = 16,
-               max_length: Optional[int] = None):
-    config = read_config(workdir)
+               max_length: Optional[int] = None, config=None):
+    """`config`: the workdir's config.json when the caller has read it already."""
+    config = read_config(workdir) if config is None else config
     cfg, extras = read_model_config(workdir)
     model = spec.require("make_model")(config, cfg, extras)
     tokenizer = checkpoints.load_tokenizer(config.model.tokenizer or config.model.spec)

@@ -22,6 +22,8 @@ import jax.numpy as jnp
 from rmjax.models import attention as attn_lib
 from rmjax.models.matmuls import dense_dot_general, swiglu
 
+REMAT = ("none", "full", "dots")  # LlamaConfig.remat: nothing, everything, matmul outputs saved
+
 Array = jax.Array
 
 
@@ -58,8 +60,8 @@ class LlamaConfig:
       raise ValueError(
           f"num_attention_heads={self.num_attention_heads} is not a multiple of "
           f"num_key_value_heads={self.num_key_value_heads}")
-    if self.remat not in ("none", "full", "dots"):
-      raise ValueError(f"remat must be 'none', 'full' or 'dots', got {self.remat!r}")
+    if self.remat not in REMAT:
+      raise ValueError(f"remat must be one of {', '.join(REMAT)}, got {self.remat!r}")
     if self.attention not in attn_lib.BACKENDS:
       raise ValueError(f"attention must be one of {', '.join(attn_lib.BACKENDS)}, "
                        f"got {self.attention!r}")

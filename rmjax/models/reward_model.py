@@ -14,6 +14,8 @@ import jax.numpy as jnp
 from rmjax.models.heads import EnsembleHead, ScalarHead, pool_last
 from rmjax.models.llama import Llama, LlamaConfig
 
+HEADS = ("scalar", "mlp", "ensemble")  # RewardModel.head
+
 
 class RewardModel(nn.Module):
   """Outputs: 'reward' [B]; 'pooled' [B, D]; 'members' [B, K] for ensembles; 'logits' [B, T, V]
@@ -35,7 +37,7 @@ class RewardModel(nn.Module):
     elif self.head == "ensemble":
       self.reward_head = EnsembleHead(self.members)
     else:
-      raise ValueError(f"unknown head {self.head!r} (scalar, mlp, ensemble)")
+      raise ValueError(f"unknown head {self.head!r} ({', '.join(HEADS)})")
 
   def __call__(self, input_ids, attention_mask, deterministic: bool = True,
                segment_ids=None, pool_at=None, prefix_ids=None, positions=None) -> dict:

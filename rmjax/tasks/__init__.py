@@ -7,7 +7,8 @@
 
 One module per method: bt, grm, ensemble, salmon (+ salmon_collect), armorm, ppo (the RL
 learner) and grpo (GRPO / RLOO on it), overopt;
-`pairs` is the assembly pair methods share, `common` the backbone / tokenizer loaders.
+`pairs` is the assembly pair methods share, `common` the backbone / tokenizer loaders, `runs`
+what the commands do with a task (train it into a workdir, load a trained one to score).
 """
 
 from __future__ import annotations
@@ -16,10 +17,8 @@ import importlib
 import importlib.util
 
 from rmjax.errors import ConfigError
-from rmjax.inference.scorer import Scorer
 from rmjax.tasks import armorm, bt, ensemble, grm, grpo, overopt, ppo, salmon
 from rmjax.tasks.spec import TaskSpec
-from rmjax.checkpoints.workdir import read_config
 
 TASKS: dict[str, TaskSpec] = {s.name: s for s in (
     bt.SPEC, grm.SPEC, ensemble.SPEC, salmon.SPEC, armorm.SPEC, ppo.SPEC, grpo.SPEC,
@@ -54,11 +53,10 @@ def _importable(name: str) -> bool:
     return False
 
 
-def load_scorer(source: str, step=None, **kw) -> Scorer:
-  """A reward model ready to score: trained in the workdir `source` (its task looked up from
-  config.json), or an HF reward model for `source` = 'hf:DIR' (no workdir, no steps)."""
-  if isinstance(source, str) and source.startswith("hf:"):
-    if step is not None:
-      raise ConfigError(f"--step selects a workdir checkpoint; {source} has none")
-    return Scorer.from_hf(source[3:], **kw)
-  return Scorer(source, get(read_config(source).task), step=step, **kw)
+def __getattr__(name: str):
+  """`tasks.load_scorer`, kept for callers written before it moved to `rmjax.tasks.runs` (the
+  registry itself imports no scorer: this runs only when the name is asked for)."""
+  if name == "load_scorer":
+    from rmjax.tasks.runs import load_scorer  # noqa: PLC0415 -- lazy: the registry imports no scorer
+    return load_scorer
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -19,6 +19,8 @@ import optax
 
 from rmjax.errors import ConfigError
 
+SCHEDULES = ("cosine", "linear", "constant")  # optim.schedule (make_schedule)
+
 
 class TrainState(flax.struct.PyTreeNode):
   step: jax.Array
@@ -41,7 +43,7 @@ def make_schedule(optim, total_steps: int) -> optax.Schedule:
   if optim.schedule == "constant":
     return optax.join_schedules([optax.linear_schedule(0.0, lr, max(warmup, 1)),
                                  optax.constant_schedule(lr)], [warmup])
-  raise ConfigError(f"optim.schedule must be cosine, linear or constant, got {optim.schedule!r}")
+  raise ConfigError(f"optim.schedule must be one of {', '.join(SCHEDULES)}, got {optim.schedule!r}")
 
 
 def _decay_mask(params):

@@ -5,8 +5,9 @@ Why up front: a bad value found after the model is loaded, the data tokenised or
 written costs minutes and may leave files behind (`checkpoint_every=0` used to fail with a
 ZeroDivisionError after the first step; `max_length=1` deep inside the tokenizer). Keys a config
 family does not have are skipped, so every family (pair methods, PPO, ArmoRM...) shares the one
-check; method-specific keys stay with their methods, except the `model.lora` combinations a
-method cannot run (`lora_errors`), which would otherwise surface only after a backbone loads.
+check; method-specific keys stay with their methods, except GRM's `loss.reg` and the
+`model.lora` combinations a method cannot run (`lora_errors`), which would otherwise surface only
+after a backbone loads. Enums come from the modules that act on them (`ENUMS`).
 """
 
 from __future__ import annotations
@@ -15,19 +16,26 @@ import math
 import os
 from typing import Any
 
+from rmjax import lm_losses
+from rmjax.data import batching
 from rmjax.errors import ConfigError
+from rmjax.models import attention, llama, lora, reward_model
+from rmjax.train import state
 
 MIN_MAX_LENGTH = 16  # a chat-rendered prompt header plus a few response tokens
+# Each enum is read from the module that acts on the value, so a new backend, head or schedule is
+# accepted here once its owner has it. Two are this module's own: no code dispatches on them by
+# name (jnp.dtype takes any dtype; the checkpointer treats any best_mode but "min" as "max").
 DTYPES = ("float32", "bfloat16", "float16")
 ENUMS = {  # key -> allowed values
     "model.dtype": DTYPES,
     "model.param_dtype": DTYPES,
-    "model.attention": ("xla", "dot_product", "splash", "auto"),
-    "model.remat": ("none", "full", "dots"),
-    "model.head": ("scalar", "mlp", "ensemble"),
-    "optim.schedule": ("cosine", "linear", "constant"),
-    "data.on_overlong": ("truncate", "drop", "fail"),
-    "data.on_identical": ("drop", "keep", "fail"),
+    "model.attention": attention.BACKENDS,
+    "model.remat": llama.REMAT,
+    "model.head": reward_model.HEADS,
+    "optim.schedule": state.SCHEDULES,
+    "data.on_overlong": batching.ON_OVERLONG,
+    "loss.reg": lm_losses.REGULARISERS,  # GRM's L_reg
     "train.best_mode": ("max", "min"),
 }
 AT_LEAST = {  # key -> minimum (integers)
@@ -42,12 +50,8 @@ FINITE_AT_LEAST = {  # key -> (minimum, strict): finite floats
 }
 UNIT = ("optim.b1", "optim.b2", "data.eval_fraction")  # finite, in [0, 1]
 MISSING = object()
-# model.lora (rmjax.models.lora, which this light module does not import: tests/test_lora.py
-# keeps these equal to lora.QUANT / lora.TARGETS / lora.MLP_TARGETS)
-LORA_QUANT = ("", "nf4", "int8", "int4")
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "lm_head")
-LORA_MLP = ("gate_proj", "up_proj", "down_proj")
-
+# model.lora targets (rmjax.models.lora): the attention projections and the LM head, not the MLP
+LORA_QUANT, LORA_TARGETS, LORA_MLP = lora.QUANT, lora.TARGETS, lora.MLP_TARGETS
 
 def _get(config, key: str) -> Any:
   node = config
@@ -158,7 +162,8 @@ def lora_errors(config) -> list[ConfigError]:
       or not 0.0 <= dropout < 1.0):
     out.append(_bad("model.lora.dropout", "must be a number in [0, 1)", dropout))
   if quant not in LORA_QUANT:
-    out.append(_bad("model.lora.quant", "must be '' (off), nf4, int8 or int4", quant))
+    out.append(_bad("model.lora.quant", "must be '' (off) or one of "
+                    + ", ".join(q for q in LORA_QUANT if q), quant))
   names = [t.strip() for t in (targets.split(",") if isinstance(targets, str) else targets)
            if str(t).strip()]
   bad = [t for t in names if t not in LORA_TARGETS]
