@@ -129,7 +129,11 @@ def make_config(args, run: str, train_path: str):
 # ------------------------------------------------------------------------------- train, score
 
 def train(config, workdir: str) -> dict:
+  """Trains (or resumes) one run; a run whose final checkpoint exists is not touched again."""
   from rmjax import tasks
+  if os.path.isdir(os.path.join(workdir, "checkpoints", str(config.train.steps))):
+    rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl")) if l.strip()]
+    return {"seconds": None, "final": rows[-1] if rows else {}}
   t0 = time.time()
   final = tasks.get(config.task).train(config, workdir)
   return {"seconds": round(time.time() - t0, 1),
@@ -233,15 +237,14 @@ def compare(sets: dict, margins: dict) -> dict:
 
 
 def lm_report(lm: dict) -> dict:
-  """Mean summed chosen log-prob on the ID pairs per run (95% CI), and each run minus the frozen
-  (base) model, paired by pair."""
+  """Mean summed chosen log-prob on the ID pairs per run (95% CI); GRM minus BT and each minus the
+  frozen (= base) model, paired by pair."""
   from rmjax.eval import stats
   rnd = lambda d: {k: round(float(v), 2) for k, v in d.items()}
   out = {r: rnd(stats.bootstrap_ci(np.asarray(v))) for r, v in lm.items()}
-  if "frozen" in lm:
-    for r in lm:
-      if r != "frozen":
-        out[f"{r}_minus_base"] = rnd(stats.paired_diff_ci(lm[r], lm["frozen"]))
+  for a, b in (("grm", "bt"), ("bt", "frozen"), ("grm", "frozen")):
+    if a in lm and b in lm:
+      out[f"{a}_minus_{'base' if b == 'frozen' else b}"] = rnd(stats.paired_diff_ci(lm[a], lm[b]))
   return out
 
 
