@@ -33,7 +33,11 @@ setup(
                  "fastapi>=0.110,<1", "uvicorn>=0.30,<1",
                  # OpenRLHF's remote-RM client (tests/test_serve.py runs it against rmjax serve;
                  # openrlhf itself goes in with --no-deps: its deps are torch/deepspeed/ray/vllm)
-                 "aiohttp>=3.9,<4"],
+                 "aiohttp>=3.9,<4",
+                 # tests/test_serve.py: trl.RewardTrainer on an export, trl.GRPOTrainer with
+                 # rmjax.client against a live rmjax serve (installs without moving torch or
+                 # transformers; the bench extra's version)
+                 "trl==1.16.0"],
         # `rmjax serve` (rmjax.inference.server); the client, rmjax.client, needs nothing
         "serve": ["fastapi>=0.110,<1", "uvicorn>=0.30,<1"],
         # experiments/benchmarks/vs_trl.py: TRL's RewardTrainer + peft LoRA beside rmjax (the

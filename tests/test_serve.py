@@ -1,10 +1,13 @@
 """`rmjax serve` as a real process on a free localhost port, with a tiny trained BT workdir:
 OpenRLHF's /get_reward and /v1/score equal `rmjax score`, bad requests get their 4xx with one
 line, 32 concurrent requests are answered correctly, the token is required when set, and
-SIGTERM under load answers what was received and exits 0. `rmjax.client` as TRL calls it."""
+SIGTERM under load answers what was received and exits 0. `rmjax.client` as TRL calls it; with
+trl installed (the test extra), TRL's RewardTrainer on an export and a GRPOTrainer step rewarded
+by the live server. The batcher's forward planning, without a server."""
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import http.client
 import importlib
 import importlib.util
@@ -98,8 +101,7 @@ def request(port, method, path, body=None, token=TOKEN, raw=None):
 
 @pytest.fixture(scope="module")
 def served(workdir):
-  proc, port = start(workdir[0], "--token", TOKEN, "--max_bytes", "20000", "--max_items", "40",
-                     "--max_batch", "16")
+  proc, port = start(workdir[0], "--token", TOKEN, "--max_bytes", "20000", "--max_items", "40")
   yield port
   proc.send_signal(signal.SIGTERM)
   assert proc.wait(timeout=60) == 0
@@ -167,7 +169,7 @@ def test_32_concurrent_requests_and_trl_client(served, workdir):
 
 
 def test_sigterm_under_load_drains_and_exits_0(workdir):
-  proc, port = start(workdir[0], "--max_batch", "16")
+  proc, port = start(workdir[0])
   texts = [formatted(f"question {i} " + "y" * (i % 20), "an answer " * 3) for i in range(64)]
   n, conns = 12, []
   for _ in range(n):  # sent, not yet answered
@@ -212,8 +214,8 @@ def test_ensemble_served_from_an_hf_dir_gives_members_mean_and_std(tmp_path):
 
 def test_full_queue_is_503_with_retry_after():
   async def main():
-    batcher = server.Batcher(lambda rows: {"reward": np.arange(len(rows), dtype=float)},
-                             server.Limits(max_queue=4))
+    batcher = server.Batcher(lambda rows, size: {"reward": np.arange(len(rows), dtype=float)},
+                             server.Limits(max_queue=4), sizes=[4])
     runner = asyncio.create_task(batcher.run())
     await asyncio.sleep(0)
     first = asyncio.create_task(batcher.submit([[1]] * 3))
@@ -227,24 +229,143 @@ def test_full_queue_is_503_with_retry_after():
   asyncio.run(main())
 
 
-def test_a_few_rows_run_in_the_smallest_batch_that_holds_them():
-  import types  # noqa: PLC0415
+def test_batch_sizes_are_powers_of_two_up_to_the_batch():
+  def scorer(batch_size, data):
+    return types.SimpleNamespace(mesh=types.SimpleNamespace(shape={"data": data, "fsdp": 1}),
+                                 batch_size=batch_size)
+  assert server.batch_sizes(scorer(12, 2)) == [2, 4, 8, 12]
+  assert server.batch_sizes(scorer(16, 1)) == [1, 2, 4, 8, 16]
+  assert server.batch_sizes(scorer(8, 8)) == [8]
+
+
+SIZES = [1, 2, 4, 8, 16]
+
+
+def test_plan_runs_a_few_rows_in_the_smallest_batch_without_padding():
+  assert server.plan([64], SIZES) == ([0], 1)
+  assert server.plan([64] * 3, SIZES) == ([0, 1], 2)  # the third rides with the next arrivals
+  assert server.plan([64] * 8, SIZES) == (list(range(8)), 8)
+  assert server.plan([64] * 9, SIZES) == (list(range(8)), 8)  # not 9 rows padded to 16
+  assert server.plan([64] * 40, SIZES) == (list(range(16)), 16)  # full batches, oldest first
+
+
+def test_plan_keeps_lengths_apart_and_always_takes_the_oldest_row():
+  # arrival order 64, 32, 64, 32, 32: the two long rows together, the short ones apart
+  assert server.plan([64, 32, 64, 32, 32], [2, 4]) == ([0, 2], 2)
+  assert server.plan([32, 32, 32], [2, 4]) == ([0, 1], 2)
+  # a full batch's worth of long rows behind one short row: the short row first, alone (padded
+  # to 256 it would cost 8x its own forward) ...
+  assert server.plan([32] + [256] * 16, SIZES) == ([0], 1)
+  # ... and then the long rows, the longest first, short ones left for a short forward
+  assert server.plan([256] * 4 + [32] * 12 + [256] * 12, SIZES) == (
+      [0, 1, 2, 3] + list(range(16, 28)), 16)
+  # the oldest is in every forward, however long: no row waits behind younger ones for ever
+  for buckets in ([512] + [32] * 40, [128, 32, 64, 32] * 5):
+    assert 0 in server.plan(buckets, SIZES)[0]
+
+
+def test_plan_follows_the_forward_cost():
+  """Where a forward costs about the same whatever its batch (an accelerator's fixed cost per
+  call), one full batch beats several small exact ones: the short row rides with the long."""
+  fixed = server.ForwardCost(per_forward=1.0, per_token=1e-5)
+  assert server.plan([32] + [256] * 16, SIZES, fixed) == (list(range(16)), 16)
+  assert server.plan([64] * 9, SIZES, fixed) == (list(range(9)), 16)
+  assert server.plan([64] * 3, SIZES, fixed) == ([0, 1, 2], 4)
+
+
+def test_forward_cost_fit():
+  true = server.ForwardCost(per_forward=0.01, per_token=2e-5, per_token_length=1e-8)
+  timings = {(b, n): true(b, n) for b in SIZES for n in (32, 64, 128, 256)}
+  got = server.ForwardCost.fit(timings)
+  np.testing.assert_allclose([got.per_forward, got.per_token, got.per_token_length],
+                             [0.01, 2e-5, 1e-8], rtol=1e-5)
+  noisy = {**timings, (16, 256): -1.0}  # never a negative coefficient
+  assert min(dataclasses.astuple(server.ForwardCost.fit(noisy))) >= 0
+  assert server.ForwardCost.fit({}) == server.ForwardCost()  # padded tokens
+  assert server.ForwardCost()(4, 64) == server.token_slots(4, 64) == 256
+
+
+def _batcher(seen, sizes, fail=None, **limits):
+  def forward(rows, size):
+    seen.append(([r[0] for r in rows], size))
+    if fail is not None and fail in [r[0] for r in rows]:
+      raise ValueError("boom")
+    return {"reward": np.asarray([float(r[0]) for r in rows]),
+            "members": np.asarray([[r[0], -r[0]] for r in rows], np.float32)}
+  return server.Batcher(forward, server.Limits(**{"max_wait": 0.0, **limits}), sizes=sizes)
+
+
+def test_requests_share_forwards_and_span_them():
+  """Rows queued while the model is busy go to the next forward together, whatever request
+  they came in; a request whose rows span two forwards is answered when the second returns,
+  its outputs in its order; a request given up is not run."""
   seen = []
 
-  def score_rows(rows, batch_size):
-    seen.append((len(rows), batch_size))
-    return {"reward": np.asarray([float(len(r)) for r in rows])}
-  scorer = types.SimpleNamespace(mesh=types.SimpleNamespace(shape={"data": 2, "fsdp": 1}),
-                                 batch_size=12, score_rows=score_rows)
-  assert server.batch_sizes(scorer) == [2, 4, 8, 12]
-  forward = server.fitted_forward(scorer)
-  for n in (1, 3, 8, 9, 40):
-    forward([[1]] * n)
-  assert seen == [(1, 2), (3, 4), (8, 8), (9, 12), (12, 12), (12, 12), (12, 12), (4, 4)]
-  seen.clear()  # rows of two length buckets (32, 64) in arrival order: one forward per bucket
-  rows = [[1] * n for n in (40, 5, 50, 7, 6)]
-  np.testing.assert_array_equal(forward(rows)["reward"], [40, 5, 50, 7, 6])
-  assert seen == [(3, 4), (2, 2)]
+  async def main():
+    b = _batcher(seen, [1, 2, 4])
+    a = asyncio.create_task(b.submit([[1], [2], [3]]))
+    gone = asyncio.create_task(b.submit([[9] * 40]))
+    c = asyncio.create_task(b.submit([[4], [5], [6]]))
+    await asyncio.sleep(0)  # all three queued before the batcher first looks
+    gone.cancel()
+    runner = asyncio.create_task(b.run())
+    got_a, got_c = await a, await c
+    assert b.queued == 0 and b.stats["forwards"] == 2 and b.stats["rows"] == 6
+    runner.cancel()
+    b.close()
+    return got_a, got_c
+  got_a, got_c = asyncio.run(main())
+  assert seen == [([1, 2, 3, 4], 4), ([5, 6], 2)]
+  np.testing.assert_array_equal(got_a["reward"], [1, 2, 3])
+  np.testing.assert_array_equal(got_c["reward"], [4, 5, 6])
+  np.testing.assert_array_equal(got_c["members"], [[4, -4], [5, -5], [6, -6]])
+
+
+def test_a_short_forward_waits_for_requests_being_tokenized():
+  """A request read but still being tokenized when the batcher would run a forward short of
+  a full batch joins that forward (within max_hold) instead of waiting for the next one."""
+  seen = []
+
+  async def main():
+    b = _batcher(seen, [1, 2, 4], max_hold=600.0)
+    gate = asyncio.Event()
+
+    async def late(rows):
+      with b.incoming():  # what the app does around a request's reading and tokenization
+        await gate.wait()
+      return await b.submit(rows)
+    runner = asyncio.create_task(b.run())
+    second = asyncio.create_task(late([[2]]))
+    await asyncio.sleep(0)
+    first = asyncio.create_task(b.submit([[1]]))
+    for _ in range(50):
+      await asyncio.sleep(0)
+    assert seen == [] and b.pending == 1 and b.queued == 1
+    gate.set()
+    await first, await second
+    runner.cancel()
+    b.close()
+  asyncio.run(main())
+  assert seen == [([1, 2], 2)]
+
+
+def test_a_failed_forward_fails_its_requests_only():
+  seen = []
+
+  async def main():
+    b = _batcher(seen, [1, 2], fail=7)
+    bad = asyncio.create_task(b.submit([[7], [7], [7]]))  # its third row is never run
+    good = asyncio.create_task(b.submit([[1]]))
+    runner = asyncio.create_task(b.run())
+    with pytest.raises(ValueError, match="boom"):
+      await bad
+    ok = await good
+    assert b.queued == 0
+    runner.cancel()
+    b.close()
+    return ok
+  assert list(asyncio.run(main())["reward"]) == [1]
+  assert seen == [([7, 7], 2), ([1], 1)]
 
 
 # ------------------------------------------------------------------ OpenRLHF's real client
@@ -356,3 +477,97 @@ def test_armorm_served_equals_rmjax_score(tmp_path):
     np.testing.assert_allclose([g["reward"], r], [w["reward"]] * 2, atol=1e-5)
     for key in ("objectives", "gate"):
       np.testing.assert_allclose([g[key][k] for k in w[key]], list(w[key].values()), atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------ TRL
+# trl is in the test extra (setup.py); without it these skip.
+PAIRS = [("What is 2+2?", "4", "5"), ("Say hi.", "Hello!", "No."), ("Name a color.", "Blue.", "x"),
+         ("Capital of France?", "Paris.", "Rome.")]
+
+
+@pytest.fixture(scope="module")
+def trl():
+  return pytest.importorskip("trl")
+
+
+def rmjax_score(workdir, items, tmp_path) -> list:
+  """`rmjax score`'s output records for `rmjax score` input records."""
+  src, out = tmp_path / "trl-in.jsonl", tmp_path / "trl-out.jsonl"
+  src.write_text("".join(json.dumps(it) + "\n" for it in items))
+  code, _, err = run_cli(["score", "--workdir", workdir, "--data", src, "--out", out])
+  assert code == 0, err
+  return [json.loads(l) for l in out.read_text().splitlines()]
+
+
+def test_trl_reward_trainer_trains_a_step_on_the_export(trl, workdir, tmp_path):
+  """`rmjax convert --to hf:OUT` of the tiny BT run in `trl.RewardTrainer`: its first step's
+  loss is the BT loss of `rmjax score`'s rewards on the same pairs (TRL reads the reward where
+  rmjax does), and the step changes the head."""
+  import torch  # noqa: PLC0415 -- with trl
+  from datasets import Dataset  # noqa: PLC0415
+  from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: PLC0415
+  out = tmp_path / "bt-hf"
+  code, _, err = run_cli(["convert", "--workdir", workdir[0], "--to", f"hf:{out}"])
+  assert code == 0, err
+  scores = rmjax_score(workdir[0], [{"prompt": p, "response": r} for p, c, rj in PAIRS
+                                    for r in (c, rj)], tmp_path)
+  rewards = np.asarray([s["reward"] for s in scores]).reshape(-1, 2)
+  want = float(np.mean(np.logaddexp(0.0, rewards[:, 1] - rewards[:, 0])))  # -log sigmoid(c - r)
+
+  model = AutoModelForSequenceClassification.from_pretrained(out)
+  before = model.score.weight.detach().clone()
+  data = Dataset.from_list([
+      {"chosen": [{"role": "user", "content": p}, {"role": "assistant", "content": c}],
+       "rejected": [{"role": "user", "content": p}, {"role": "assistant", "content": r}]}
+      for p, c, r in PAIRS])
+  args = trl.RewardConfig(output_dir=str(tmp_path / "rt"), max_steps=1, report_to=[],
+                          per_device_train_batch_size=len(PAIRS), logging_steps=1,
+                          save_strategy="no", use_cpu=True, learning_rate=1e-2, bf16=False,
+                          disable_tqdm=True)  # TRL's default bf16 autocast would round the rewards
+  trainer = trl.RewardTrainer(model=model, args=args, train_dataset=data,
+                              processing_class=AutoTokenizer.from_pretrained(out))
+  result = trainer.train()
+  assert result.global_step == 1
+  np.testing.assert_allclose(result.training_loss, want, rtol=1e-4)  # one batch: all pairs
+  assert not torch.equal(model.score.weight.detach(), before)
+
+
+def test_trl_grpo_step_with_rmjax_client_against_live_serve(trl, served, workdir, tmp_path):
+  """`trl.GRPOTrainer` runs a step on a tiny policy (`rmjax convert --from tiny --to hf:`) with
+  a `RewardClient` as its reward function against the live server: every reward TRL got is
+  `rmjax score`'s for that (prompt, completion), and TRL logs their mean."""
+  import torch  # noqa: PLC0415 -- with trl
+  from datasets import Dataset  # noqa: PLC0415
+  from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: PLC0415
+
+  class Recording(RewardClient):
+    calls: list = []
+
+    def __call__(self, prompts, completions, **kwargs):
+      rewards = super().__call__(prompts, completions, **kwargs)
+      self.calls.append((prompts, completions, rewards))
+      return rewards
+
+  policy = tmp_path / "policy"
+  code, _, err = run_cli(["convert", "--from", "tiny", "--to", f"hf:{policy}"])
+  assert code == 0, err
+  client = Recording(f"http://127.0.0.1:{served}", token=TOKEN)
+  data = Dataset.from_list([{"prompt": [{"role": "user", "content": p}]} for p, _, _ in PAIRS])
+  args = trl.GRPOConfig(output_dir=str(tmp_path / "grpo"), max_steps=1, report_to=[],
+                        per_device_train_batch_size=4, num_generations=2,
+                        max_completion_length=8, logging_steps=1, save_strategy="no",
+                        use_cpu=True, bf16=False, disable_tqdm=True)
+  trainer = trl.GRPOTrainer(model=AutoModelForCausalLM.from_pretrained(policy, dtype=torch.float32),
+                            reward_funcs=client, args=args, train_dataset=data,
+                            processing_class=AutoTokenizer.from_pretrained(policy))
+  trainer.train()
+  assert trainer.state.global_step == 1 and client.calls
+  items = [{"prompt": p, "response": c[0]["content"]} for prompts, completions, _ in client.calls
+           for p, c in zip(prompts, completions)]
+  got = [r for _, _, rewards in client.calls for r in rewards]
+  assert len(got) == len(items) >= 4
+  want = [s["reward"] for s in rmjax_score(workdir[0], items, tmp_path)]
+  np.testing.assert_allclose(got, want, atol=1e-5)
+  logged = [rec["rewards/rmjax_reward/mean"] for rec in trainer.state.log_history
+            if "rewards/rmjax_reward/mean" in rec]
+  assert logged and abs(logged[0] - float(np.mean(got))) < 1e-5, (logged, got)

@@ -6,14 +6,16 @@ Arms, the same (prompt, response) items in each:
             second call, so load and compile are not counted)
   serve@C   a real `rmjax serve` process on a free port, C client threads (one keep-alive HTTP
             connection each) sending `--per_request` items per POST /v1/score until all items
-            are scored; per-request latency p50 / p99, items/s over the wall time
+            are scored; per-request latency p50 / p99, items/s over the wall time, and the
+            server's forwards in that arm (from /health: how many, rows per forward, the share
+            of padded tokens that were real)
 The server's rewards are checked against the offline ones (max abs difference). Items: both
 responses of each pair of `--data` (default synthetic:N; e.g. shared:hh_rlhf for real lengths).
 Without --workdir / --model a tiny BT run is trained into a temp dir first (2 steps). Prints one
 JSON object last.
 
   python -m experiments.benchmarks.serve [--workdir W | --model hf:DIR] [--data SPEC] [--items 512]
-      [--per_request 1] [--concurrency 1,8,32] [--batch_size 16] [--max_batch 64] [--max_length N]
+      [--per_request 1] [--concurrency 1,8,32] [--batch_size 16] [--max_length N]
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import numpy as np
 
 from rmjax import tasks
 from rmjax.data.specs import load_pairs
+from rmjax.inference.embed import bucket_length
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -59,9 +62,9 @@ def items_of(spec: str, n: int) -> list:
   return out[:n]
 
 
-def start_server(source_flags: list, batch_size: int, max_batch: int):
+def start_server(source_flags: list, batch_size: int):
   proc = subprocess.Popen([sys.executable, "-m", "rmjax", "serve", *source_flags, "--port", "0",
-                           "--batch_size", str(batch_size), "--max_batch", str(max_batch)],
+                           "--batch_size", str(batch_size)],
                           cwd=REPO, stdout=subprocess.PIPE, text=True)
   line = proc.stdout.readline()
   if " on http://" not in line:
@@ -77,6 +80,21 @@ def post(conn, items) -> list:
   if resp.status != 200:
     raise RuntimeError(f"{resp.status}: {body}")
   return [r["reward"] for r in body["results"]]
+
+
+def get(port: int, path: str) -> dict:
+  conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+  conn.request("GET", path)
+  out = json.loads(conn.getresponse().read())
+  conn.close()
+  return out
+
+
+def forwards(before: dict, after: dict) -> dict:
+  """The server's forwards between two /health answers."""
+  d = {k: after.get(k, 0) - before.get(k, 0) for k in ("forwards", "rows", "tokens", "padded_tokens")}
+  return {"forwards": d["forwards"], "rows_per_forward": round(d["rows"] / max(d["forwards"], 1), 2),
+          "real_token_share": round(d["tokens"] / max(d["padded_tokens"], 1), 3)}
 
 
 def load(port: int, items: list, concurrency: int, per_request: int) -> dict:
@@ -111,6 +129,15 @@ def load(port: int, items: list, concurrency: int, per_request: int) -> dict:
           "rewards": rewards}
 
 
+def offline_share(lengths: list, batch_size: int) -> float:
+  """Real / padded tokens of offline scoring: length-sorted rows in full batches, each padded to
+  its longest row's bucket (`rmjax.inference.embed.batched_forward` on one device)."""
+  lengths = sorted(lengths)
+  padded = sum(batch_size * bucket_length(max(lengths[i:i + batch_size]))
+               for i in range(0, len(lengths), batch_size))
+  return round(sum(lengths) / max(padded, 1), 3)
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--workdir", default=None)
@@ -120,7 +147,6 @@ def main(argv=None):
   p.add_argument("--per_request", type=int, default=1)
   p.add_argument("--concurrency", default="1,8,32")
   p.add_argument("--batch_size", type=int, default=16, help="rows per forward (both arms)")
-  p.add_argument("--max_batch", type=int, default=64, help="server rows per dispatch")
   p.add_argument("--max_length", type=int, default=None, help="cut inputs to N tokens (both arms)")
   args = p.parse_args(argv)
   tmp = tempfile.mkdtemp(prefix="rmjax-serve-bench-")
@@ -137,17 +163,21 @@ def main(argv=None):
   del scorer
   result = {"source": source, "data": args.data, "items": len(items),
             "tokens_mean": round(float(np.mean(tokens)), 1), "per_request": args.per_request, "batch_size": args.batch_size,
-            "max_batch": args.max_batch, "max_length": args.max_length,
-            "offline": {"wall_s": round(offline_s, 3), "items_per_s": round(len(items) / offline_s, 2)},
+            "max_length": args.max_length,
+            "offline": {"wall_s": round(offline_s, 3), "items_per_s": round(len(items) / offline_s, 2),
+                        "real_token_share": offline_share(tokens, args.batch_size)},
             "serve": {}}
   flags = ["--model", source] if args.model else ["--workdir", source]
   if args.max_length:
     flags += ["--max_length", str(args.max_length)]
-  proc, port = start_server(flags, args.batch_size, args.max_batch)
+  proc, port = start_server(flags, args.batch_size)
   try:
+    result["forward_cost_s"] = get(port, "/v1/model").get("forward_cost_s")
     load(port, items[:64], 8, args.per_request)  # warm connections and any late shape
     for c in (int(x) for x in args.concurrency.split(",")):
+      before = get(port, "/health")
       r = load(port, items, c, args.per_request)
+      r.update(forwards(before, get(port, "/health")))
       diff = float(np.max(np.abs(np.asarray(r.pop("rewards")) - offline)))
       r.update(vs_offline=round(r["items_per_s"] / result["offline"]["items_per_s"], 3),
                max_abs_diff=diff)

@@ -8,6 +8,7 @@ accepting connections, answers every request already received, and exits 0.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import signal
@@ -28,7 +29,7 @@ DETAILS = ("POST /get_reward {query: [formatted text]} -> {rewards}; POST /v1/sc
            "SIGTERM drains the requests in flight and exits 0.")
 EXAMPLE = "rmjax serve --workdir /tmp/bt --port 8000"
 USES = ("workdir", "model", "step", "batch_size", "host", "port", "token", "max_length",
-        "max_items", "max_bytes", "max_chars", "max_queue", "max_batch", "max_wait_ms",
+        "max_items", "max_bytes", "max_chars", "max_queue", "max_wait_ms",
         "complete_turn", "drain_timeout")
 
 flags.DEFINE_string("host", "127.0.0.1", "serve: address to listen on (loopback by default)")
@@ -42,8 +43,8 @@ flags.DEFINE_integer("max_bytes", 8 << 20, "serve: request body bytes (413 over 
 flags.DEFINE_integer("max_chars", 200_000, "serve: characters per text (422 over it)")
 flags.DEFINE_integer("max_queue", 4096, "serve: rows waiting for the model (503 + Retry-After "
                      "over it)")
-flags.DEFINE_integer("max_batch", 64, "serve: rows per model dispatch")
-flags.DEFINE_float("max_wait_ms", 2.0, "serve: how long a dispatch waits for more rows")
+flags.DEFINE_float("max_wait_ms", 2.0, "serve: how long a forward short of a full batch "
+                   "(--batch_size rows) waits for more rows")
 flags.DEFINE_bool("complete_turn", True, "serve: a /get_reward query ending in the chat "
                   "template's end-of-turn token without its trailing text (OpenRLHF strips the "
                   "newline) gets it back, so the reward is read where `rmjax score` reads it")
@@ -89,8 +90,7 @@ def main():
     raise ConfigError(f"rmjax serve needs the serve extra ({e}): pip install -e '.[serve]'") from None
 
   source = FLAGS.model or require("workdir")
-  _positive("max_length", "max_items", "max_bytes", "max_chars", "max_queue", "max_batch",
-            "drain_timeout")
+  _positive("max_length", "max_items", "max_bytes", "max_chars", "max_queue", "drain_timeout")
   if FLAGS.max_wait_ms < 0:
     raise ConfigError(f"--max_wait_ms must be >= 0, got {FLAGS.max_wait_ms}")
   if not 0 <= FLAGS.port < 65536:
@@ -100,17 +100,18 @@ def main():
   token = FLAGS.token or os.environ.get("RMJAX_SERVE_TOKEN") or None
   sock = bind(FLAGS.host, FLAGS.port)
   scorer = load_scorer(config, max_length=FLAGS.max_length)
-  outputs = server.warm_up(scorer)
+  outputs, cost = server.warm_up(scorer)
   info = {"source": source, "task": scorer.config.task, "step": scorer.step,
           "max_length": scorer.encoder.max_length, "batch_size": scorer.batch_size,
           "outputs": outputs, "objectives": list(scorer.config.get("objectives", {}).get("names", [])),
           "tokenizer": str(getattr(scorer.tokenizer, "name_or_path", "")),
-          "query_tokenization": "as given, no special tokens added, first max_length tokens"}
+          "query_tokenization": "as given, no special tokens added, first max_length tokens",
+          "batch_sizes": server.batch_sizes(scorer), "forward_cost_s": dataclasses.asdict(cost)}
   limits = server.Limits(FLAGS.max_items, FLAGS.max_bytes, FLAGS.max_chars, FLAGS.max_queue,
-                         FLAGS.max_batch, FLAGS.max_wait_ms / 1000)
+                         FLAGS.max_wait_ms / 1000)
   suffix = server.end_of_turn(scorer.tokenizer) if FLAGS.complete_turn else ""
   app = server.make_app(scorer, limits=limits, token=token, check=_check_record, info=info,
-                        complete_turn=suffix)
+                        complete_turn=suffix, cost=cost)
   host, port = sock.getsockname()[:2]
   if not _is_loopback(host) and token is None:
     print(f"rmjax serve: warning: listening on {host} without --token: anyone who can reach "

@@ -11,16 +11,19 @@ Endpoints (JSON in and out; every error is `{"detail": "<one line>"}` with its s
                     -> {"results": [...]}, each what `rmjax score` writes for that line (reward;
                     mean, std and members for ensembles; objectives and gate for ArmoRM), with
                     its "id" when given and "truncated": true when it was cut to max_length.
-  GET  /health      {"status": "ok", "queued": rows, "in_flight": requests, "served": requests}
+  GET  /health      {"status": "ok", "queued": rows, "in_flight": requests, "served": requests,
+                    "forwards", "rows", "tokens", "padded_tokens": the forwards run so far}
                     (never needs the token)
   GET  /v1/model    what is served: source, task, step, max_length, outputs...
 
-Requests are tokenized on one thread and queued; a batcher takes what is queued (up to
-`max_batch` rows, waiting at most `max_wait` seconds for more) into one `Scorer.score_rows`
-call on another thread, grouped by length bucket and run in full batches plus the smallest
-power-of-two batch that holds the rest (`fitted_forward`), so concurrent requests share
-forwards, short rows are not padded to a long one's length, and a lone request is not padded
-to a full batch. Over `max_queue` queued rows a request is answered 503 with Retry-After.
+Requests are tokenized on one thread (off the event loop) and their rows queued; a batcher runs one forward at a time on another thread, each planned over
+every queued row (`plan`): the oldest row plus the rows that make the most useful work per unit
+of the forward's cost (measured at warm-up, `ForwardCost`), in one of the compiled batch sizes
+(powers of two up to the scorer's batch size) and length buckets. Concurrent requests share
+forwards, short rows are not padded to a long one's length, a lone request is not padded to a
+full batch, and rows arriving while a forward runs join the next one. A forward short of a full
+batch waits `max_wait` for more rows, longer (`max_hold`) while requests already received are
+still being tokenized. Over `max_queue` queued rows a request is answered 503 with Retry-After.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ import dataclasses
 import hmac
 import json
 import math
+import time
+from typing import Sequence
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -48,8 +53,8 @@ class Limits:
   max_bytes: int = 8 << 20       # request body (413 over it)
   max_chars: int = 200_000       # characters per text (422 over it)
   max_queue: int = 4096          # rows queued for the model (503 + Retry-After over it)
-  max_batch: int = 64            # rows per batcher dispatch
-  max_wait: float = 0.002        # seconds the batcher waits for more rows after the first
+  max_wait: float = 0.002        # seconds a forward short of a full batch waits for more rows
+  max_hold: float = 0.05         # ... while requests already received are still being tokenized
 
 
 class RequestError(Exception):
@@ -60,53 +65,157 @@ class RequestError(Exception):
     self.status, self.detail, self.headers = status, " ".join(str(detail).split()), headers
 
 
-class Batcher:
-  """Queued token rows -> `forward(rows)` (one dispatch at a time, on its own thread)."""
+def token_slots(batch: int, length: int) -> float:
+  """The default forward cost: padded tokens."""
+  return float(batch * length)
 
-  def __init__(self, forward, limits: Limits):
-    self.forward, self.limits = forward, limits
-    self.queued = 0
-    self._queue: asyncio.Queue = asyncio.Queue()  # binds to the loop at first use
+
+def plan(buckets: Sequence[int], sizes: Sequence[int], cost=token_slots) -> tuple[list[int], int]:
+  """The next forward over queued rows, given their padded lengths (`bucket_length`, oldest row
+  first): (indices of the rows it runs, sorted; its batch size). It always holds the oldest row
+  (no row waits behind younger ones for ever), and of the batch sizes and lengths it could run is
+  the one doing the most useful work per `cost(batch, length)`: a row's useful work is what it
+  costs in a full batch of its own length (what offline scoring of length-sorted rows pays), so a
+  half-empty batch and a short row padded to a long one's length both count as waste. It takes
+  the longest rows that fit (shorter ones are left for a shorter forward), oldest first within a
+  length; of equally good forwards, the one running more rows."""
+  full = sizes[-1]
+  by_length: dict[int, list[int]] = {}
+  for i, length in enumerate(buckets):
+    by_length.setdefault(length, []).append(i)
+  own = {length: cost(full, length) / full for length in by_length}
+  best = None
+  for top in sorted(length for length in by_length if length >= buckets[0]):
+    take = [0]
+    for length in sorted((l for l in by_length if l <= top), reverse=True):
+      take += [i for i in by_length[length][:full + 1] if i != 0][:full - len(take)]
+      if len(take) == full:
+        break
+    for b in sizes:
+      rows = take[:b]
+      value = sum(own[buckets[i]] for i in rows) / cost(b, max(buckets[i] for i in rows))
+      if best is None or value > best[0] * (1 + 1e-9) or (
+          value >= best[0] * (1 - 1e-9) and len(rows) > len(best[1])):
+        best = (value, rows, b)
+  return sorted(best[1]), best[2]
+
+
+class _Job:
+  """One request's rows and, as forwards return, their outputs."""
+  __slots__ = ("rows", "future", "since", "out", "left")
+
+  def __init__(self, rows, future, since):
+    self.rows, self.future, self.since, self.out, self.left = rows, future, since, None, len(rows)
+
+  def put(self, mine: list, theirs: list, res: dict) -> None:
+    if self.out is None:
+      self.out = {k: np.zeros((len(self.rows),) + v.shape[1:], v.dtype) for k, v in res.items()}
+    for k, v in res.items():
+      self.out[k][mine] = v[theirs]
+    self.left -= len(mine)
+    if self.left == 0 and not self.future.done():
+      self.future.set_result(self.out)
+
+
+class Batcher:
+  """Queued token rows -> one forward at a time, `forward(rows, batch_size)`, on its own thread.
+
+  Between forwards the queue keeps filling; each forward is then planned over every queued row
+  (`plan`), so the rows of concurrent requests share forwards, rows left over from one forward
+  ride in the next with whatever arrived meanwhile, and a request's rows may span forwards (it is
+  answered when the last returns). A forward short of a full batch first waits `max_wait` from its
+  oldest row's arrival for more, or up to `max_hold` while requests already received are still
+  being read or tokenized (`incoming`): they would otherwise miss it and wait a whole forward."""
+
+  def __init__(self, forward, limits: Limits, sizes: Sequence[int] = (64,), cost=token_slots):
+    self.forward, self.limits, self.sizes, self.cost = forward, limits, list(sizes), cost
+    self.queued = 0   # rows submitted and not yet scored
+    self.pending = 0  # requests received and not yet submitted (being read / tokenized)
+    self.stats = {"forwards": 0, "rows": 0, "tokens": 0, "padded_tokens": 0}
+    self._queue: list = []  # (job, row index, padded length), oldest first
+    self._wake = asyncio.Event()
     self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rmjax-forward")
+
+  @contextlib.contextmanager
+  def incoming(self):
+    """Around reading and tokenizing a request: a forward short of rows waits for it."""
+    self.pending += 1
+    try:
+      yield
+    finally:
+      self.pending -= 1
+      self._wake.set()
 
   async def submit(self, rows: list) -> dict:
     """The forward's outputs for `rows` (numpy, in order)."""
+    if not rows:
+      return {"reward": np.zeros(0, np.float32)}
     if self.queued + len(rows) > self.limits.max_queue:
       raise RequestError(503, f"server busy: {self.queued} rows queued (limit {self.limits.max_queue}); "
                          f"retry shortly", {"Retry-After": "1"})
-    future = asyncio.get_running_loop().create_future()
+    loop = asyncio.get_running_loop()
+    job = _Job(rows, loop.create_future(), loop.time())
     self.queued += len(rows)
-    self._queue.put_nowait((rows, future))
-    return await future
+    self._queue += [(job, i, bucket_length(len(r))) for i, r in enumerate(rows)]
+    self._wake.set()
+    return await job.future
+
+  def _prune(self) -> None:
+    """Drops the rows of requests already answered (an error) or given up (client gone)."""
+    if any(job.future.done() for job, _, _ in self._queue):
+      keep = [e for e in self._queue if not e[0].future.done()]
+      self.queued -= len(self._queue) - len(keep)
+      self._queue = keep
+
+  async def _gather(self, loop) -> None:
+    """Returns when the queue should go to a forward."""
+    while True:
+      self._prune()
+      timeout = None
+      if self._queue:
+        if len(self._queue) >= self.sizes[-1]:
+          return
+        wait = max(self.limits.max_wait, self.limits.max_hold) if self.pending else self.limits.max_wait
+        timeout = wait - (loop.time() - self._queue[0][0].since)
+        if timeout <= 0:
+          return
+      self._wake.clear()
+      try:
+        await asyncio.wait_for(self._wake.wait(), timeout)
+      except asyncio.TimeoutError:
+        pass
 
   async def run(self) -> None:
     loop = asyncio.get_running_loop()
     while True:
-      jobs = [await self._queue.get()]
-      n, deadline = len(jobs[0][0]), loop.time() + self.limits.max_wait
-      while n < self.limits.max_batch:
-        try:
-          job = self._queue.get_nowait() if loop.time() >= deadline else await asyncio.wait_for(
-              self._queue.get(), deadline - loop.time())
-        except (asyncio.QueueEmpty, asyncio.TimeoutError):
-          break
-        jobs.append(job)
-        n += len(job[0])
-      rows = [r for job, _ in jobs for r in job]
+      await self._gather(loop)
+      idx, size = plan([e[2] for e in self._queue], self.sizes, self.cost)
+      chosen = set(idx)
+      picked = [self._queue[i] for i in idx]
+      self._queue = [e for i, e in enumerate(self._queue) if i not in chosen]
+      rows = [job.rows[i] for job, i, _ in picked]
+      st = self.stats
+      st["forwards"] += 1
+      st["rows"] += len(rows)
+      st["tokens"] += sum(map(len, rows))
+      st["padded_tokens"] += size * max(e[2] for e in picked)
       try:
-        out = await loop.run_in_executor(self._pool, self.forward, rows)
-      except Exception as e:  # noqa: BLE001 -- every waiting request gets the error
-        for _, future in jobs:
-          if not future.done():
-            future.set_exception(e)
+        out = await loop.run_in_executor(self._pool, self.forward, rows, size)
+      except Exception as e:  # noqa: BLE001 -- every request with a row in it gets the error
+        for job, _, _ in picked:
+          if not job.future.done():
+            job.future.set_exception(e)
       else:
-        start = 0
-        for job, future in jobs:
-          if not future.done():  # a client that went away leaves a cancelled future
-            future.set_result({k: v[start:start + len(job)] for k, v in out.items()})
-          start += len(job)
+        parts: dict = {}
+        for k, (job, i, _) in enumerate(picked):
+          mine, theirs = parts.setdefault(id(job), (job, [], []))[1:]
+          mine.append(i)
+          theirs.append(k)
+        for job, mine, theirs in parts.values():
+          if not job.future.done():  # a client that went away leaves a cancelled future
+            job.put(mine, theirs, out)
       finally:
-        self.queued -= n
+        self.queued -= len(picked)
 
   def close(self) -> None:
     self._pool.shutdown(wait=True)
@@ -114,7 +223,7 @@ class Batcher:
 
 def batch_sizes(scorer) -> list[int]:
   """The forward's batch sizes: powers of two from the mesh's batch divisor up to the scorer's
-  batch size, so a dispatch of a few rows (low concurrency) is not padded to a full batch."""
+  batch size, so a forward of a few rows (low concurrency) is not padded to a full batch."""
   div = shd.batch_divisor(scorer.mesh)
   full = max(div, scorer.batch_size - scorer.batch_size % div)
   sizes, b = [], div
@@ -122,30 +231,6 @@ def batch_sizes(scorer) -> list[int]:
     sizes.append(b)
     b *= 2
   return sizes + [full]
-
-
-def fitted_forward(scorer):
-  """`rows -> outputs` (the batcher's call): rows grouped by length bucket, each group in full
-  batches plus one of the smallest batch size that holds the rest, so a dispatch pads about as
-  little as offline scoring of length-sorted rows does (rows arrive in no length order)."""
-  sizes = batch_sizes(scorer)
-
-  def forward(rows):
-    groups: dict = {}
-    for i, r in enumerate(rows):
-      groups.setdefault(bucket_length(len(r)), []).append(i)
-    out = None
-    for _, idx in sorted(groups.items()):
-      for start in range(0, len(idx), sizes[-1]):
-        part = idx[start:start + sizes[-1]]
-        res = scorer.score_rows([rows[i] for i in part],
-                                batch_size=next(b for b in sizes if b >= len(part)))
-        if out is None:
-          out = {k: np.zeros((len(rows),) + v.shape[1:], v.dtype) for k, v in res.items()}
-        for k, v in res.items():
-          out[k][part] = v
-    return out if out is not None else scorer.score_rows(rows)
-  return forward
 
 
 def warm_lengths(max_length: int) -> list[int]:
@@ -157,15 +242,45 @@ def warm_lengths(max_length: int) -> list[int]:
   return lengths
 
 
-def warm_up(scorer) -> list[str]:
-  """Compiles the forward for every batch size and length bucket before serving; returns the
-  output keys."""
+@dataclasses.dataclass(frozen=True)
+class ForwardCost:
+  """Seconds of one forward of `batch` rows padded to `length`: per_forward + per_token x
+  batch x length + per_token_length x batch x length^2 (fitted to the warm-up's timings, every
+  coefficient >= 0, so a larger batch or length never costs less)."""
+  per_forward: float = 0.0
+  per_token: float = 1.0
+  per_token_length: float = 0.0
+
+  def __call__(self, batch: int, length: int) -> float:
+    return self.per_forward + batch * length * (self.per_token + length * self.per_token_length)
+
+  @classmethod
+  def fit(cls, timings: dict) -> "ForwardCost":
+    """From {(batch, length): seconds}; the token count alone where the fit says nothing."""
+    from scipy.optimize import nnls  # noqa: PLC0415 -- a jax dependency
+
+    if not timings:
+      return cls()
+    keys = sorted(timings)
+    design = np.asarray([[1.0, b * n, b * n * n] for b, n in keys])
+    scale = design.max(0)
+    coef = nnls(design / scale, np.asarray([timings[k] for k in keys], float))[0] / scale
+    return cls(*map(float, coef)) if coef[1:].any() else cls()
+
+
+def warm_up(scorer) -> tuple[list[str], ForwardCost]:
+  """Compiles the forward for every batch size and length bucket before serving, then times each
+  once: (the output keys, the forward's cost model for `plan`)."""
   token = getattr(scorer.tokenizer, "eos_token_id", None) or 1
-  out = {}
+  out, timings = {}, {}
   for b in batch_sizes(scorer):
     for n in warm_lengths(scorer.encoder.max_length):
-      out = scorer.score_rows([[int(token)] * n] * b, batch_size=b)
-  return sorted(out)
+      rows = [[int(token)] * n] * b
+      out = scorer.score_rows(rows, batch_size=b)
+      start = time.perf_counter()
+      scorer.score_rows(rows, batch_size=b)
+      timings[(b, bucket_length(n))] = time.perf_counter() - start
+  return sorted(out), ForwardCost.fit(timings)
 
 
 def _text(value, where: str, limits: Limits) -> str:
@@ -218,12 +333,14 @@ def _finite(values, what: str) -> list:
 
 
 def make_app(scorer, *, limits: Limits = Limits(), token: str | None = None, check=None,
-             info: dict | None = None, complete_turn: str = "") -> FastAPI:
+             info: dict | None = None, complete_turn: str = "", cost=token_slots) -> FastAPI:
   """The app serving `scorer`. `check(record, where, line)` validates a /v1/score item (returns
   an error or None: `rmjax score`'s record check); `complete_turn` is appended to a /get_reward
   query that ends with the chat template's end of turn without it (OpenRLHF drops the template's
-  trailing newline; see `end_of_turn`)."""
-  batcher = Batcher(fitted_forward(scorer), limits)
+  trailing newline; see `end_of_turn`); `cost(batch, length)` is the forward's cost for `plan`
+  (`warm_up` measures it)."""
+  batcher = Batcher(lambda rows, size: scorer.score_rows(rows, batch_size=size), limits,
+                    batch_sizes(scorer), cost)
   counts = {"in_flight": 0, "served": 0}  # scoring requests being handled / answered
   tok_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rmjax-tokenize")
 
@@ -278,7 +395,8 @@ def make_app(scorer, *, limits: Limits = Limits(), token: str | None = None, che
   async def run(fn, *args):
     counts["in_flight"] += 1
     try:
-      rows, cut = await asyncio.get_running_loop().run_in_executor(tok_pool, fn, *args)
+      with batcher.incoming():
+        rows, cut = await asyncio.get_running_loop().run_in_executor(tok_pool, fn, *args)
       return await batcher.submit(rows), cut
     finally:
       counts["in_flight"] -= 1
@@ -286,7 +404,8 @@ def make_app(scorer, *, limits: Limits = Limits(), token: str | None = None, che
 
   @app.post("/get_reward")
   async def get_reward(request: Request):
-    queries = _list(await body(request), "query", limits)
+    with batcher.incoming():
+      queries = _list(await body(request), "query", limits)
     texts = [_text(q, f"query[{i}]", limits) for i, q in enumerate(queries)]
     if complete_turn:
       bare = complete_turn.rstrip()
@@ -294,12 +413,13 @@ def make_app(scorer, *, limits: Limits = Limits(), token: str | None = None, che
                else t for t in texts]
     res, _ = await run(scorer.text_rows, texts)
     rewards = _finite(res["reward"], "reward")
-    return {"rewards": rewards, "scores": rewards, "extra_logs": {}}
+    return JSONResponse({"rewards": rewards, "scores": rewards, "extra_logs": {}})
 
   @app.post("/v1/score")
   async def score(request: Request):
-    items = [_item(obj, i, check, limits)
-             for i, obj in enumerate(_list(await body(request), "items", limits))]
+    with batcher.incoming():
+      items = [_item(obj, i, check, limits)
+               for i, obj in enumerate(_list(await body(request), "items", limits))]
     principled = any("principles" in it for it in items)
 
     def rows():
@@ -317,11 +437,11 @@ def make_app(scorer, *, limits: Limits = Limits(), token: str | None = None, che
         rec["truncated"] = True
       results.append(rec)
     _finite([v for r in results for v in _numbers(r)], "score")
-    return {"results": results}
+    return JSONResponse({"results": results})
 
   @app.get("/health")
   async def health():
-    return {"status": "ok", "queued": batcher.queued, **counts}
+    return {"status": "ok", "queued": batcher.queued, **counts, **batcher.stats}
 
   @app.get("/v1/model")
   async def model(request: Request):
