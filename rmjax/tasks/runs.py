@@ -1,9 +1,6 @@
-"""A task run in a workdir, as the commands use it: train a config into a workdir (the up-front
-checks, one writer, `--overwrite` staging) and load a trained reward model to score with.
-
-The commands reach `rmjax.train` and the scorer only through here (`tests/test_layout.py`:
-commands import no train/ module), and the registry (`rmjax.tasks`) imports no scorer.
-"""
+"""A task run in a workdir, as the commands use it: train a config into one (the up-front checks,
+one writer, `--overwrite` staging) and load a trained reward model to score with. The commands
+reach `rmjax.train` and the scorer only through here (tests/test_layout.py)."""
 
 from __future__ import annotations
 
@@ -20,9 +17,7 @@ from rmjax.tasks import get
 from rmjax.train import run as train_run
 from rmjax.train.lock import WorkdirLock
 from rmjax.train.run import all_finite, check_workdir
-from rmjax.train.validate import check_workdir_writable, validate_config
-
-__all__ = ["load_scorer", "staging_dir", "train", "validate_config"]
+from rmjax.train.validate import check_workdir_writable, validate_config  # noqa: F401 (commands)
 
 
 def staging_dir(workdir: str) -> str:
@@ -30,23 +25,13 @@ def staging_dir(workdir: str) -> str:
   return os.path.abspath(workdir).rstrip("/") + ".overwrite"
 
 
-def _replace_workdir(workdir: str, staged: str) -> None:
-  """Swap a finished staged run into `workdir`; the old run is removed only after the swap."""
-  old = os.path.abspath(workdir).rstrip("/") + f".old-{os.getpid()}"
-  os.replace(workdir, old)
-  os.replace(staged, workdir)
-  shutil.rmtree(old, ignore_errors=True)
-
-
 def train(config, workdir: str, *, overwrite: bool = False, strict: bool = False,
           distributed: dict | None = None) -> dict:
-  """`config`'s task trained in `workdir` (resumed when it holds this run); its final metrics.
-
-  Refused before anything is built: an unwritable workdir, or one holding another method's or
-  model's run (unless `overwrite`: the new run trains in `staging_dir(workdir)` and replaces
-  the old one only when it has finished). `strict`: a dropped or truncated record fails the run.
-  `distributed`: `sharding.maybe_initialize_distributed` arguments, applied after those checks
-  and before the workdir lock (held by process 0 for the whole run)."""
+  """`config`'s task trained (or resumed) in `workdir`; its final metrics. Refused up front: an
+  unwritable workdir, or one holding another method's or model's run unless `overwrite` (then
+  the run trains in `staging_dir(workdir)` and replaces it when done). `strict`: a dropped or
+  truncated record fails the run. `distributed`: `sharding.maybe_initialize_distributed`'s
+  arguments, applied after those checks, before process 0 takes the workdir lock."""
   train_run.STRICT = strict
   spec = get(config.task)
   check_workdir_writable(workdir)
@@ -68,8 +53,11 @@ def train(config, workdir: str, *, overwrite: bool = False, strict: bool = False
         shutil.rmtree(target)
       print(f"--overwrite: training in {target}; it replaces {workdir} when done", flush=True)
     final = spec.train(config, target)
-    if target != workdir and jax.process_index() == 0:
-      _replace_workdir(workdir, target)
+    if target != workdir and jax.process_index() == 0:  # swap in, then remove the old run
+      old = os.path.abspath(workdir).rstrip("/") + f".old-{os.getpid()}"
+      os.replace(workdir, old)
+      os.replace(target, workdir)
+      shutil.rmtree(old, ignore_errors=True)
   return final
 
 
