@@ -23,11 +23,11 @@ from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from rmjax.errors import ConfigError
+from rmjax.models.init import abstract_params
 from rmjax.models.llama import Llama
 
 log = logging.getLogger(__name__)
@@ -139,9 +139,7 @@ def with_shardings(abstract: Any, shardings: Any) -> Any:
 
 def llama_param_shardings(cfg, mesh: Mesh, rules=DEFAULT_RULES) -> Any:
   """Shardings of the Llama parameter tree for `cfg`, computed without allocating weights."""
-  ids = jnp.zeros((1, 2), jnp.int32)
-  boxed = jax.eval_shape(lambda: Llama(cfg).init(jax.random.PRNGKey(0), ids))["params"]
-  return tree_shardings(boxed, mesh, rules)
+  return tree_shardings(abstract_params(Llama(cfg)), mesh, rules)
 
 
 def place(tree: Any, shardings: Any) -> Any:

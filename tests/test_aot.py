@@ -12,8 +12,9 @@ import jax.numpy as jnp
 import optax
 import pytest
 
-from rmjax.aot import (CHIPS, abstract_batch, abstract_from_init, chip_of, compile_function,
-                       format_table, llama_flops, parse_topology, shardings_of, write_json)
+from rmjax import sharding as shd
+from rmjax.aot import (CHIPS, batch_structs, chip_of, compile_function, format_table, llama_flops,
+                       parse_topology, write_json)
 from rmjax.aot import topology as topo
 from rmjax.errors import ConfigError
 from rmjax.models.llama import Llama, LlamaConfig
@@ -35,9 +36,12 @@ def _train_step_row(cfg, topology, mesh_shape, batch, seq, name):
     params = model.init(rng, jnp.zeros((1, 2), jnp.int32))["params"]
     return {"params": params, "opt": tx.init(params)}
 
-  state, state_sh = abstract_from_init(init, jax.random.PRNGKey(0), mesh=mesh)
-  data, data_sh = abstract_batch({"input_ids": ((batch, seq), jnp.int32),
-                                  "attention_mask": ((batch, seq), jnp.int32)}, mesh)
+  boxed = jax.eval_shape(init, jax.random.PRNGKey(0))  # boxed params -> boxed moments too
+  state_sh = shd.tree_shardings(boxed, mesh)
+  state = shd.with_shardings(shd.strip_boxes(boxed), state_sh)
+  data_sh = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(shd.BATCH))
+  data = batch_structs({"input_ids": ((batch, seq), jnp.int32),
+                        "attention_mask": ((batch, seq), jnp.int32)}, data_sh)
 
   def step(state, data):
     def loss_fn(params):
@@ -49,7 +53,6 @@ def _train_step_row(cfg, topology, mesh_shape, batch, seq, name):
     return {"params": optax.apply_updates(state["params"], updates), "opt": opt}, loss
 
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  assert shardings_of(state) is not None
   return compile_function(name, step, (state, data), (state_sh, data_sh), (state_sh, replicated),
                           mesh, chip_of(topology), donate_argnums=(0,),
                           model_flops=llama_flops(cfg, batch, seq))

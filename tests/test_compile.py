@@ -16,8 +16,9 @@ from configs import bt as bt_config
 from configs import grm as grm_config
 from configs import ppo as ppo_config
 from rmjax import sharding as shd
+from rmjax import tasks
+from rmjax.commands.compile import compile_config
 from rmjax.models import lora
-from rmjax.tasks import aot
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -99,12 +100,12 @@ def test_lora_steps_hold_adam_state_for_adapters_and_heads_only():
   GRM's dpo_ref without a reference copy, PPO's policy and value model), and PPO's scoring pass
   and sampler take the plain (merged) trees."""
   mesh = shd.make_mesh((1, 1, 1), devices=jax.devices()[:1])
-  for config, step in ((bt_config.get_config("tiny"), aot.bt_steps),
-                       (grm_config.get_config("tiny,reg=dpo_ref,alpha=0.5"), aot.grm_steps)):
-    full = step(config, aot.model_config(config), mesh)[0].args[0]
+  for config in (bt_config.get_config("tiny"), grm_config.get_config("tiny,reg=dpo_ref,alpha=0.5")):
+    step = tasks.get(config.task).compile_steps
+    full = step(config, mesh)[0].args[0]
     every = [lora.path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(full.params)]
     assert _adam_paths(full.opt_state) == sorted(k for k in every if not k.startswith("reference/"))
-    state = step(_lora_config(config), aot.model_config(config), mesh)[0].args[0]
+    state = step(_lora_config(config), mesh)[0].args[0]
     flat = [lora.path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(state.params)]
     trained = [k for k in flat if lora.is_adapter(k) or not k.startswith("backbone/")]
     assert "reference" not in state.params and any(map(lora.is_adapter, trained))
@@ -112,7 +113,7 @@ def test_lora_steps_hold_adam_state_for_adapters_and_heads_only():
     assert jax.tree_util.tree_leaves(state.opt_state.inner_states["freeze"]) == []
   c = _lora_config(ppo_config.get_config("tiny,smoke"))
   c.model.lora.targets = "q_proj,v_proj,lm_head"
-  steps = {s.name: s for s in aot.ppo_steps(c, None, mesh)}
+  steps = {s.name: s for s in tasks.get("ppo").compile_steps(c, mesh)}
   state = steps["ppo.update"].args[0]
   assert _adam_paths(state.policy_opt) == sorted(
       f"{m}/kernel_lora_{x}" for m in ("layers/self_attn/q_proj", "layers/self_attn/v_proj",
@@ -134,9 +135,26 @@ def test_lora_bt_step_compiles_with_fewer_argument_bytes_than_full(tmp_path):
   rows = {}
   for name, config in (("full", bt_config.get_config("tiny")),
                        ("lora", _lora_config(bt_config.get_config("tiny")))):
-    [rows[name]] = aot.compile_config(config, "v5e:2x2", workdir=str(tmp_path / name))
+    [rows[name]] = compile_config(config, "v5e:2x2", workdir=str(tmp_path / name))
   full, low = rows["full"], rows["lora"]
   assert full["fits"] and low["fits"] and low["lora_rank"] == 4 and "lora_rank" not in full
   n_params = full["argument_bytes"] / 3  # f32 params + mu + nu (batch: a few KB)
   assert low["argument_bytes"] < 0.5 * full["argument_bytes"], (low, full)
   assert low["argument_bytes"] > n_params * 0.9  # the frozen base itself is still an argument
+
+
+def test_grpo_steps_are_the_learners_without_a_critic():
+  """No libtpu needed: GRPO's compile steps are the RL learner's own (`ppo.compile_steps`), with
+  no value model in the state or the scoring pass, and the update's batch is the one
+  `Trainer.experience` hands it for `kl_in='loss'` (reference log-probs and KL coefficients,
+  no values or returns)."""
+  from configs import grpo as grpo_config  # noqa: PLC0415
+  mesh = shd.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+  c = grpo_config.get_config("tiny")
+  steps = {s.name: s for s in tasks.get("grpo").compile_steps(c, mesh)}
+  assert set(steps) == {"grpo.update", "grpo.score", "grpo.prefill", "grpo.decode"}
+  state, batch = steps["grpo.update"].args
+  assert state.value == {} and steps["grpo.score"].args[2] is None
+  assert set(batch) == {"ids", "mask", "resp_mask", "old_logp", "advantages", "ref_logp",
+                        "kl_coef"}
+  assert "values" not in steps["grpo.score"].out_shardings

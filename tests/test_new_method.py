@@ -1,6 +1,8 @@
-"""A sixth method from outside rmjax: a hinge-loss pair RM declared through the public TaskSpec,
-run train -> score -> eval through the CLI (`config.task` names the module; its SPEC is found
-on import)."""
+"""A sixth method from outside rmjax: a hinge-loss pair RM, a loss plus one line
+(`pair_spec(name, PairMethod(loss=...))`), run train -> score -> eval through the CLI
+(`config.task` names the module; its SPEC is found on import); it gets what every pair method
+gets without asking: LoRA adapters under `model.lora` (the base frozen) and `rmjax compile`
+(the step `rmjax train` runs, compiled for a TPU slice)."""
 
 import json
 import os
@@ -8,20 +10,21 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+from flax.traverse_util import flatten_dict as flatten
+
 from _util import xla_flags
 from conftest import REPO
 
 HINGE_TASK = textwrap.dedent('''
-    """Hinge-loss pair RM: max(0, margin - (r_c - r_r)), on rmjax's pair assembly."""
+    """Hinge-loss pair RM: max(0, margin - (r_c - r_r)), a loss on rmjax's pair assembly."""
     import jax.numpy as jnp
 
     from rmjax import losses
-    from rmjax.tasks import bt, common
-    from rmjax.tasks.pairs import forward_pairs, pair_task
-    from rmjax.tasks.spec import TaskSpec
+    from rmjax.tasks.pairs import PairMethod, forward_pairs, pair_spec
 
 
-    def hinge_loss_fn(model, margin):
+    def hinge_loss(config, model, cfg, margin=1.0):
       def loss_fn(params, batch, rng):
         c, r = forward_pairs(model, params, batch, rng=rng)
         w = batch["weight"]
@@ -31,13 +34,7 @@ HINGE_TASK = textwrap.dedent('''
       return loss_fn
 
 
-    def build(config):
-      backbone = common.backbone(config)
-      model = bt.make_model(config, backbone[0])
-      return pair_task(config, model, hinge_loss_fn(model, 1.0), backbone=backbone)
-
-
-    SPEC = TaskSpec(name="hinge_rm", make_model=bt.make_model, build=build)
+    SPEC = pair_spec("hinge_rm", PairMethod(loss=hinge_loss))
 ''')
 
 HINGE_CONFIG = textwrap.dedent('''
@@ -51,12 +48,19 @@ HINGE_CONFIG = textwrap.dedent('''
 ''')
 
 
-def test_hinge_method_train_score_eval(tmp_path):
+SMALL = ("--config.train.steps=6", "--config.train.checkpoint_every=6", "--config.train.eval_every=6",
+         "--config.train.log_every=3", "--config.train.batch_size=8",
+         "--config.data.source=synthetic:64", "--config.data.eval_source=synthetic:16",
+         "--config.data.max_length=64", "--config.train.progress=False",
+         "--config.train.tensorboard=False")
+
+
+def _plugin(tmp_path):
+  """(start(*args) -> Popen, finish(Popen) -> stdout) for `rmjax` with the plug-in importable."""
   (tmp_path / "hinge_rm.py").write_text(HINGE_TASK)
   (tmp_path / "hinge_config.py").write_text(HINGE_CONFIG)
   env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(REPO)]),
              XLA_FLAGS=xla_flags(2))
-  wd = tmp_path / "wd"
 
   def start(*args):
     return subprocess.Popen([sys.executable, "-m", "rmjax", *map(str, args)], cwd=tmp_path,
@@ -66,15 +70,14 @@ def test_hinge_method_train_score_eval(tmp_path):
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-2000:]
     return out
+  return start, finish
 
-  def rmjax(*args):
-    return finish(start(*args))
 
-  rmjax("train", f"--config={tmp_path / 'hinge_config.py'}:tiny", f"--workdir={wd}",
-        "--config.train.steps=6", "--config.train.checkpoint_every=6", "--config.train.eval_every=6",
-        "--config.train.log_every=3", "--config.train.batch_size=8", "--config.data.source=synthetic:64",
-        "--config.data.eval_source=synthetic:16", "--config.data.max_length=64",
-        "--config.train.progress=False", "--config.train.tensorboard=False")
+def test_hinge_method_train_score_eval(tmp_path):
+  start, finish = _plugin(tmp_path)
+  wd = tmp_path / "wd"
+  finish(start("train", f"--config={tmp_path / 'hinge_config.py'}:tiny", f"--workdir={wd}",
+               *SMALL))
   rows = [json.loads(line) for line in (wd / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in rows] == [3, 6] and "eval_accuracy" in rows[-1]
   assert json.loads((wd / "config.json").read_text())["task"] == "hinge_rm"
@@ -91,3 +94,47 @@ def test_hinge_method_train_score_eval(tmp_path):
   out = finish(evaluate)
   report = json.loads(out.strip().splitlines()[-1])
   assert report["n"] == 16 and 0.0 <= report["accuracy"] <= 1.0
+
+
+def test_hinge_method_trains_lora_adapters_on_a_frozen_base(tmp_path):
+  """`--config.model.lora.rank=8`: the plug-in, which makes no LoRA call of its own, trains
+  rank-8 adapters on every attention projection beside its head; the base weights in the final
+  checkpoint are the pretrained ones, bit for bit."""
+  from configs import bt  # noqa: PLC0415 -- the other tests here stay out of jax
+  from rmjax import checkpoints  # noqa: PLC0415
+  from rmjax.checkpoints.orbax import Checkpointer  # noqa: PLC0415
+
+  start, finish = _plugin(tmp_path)
+  wd = tmp_path / "wd"
+  finish(start("train", f"--config={tmp_path / 'hinge_config.py'}:tiny", f"--workdir={wd}",
+               "--config.model.lora.rank=8", *SMALL))
+  assert json.loads((wd / "config.json").read_text())["model"]["lora"]["rank"] == 8
+  flat = flatten(Checkpointer(str(wd / "checkpoints")).restore_raw(6)["params"], sep="/")
+  adapters = {k: v for k, v in flat.items() if k.endswith(("_lora_a", "_lora_b"))}
+  assert {k.split("/")[-2] for k in adapters} == {"q_proj", "k_proj", "v_proj", "o_proj"}
+  for k, v in adapters.items():
+    assert v.shape[-1 if k.endswith("_lora_a") else -2] == 8, (k, v.shape)
+    if k.endswith("_lora_b"):  # B starts at zero: trained adapters have moved it
+      assert abs(v).max() > 0, k
+  assert any(k.startswith("reward_head/") for k in flat)
+  _, pre = checkpoints.load_pretrained("tiny", seed=bt.get_config("tiny").seed)
+  pre = flatten(pre, sep="/")
+  base = {k[len("backbone/"):]: v for k, v in flat.items()
+          if k.startswith("backbone/") and k not in adapters}
+  assert sorted(base) == sorted(pre)
+  for k, v in base.items():  # the frozen base: the pretrained weights, bit for bit
+    assert v.dtype == pre[k].dtype and (v == pre[k]).all(), k
+
+
+def test_hinge_method_compiles_for_a_tpu_slice(tmp_path):
+  """`rmjax compile --topology v5e:2x2` compiles the plug-in's train step (the one `rmjax train`
+  runs, LoRA included) with no compile code of its own: FITS."""
+  pytest.importorskip("libtpu", reason="TPU AOT compilation needs libtpu: pip install -e '.[tpu]'")
+  start, finish = _plugin(tmp_path)
+  out = finish(start("compile", f"--config={tmp_path / 'hinge_config.py'}:tiny",
+                     "--topology=v5e:2x2", f"--workdir={tmp_path / 'compile'}",
+                     "--config.model.lora.rank=8"))
+  rows = json.loads((tmp_path / "compile" / "compile.json").read_text())
+  assert [r["function"] for r in rows] == ["hinge_rm.train_step"]
+  assert rows[0]["fits"] and rows[0]["lora_rank"] == 8 and rows[0]["task"] == "hinge_rm"
+  assert "FITS" in out and "hinge_rm.train_step" in out

@@ -6,14 +6,13 @@ host, which tells whether a model/mesh/batch fits in HBM and what one chip would
 Needs libtpu (the `tpu` extra) and JAX_PLATFORMS=cpu on hosts without TPUs.
 """
 
-from rmjax.aot.abstract import (abstract_batch, abstract_from_init, abstract_sharded,
-                                llama_abstract_params, shardings_of)
 from rmjax.aot.chips import CHIPS, Chip, chip_of
 from rmjax.aot.flops import llama_flops, llama_matmul_params
 from rmjax.aot.report import compile_function, format_table, oom_summary, write_json
+from rmjax.aot.steps import DoesNotFit, Step, batch_structs, check_rows, compile_steps
 from rmjax.aot.topology import parse_topology, topology_devices, topology_mesh
 
 __all__ = ["CHIPS", "Chip", "chip_of", "parse_topology", "topology_devices", "topology_mesh",
-           "abstract_sharded", "abstract_from_init", "llama_abstract_params", "abstract_batch",
-           "shardings_of", "compile_function", "format_table", "write_json", "oom_summary",
-           "llama_flops", "llama_matmul_params"]
+           "compile_function", "format_table", "write_json", "oom_summary",
+           "llama_flops", "llama_matmul_params", "DoesNotFit", "Step", "batch_structs", "check_rows",
+           "compile_steps"]

@@ -1,7 +1,7 @@
 """Compile a function for a TPU topology and report what one chip would need: a row per function.
 
 `compile_function` lowers `fn` onto a mesh of compile-only TPU devices (`rmjax.aot.topology`)
-with abstract sharded arguments (`rmjax.aot.abstract`) and runs the real TPU compiler. A program
+with abstract sharded arguments (`rmjax.aot.steps`) and runs the real TPU compiler. A program
 that does not fit in HBM fails to compile with RESOURCE_EXHAUSTED; that becomes a row with
 fits=False and the compiler's figures on one line, never an exception.
 

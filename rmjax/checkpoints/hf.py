@@ -25,6 +25,7 @@ import numpy as np
 
 from rmjax.checkpoints.tokenizer_export import save_tokenizer
 from rmjax.errors import CheckpointError
+from rmjax.models.init import abstract_params
 from rmjax.models.llama import Llama, LlamaConfig
 
 # (hf_name_template, rmjax_path, transform); transform 'T' = transpose the last two dims.
@@ -129,9 +130,7 @@ def config_to_hf(cfg: LlamaConfig) -> dict:
 
 def param_shapes(cfg: LlamaConfig) -> dict:
   """rmjax param shapes for `cfg` as a nested dict of tuples, computed without allocating."""
-  ids = jnp.zeros((1, 2), jnp.int32)
-  abstract = jax.eval_shape(lambda: Llama(cfg).init(jax.random.PRNGKey(0), ids))["params"]
-  return jax.tree_util.tree_map(lambda x: tuple(x.shape), nn.unbox(abstract))
+  return jax.tree_util.tree_map(lambda x: tuple(x.shape), nn.unbox(abstract_params(Llama(cfg))))
 
 
 def _entries(cfg: LlamaConfig):

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rmjax.errors import CheckpointError
+from rmjax.models.init import init_params
 from rmjax.models.llama import Llama, LlamaConfig
 from rmjax.checkpoints.hf import save_hf_dir
 from rmjax.checkpoints.hf import load_hf_config, load_hf_dir
@@ -106,8 +107,7 @@ def config_only(spec: str) -> LlamaConfig:
 def _jitted_init(cfg: LlamaConfig):
   """`rng -> unboxed params` for `cfg` under jit, one per config: every task build from a random
   preset calls it, and a new jit per call recompiled the init (~2.5 s for 'tiny' on a CPU core)."""
-  ids = jnp.zeros((1, 2), jnp.int32)
-  return jax.jit(lambda rng: nn.unbox(Llama(cfg).init(rng, ids)["params"]))
+  return jax.jit(lambda rng: nn.unbox(init_params(Llama(cfg), rng)))
 
 
 def random_params(cfg: LlamaConfig, seed: int = 0) -> Any:

@@ -23,6 +23,7 @@ import numpy as np
 from rmjax.errors import ConfigError
 from rmjax.models import lora
 from rmjax.models.heads import ScalarHead
+from rmjax.models.init import init_params
 from rmjax.models.llama import Llama, LlamaConfig
 
 
@@ -56,8 +57,7 @@ def lora_settings(s: Optional[lora.LoraSettings]) -> Optional[lora.LoraSettings]
 def boxed_init(cfg: LlamaConfig, rng, lora_cfg: Optional[lora.LoraSettings] = None) -> dict:
   """Freshly initialised value params, boxed with logical names (for shardings); with
   `lora_cfg` (from `lora_settings`) fresh adapters (B = 0) beside the targeted kernels."""
-  ids = jnp.zeros((1, 2), jnp.int32)
-  return lora.wrap(ValueModel(cfg), lora_cfg).init(rng, ids, jnp.ones_like(ids))["params"]
+  return init_params(lora.wrap(ValueModel(cfg), lora_cfg), rng)
 
 
 def init_value_params(fresh: dict, source: str, policy_params=None, rm_params=None) -> dict:

@@ -2,7 +2,7 @@
 
     from rmjax import tasks
     tasks.get("bt").train(config, workdir)
-    tasks.register(TaskSpec(name="hinge", make_model=..., build=...))   # a sixth method, or
+    tasks.register(pair_spec("hinge", PairMethod(loss=hinge_loss)))     # a new pair method, or
     config.task = "mylab.hinge_rm"      # a module whose SPEC is a TaskSpec, found on import
 
 One module per method: bt, grm, ensemble, salmon (+ salmon_collect), armorm, ppo (the RL

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rmjax import losses
+from rmjax.aot import check_rows, llama_flops
 from rmjax.checkpoints.workdir import write_json_atomic
 from rmjax.data import objectives as objs
 from rmjax.data import ratings as rdata
@@ -31,10 +32,11 @@ from rmjax.errors import ConfigError
 from rmjax.eval import armorm_report
 from rmjax.inference import embed as emb
 from rmjax.models.armorm import ArmoHeads, ArmoRM, RegressionRM
+from rmjax.models.init import abstract_params, init_params
 from rmjax.tasks import common
 from rmjax.tasks.spec import TaskSpec
 from rmjax.train import head_fit
-from rmjax.train.loop import Task, train
+from rmjax.train.loop import Task, plan, train
 from rmjax.train.run import Run, announce_data, data_info
 
 def make_model(config, cfg, extras=None) -> ArmoRM:
@@ -113,9 +115,7 @@ def stage2_task(config, heads: ArmoHeads, w, t, train_arrays, eval_arrays) -> Ta
   flag = bool(config.armorm.apply_transform_in_training)
   d = train_arrays["hc"].shape[1]
 
-  def init_params(rng):
-    z = jnp.zeros((2, d), jnp.float32)
-    return heads.init(rng, z, z)["params"]
+  z = jnp.zeros((2, d), jnp.float32)
 
   def load(params, shardings):
     params = dict(params)
@@ -142,7 +142,7 @@ def stage2_task(config, heads: ArmoHeads, w, t, train_arrays, eval_arrays) -> Ta
 
   bs = config.stage2.batch_size
   has_eval = eval_arrays is not None and len(eval_arrays["hc"])
-  return Task(init_params=init_params, loss_fn=loss_fn,
+  return Task(init_params=lambda rng: init_params(heads, rng, z, z), loss_fn=loss_fn,
               train_batches=SampleBatcher(train_arrays, bs, config.seed),
               eval_fn=eval_fn if has_eval else None,
               eval_batches=fixed_batches(eval_arrays, bs) if has_eval else None,
@@ -212,11 +212,7 @@ def e2e_task(config, cfg, backbone_params, ratings_rows, ratings, pair_rows, pai
       metrics["bt"] = bt
     return loss, metrics
 
-  def init_params(rng):
-    z = jnp.zeros((2, 8), jnp.int32)
-    return model.init(rng, z, jnp.ones_like(z))["params"]
-
-  return Task(init_params=init_params, loss_fn=loss_fn, train_batches=Mixed(arrays, bs, config.seed),
+  return Task(init_params=lambda rng: init_params(model, rng), loss_fn=loss_fn, train_batches=Mixed(arrays, bs, config.seed),
               load_pretrained=lambda p, s: common.params_with_backbone(p, backbone_params, s),
               model_config=cfg, global_batches=True)
 
@@ -340,10 +336,9 @@ def run(config, workdir: str) -> dict:
   # the full model: backbone + heads, in make_model's layout
   extras = {"prompt_pattern": list(pattern)}
   model = make_model(config, cfg, extras)
-  z = jnp.zeros((2, 8), jnp.int32)
-  shapes = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.PRNGKey(0), z, jnp.ones_like(z))))
+  shapes = nn.unbox(abstract_params(model))
   params = {"backbone": jax.tree_util.tree_map(lambda x, s: np.asarray(x, s.dtype), backbone_params,
-                                               shapes["params"]["backbone"]),
+                                               shapes["backbone"]),
             "heads": jax.tree_util.tree_map(np.asarray, head_params)}
   final_run = Run(config, workdir, model_config=cfg, model_extras=extras, desc="armorm",
                   info=read_info, announce=False)
@@ -362,4 +357,33 @@ def run(config, workdir: str) -> dict:
   return summary
 
 
-SPEC = TaskSpec(name="armorm", make_model=make_model, run=run)
+def compile_steps(config, mesh) -> list:
+  """`rmjax compile`: stage 2 (the gate on cached features, `stage2_task`) and, with
+  armorm.stage1='e2e', the end-to-end stage-1 step (`e2e_task`), each the Task its stage
+  trains, through the loop's own plan, on stand-in data of the batches' shapes."""
+  cfg, out = common.backbone_config(config), []
+  if config.armorm.stage1 == "e2e":
+    conf = copy.deepcopy(config)
+    with conf.unlocked():
+      conf.train.steps = config.armorm.e2e_steps
+    b, o = config.train.batch_size, len(config.objectives.names)
+    check_rows(b, mesh, "train.batch_size")
+    row = np.ones((2,), np.int32)
+    pair_rows = [(row, row)] if config.data.get("objective_pairs", "") else []
+    task = e2e_task(conf, cfg, None, [row], np.zeros((1, o), np.float32), pair_rows, [0],
+                    pad_id=0)
+    spec = {k: (v.shape, v.dtype) for k, v in next(task.train_batches).items()}  # the batcher's
+    flops = llama_flops(cfg, b * (3 if pair_rows else 1), config.data.max_length)
+    out.append(plan(conf, task, mesh, check_sharding=False).compile_step("armorm.e2e_step",
+                                                                          spec, flops))
+  conf = stage2_config(config)
+  b, d = conf.train.batch_size, cfg.hidden_size
+  check_rows(b, mesh, "stage2.batch_size")
+  arrays = {k: np.zeros((1, d), np.float32) for k in ("hc", "hr", "hx")}  # features: float32
+  task = stage2_task(conf, make_heads(config), None, None, arrays, None)
+  spec = dict({k: ((b, d), "float32") for k in arrays}, weight=((b,), "float32"))
+  out.append(plan(conf, task, mesh, check_sharding=False).compile_step("armorm.stage2_step", spec))
+  return out
+
+
+SPEC = TaskSpec(name="armorm", make_model=make_model, run=run, compile_steps=compile_steps)

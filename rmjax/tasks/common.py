@@ -8,6 +8,7 @@ import numpy as np
 
 from rmjax import checkpoints
 from rmjax.checkpoints import hf_rm
+from rmjax.checkpoints.presets import config_only
 from rmjax.models.llama import LlamaConfig
 
 
@@ -20,6 +21,11 @@ def numeric_policy(config, cfg: LlamaConfig) -> LlamaConfig:
                      attention=m.get("attention", "xla"))
 
 
+def backbone_config(config) -> LlamaConfig:
+  """The LlamaConfig `backbone` gives, from the spec's config alone (no weights read)."""
+  return numeric_policy(config, config_only(config.model.spec))
+
+
 def backbone(config) -> tuple[LlamaConfig, dict]:
   """(LlamaConfig with the config's numeric policy, pretrained params on host)."""
   cfg, params = checkpoints.load_pretrained(config.model.spec, seed=config.seed)
@@ -30,13 +36,16 @@ def tokenizer(config):
   return checkpoints.load_tokenizer(config.model.tokenizer or config.model.spec)
 
 
+def placed(host, ref, shardings):
+  """Host arrays `host` in the dtypes of the tree `ref`, placed onto `shardings`."""
+  return jax.tree_util.tree_map(lambda x, r, s: jax.device_put(np.asarray(x, dtype=r.dtype), s),
+                                host, ref, shardings)
+
+
 def params_with_backbone(params, backbone_params, shardings):
   """Init params with the 'backbone' subtree swapped for pretrained weights, placed onto the
   backbone's shardings (head params keep their fresh init)."""
-  placed = jax.tree_util.tree_map(
-      lambda x, ref, s: jax.device_put(np.asarray(x, dtype=ref.dtype), s),
-      backbone_params, params["backbone"], shardings["backbone"])
-  return dict(params, backbone=placed)
+  return dict(params, backbone=placed(backbone_params, params["backbone"], shardings["backbone"]))
 
 
 def pretrained_head(config):
@@ -61,8 +70,6 @@ def with_pretrained_head(config, load_pretrained):
     out = load_pretrained(params, shardings)
     if "reward_head" not in out or not hf_rm.head_fits(head["params"], out["reward_head"]):
       return out
-    placed = jax.tree_util.tree_map(
-        lambda x, ref, s: jax.device_put(np.asarray(x, dtype=ref.dtype), s),
-        head["params"], out["reward_head"], shardings["reward_head"])
-    return dict(out, reward_head=placed)
+    return dict(out, reward_head=placed(head["params"], out["reward_head"],
+                                        shardings["reward_head"]))
   return load

@@ -36,16 +36,17 @@ from rmjax import losses
 from rmjax.errors import ConfigError
 from rmjax.eval.uncertainty import uncertainty_report
 from rmjax.models import lora
+from rmjax.models.init import init_params
 from rmjax.models.llama import LlamaConfig
 from rmjax.models.reward_model import RewardModel
 from rmjax.data.batching import tokenize_pairs
 from rmjax.data.specs import train_eval_pairs
 from rmjax.data.tokenize import ChatEncoder
 from rmjax.tasks import common
-from rmjax.tasks.pairs import forward_pairs, pair_data, pair_features, pair_task, summarize_pairs
-from rmjax.tasks.spec import TaskSpec
+from rmjax.tasks.pairs import (PairMethod, compile_pairs, forward_pairs, pair_features, pair_spec,
+                               summarize_pairs)
 from rmjax.train import head_fit
-from rmjax.train.loop import Task, train as loop_train
+from rmjax.train.loop import train as loop_train
 from rmjax.train.run import Run
 
 BOOTSTRAP = ("none", "poisson", "multinomial")
@@ -192,14 +193,14 @@ def member_head_init(params, seed: int, mode: str = "heads"):
   return dict(params, ensemble=dict(ens, reward_head=dict(ens["reward_head"], Dense_0=new_dense)))
 
 
-def ensemble_loss_fn(model, loss_cfg, boot_table=None):
-  """loss_fn(params, batch, rng): mean over members of member_bt_losses; metrics on the mean
+def ensemble_loss_fn(model, loss_cfg):
+  """loss_fn(params, batch, rng): mean over members of member_bt_losses (each example weighted
+  by the batch's bootstrap weights `boot` [B, K] when it carries them); metrics on the mean
   reward plus member spread and member losses."""
-  table = None if boot_table is None else jnp.asarray(boot_table)
 
   def loss_fn(params, batch, rng):
     c, r = forward_pairs(model, params, batch)
-    boot = None if table is None else table[batch["index"]]  # [B, K]
+    boot = batch.get("boot")  # [B, K], `bootstrap_arrays` looked up by example index
     per_member = losses.member_bradley_terry(
         c["members"], r["members"], batch["weight"], boot,
         margin=batch["margin"] if loss_cfg.use_margin else None,
@@ -241,7 +242,7 @@ def summarize_ensemble(examples):
   return summarize
 
 
-def _load_backbone(mode, backbone_params, members):
+def _load_backbone(mode, backbone_params):
   def load(params, shardings):
     if mode in ("heads", "lora"):
       return common.params_with_backbone(params, backbone_params, shardings)
@@ -252,36 +253,44 @@ def _load_backbone(mode, backbone_params, members):
   return load
 
 
-def build(config) -> Task:
+def _check(config) -> None:
   e = _ens(config)
-  data = pair_data(config, common.tokenizer(config))  # every record read before a model loads
-  backbone = common.backbone(config)
-  model = make_model(config, backbone[0])
-  boot = None
-  if e.bootstrap != "none":
-    boot = bootstrap_weights(len(data[0].data), e.members, e.bootstrap, e.seed)
-
-  def init_params(rng):
-    ids = jnp.zeros((2, 8), jnp.int32)
-    boxed = model.init(rng, ids, jnp.ones_like(ids))["params"]
-    if e.mode == "lora":  # members drawn in LoraMembers.init
-      return boxed
-    fresh = member_head_init(nn.unbox(boxed), e.seed, e.mode)
-    return jax.tree_util.tree_map(
-        lambda b, v: b.replace_boxed(v) if isinstance(b, nn.LogicallyPartitioned) else v,
-        boxed, fresh, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
-
   if config.train.freeze_backbone and e.mode == "independent":
     raise ConfigError("train.freeze_backbone with ensemble.mode='independent' trains K heads on "
                       "K identical frozen backbones: use mode='heads' (or cached_embeddings)")
-  loss_fn = ensemble_loss_fn(lora.train_model(model, config.model.get("lora")), config.loss, boot)
-  task = pair_task(config, model, loss_fn,
-                   eval_fn=ensemble_eval_fn(model), summarize=summarize_ensemble(data[2]),
-                   data=data, backbone=backbone, init_params=init_params,
-                   load_pretrained=_load_backbone(e.mode, backbone[1], e.members),
-                   info={"ensemble": {"members": e.members, "mode": e.mode,
-                                      "bootstrap": e.bootstrap}})
-  return lora.apply_to_task(task, config)
+
+
+def bootstrap_arrays(config, n: int) -> dict:
+  """The per-example bootstrap weights [n, K] the batches carry as `boot` (none: nothing)."""
+  e = _ens(config)
+  return {} if e.bootstrap == "none" else {"boot": bootstrap_weights(n, e.members, e.bootstrap,
+                                                                     e.seed)}
+
+
+def member_init(config, model):
+  """init_params(rng): each member's head from its own key (`member_head_init`; LoRA members
+  are drawn in `LoraMembers.init`)."""
+  mode, seed = _ens(config).mode, _ens(config).seed
+
+  def init(rng):
+    boxed = init_params(model, rng)
+    if mode == "lora":
+      return boxed
+    fresh = member_head_init(nn.unbox(boxed), seed, mode)
+    return jax.tree_util.tree_map(
+        lambda b, v: b.replace_boxed(v) if isinstance(b, nn.LogicallyPartitioned) else v,
+        boxed, fresh, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+  return init
+
+
+METHOD = PairMethod(
+    loss=lambda config, model, cfg: ensemble_loss_fn(model, config.loss),
+    model=lambda config, cfg: make_model(config, cfg), check=_check,
+    example_arrays=bootstrap_arrays, init=member_init,
+    load=lambda config, backbone: _load_backbone(_ens(config).mode, backbone),
+    eval=ensemble_eval_fn, summary=summarize_ensemble,
+    info=lambda config: {"ensemble": {k: _ens(config)[k] for k in ("members", "mode", "bootstrap")}},
+    passes=lambda config: _ens(config).members if _ens(config).mode == "independent" else 1)
 
 
 def run_cached(config, workdir: str) -> dict:
@@ -339,5 +348,12 @@ def train_ensemble(config, workdir: str) -> dict:
   return loop_train(config, workdir, build(config))
 
 
-SPEC = TaskSpec(name="ensemble", make_model=lambda config, cfg, extras=None: make_model(config, cfg),
-                run=train_ensemble)
+def compile_steps(config, mesh) -> list:
+  if _ens(config).get("cached_embeddings", False):
+    raise ConfigError("ensemble.cached_embeddings fits the heads on host feature arrays (no "
+                      "train step on the mesh): compile --config.ensemble.cached_embeddings=False")
+  return compile_pairs(config, METHOD, mesh, "ensemble")
+
+
+SPEC = pair_spec("ensemble", METHOD, run=train_ensemble, compile_steps=compile_steps)
+build = SPEC.build

@@ -27,21 +27,14 @@ from rmjax.errors import ConfigError
 from rmjax.models import lora
 from rmjax.models.llama import Llama
 from rmjax.models.reward_model import RewardModel
-from rmjax.tasks import common
-from rmjax.tasks.pairs import forward_pairs, packed_kwargs, pair_data, pair_eval_fn, pair_task
-from rmjax.tasks.spec import TaskSpec
-from rmjax.train.loop import Task
-
-REFERENCE = "reference"
+from rmjax.tasks.pairs import (REFERENCE, PairMethod, bt_pair_loss, forward_pairs, packed_kwargs,
+                               pair_spec, reward_model, without_reference)
 
 
 def make_model(config, cfg, keep_lm_logits: bool = False) -> RewardModel:
   """The GRM reward model. Scoring (`rmjax score/eval`) uses the default, which skips the LM
   logits; the params tree is the same either way (the backbone always holds its LM head)."""
-  m = config.model
-  return lora.from_config(config, RewardModel(
-      cfg, head=m.head, head_hidden=m.head_hidden, head_dropout=m.head_dropout,
-      keep_lm_logits=keep_lm_logits, stop_backbone_grad=config.train.freeze_backbone))
+  return reward_model(config, cfg, keep_lm_logits=keep_lm_logits)
 
 
 def check_loss_config(loss_cfg) -> None:
@@ -52,10 +45,6 @@ def check_loss_config(loss_cfg) -> None:
     raise ConfigError(f"loss.alpha must be in [0, 1], got {loss_cfg.alpha}")
   if float(loss_cfg.beta) <= 0.0:
     raise ConfigError(f"loss.beta must be > 0, got {loss_cfg.beta}")
-
-
-def _policy(params):
-  return {k: v for k, v in params.items() if k != REFERENCE}
 
 
 def _pair_logprobs(logits_c, logits_r, batch):
@@ -100,14 +89,9 @@ def grm_loss_fn(model: RewardModel, loss_cfg, ref_lm: Llama | None = None):
   alpha, beta, reg = float(loss_cfg.alpha), float(loss_cfg.beta), loss_cfg.reg
 
   def loss_fn(params, batch, rng):
-    c, r = forward_pairs(model, _policy(params), batch, rng=rng)
+    c, r = forward_pairs(model, without_reference(params), batch, rng=rng)
     w = batch["weight"]
-    margin = batch["margin"] if loss_cfg.use_margin else None
-    bt_loss = losses.bradley_terry(c["reward"], r["reward"], margin=margin,
-                                   label_smoothing=loss_cfg.label_smoothing, weight=w)
-    if loss_cfg.centering_coef:
-      bt_loss = bt_loss + loss_cfg.centering_coef * losses.reward_centering(
-          c["reward"], r["reward"], weight=w)
+    bt_loss = bt_pair_loss(c["reward"], r["reward"], batch, loss_cfg)
     lp_c, lp_r = _pair_logprobs(c["logits"], r["logits"], batch)
     ref_c = ref_r = None
     if reg == "dpo_ref":
@@ -127,44 +111,17 @@ def grm_loss_fn(model: RewardModel, loss_cfg, ref_lm: Llama | None = None):
   return loss_fn
 
 
-def build(config) -> Task:
-  check_loss_config(config.loss)
-  data = pair_data(config, common.tokenizer(config))  # every record read before a model loads
-  cfg, backbone_params = backbone = common.backbone(config)
-  model = make_model(config, cfg, keep_lm_logits=True)
-  score_eval = pair_eval_fn(make_model(config, cfg))
-  with_ref = config.loss.reg == "dpo_ref"
-  lora_cfg = config.model.get("lora")
-  # a LoRA policy's reference is its own base weights with the adapters off (no second copy)
-  with_ref_copy = with_ref and lora.settings(lora_cfg) is None
-  ref_lm = lora.wrap(Llama(cfg), lora_cfg) if with_ref else None
-
-  def init_params(rng):
-    ids = jnp.zeros((2, 8), jnp.int32)
-    params = model.init(rng, ids, jnp.ones_like(ids))["params"]
-    if with_ref_copy:  # same logical names as the backbone -> same shardings
-      params = dict(params, **{REFERENCE: ref_lm.init(rng, ids, jnp.ones_like(ids))["params"]})
-    return params
-
-  def load_pretrained(params, shardings):
-    out = common.params_with_backbone(params, backbone_params, shardings)
-    if with_ref_copy:
-      ref = common.params_with_backbone({"backbone": params[REFERENCE]}, backbone_params,
-                                        {"backbone": shardings[REFERENCE]})["backbone"]
-      out = dict(out, **{REFERENCE: ref})
-    return out
-
-  frozen = (REFERENCE,) if with_ref_copy else ()
-  loss_fn = grm_loss_fn(lora.train_model(model, lora_cfg), config.loss, ref_lm)
-  task = pair_task(config, model, loss_fn,
-                   eval_fn=lambda params, batch: score_eval(_policy(params), batch),
-                   backbone=backbone, init_params=init_params, load_pretrained=load_pretrained,
-                   data=data,
-                   frozen=frozen,
-                   info={"grm": dict(alpha=float(config.loss.alpha), reg=config.loss.reg,
-                                     beta=float(config.loss.beta))})
-  return lora.apply_to_task(task, config, frozen=frozen)
+def grm_loss(config, model, cfg):
+  ref_lm = (lora.wrap(Llama(cfg), config.model.get("lora")) if config.loss.reg == "dpo_ref"
+            else None)
+  return grm_loss_fn(model, config.loss, ref_lm)
 
 
-SPEC = TaskSpec(name="grm", make_model=lambda config, cfg, extras=None: make_model(config, cfg),
-                build=build)
+SPEC = pair_spec("grm", PairMethod(
+    loss=grm_loss, model=make_model,
+    train_model=lambda config, cfg: make_model(config, cfg, keep_lm_logits=True),
+    check=lambda config: check_loss_config(config.loss),
+    reference=lambda config: config.loss.reg == "dpo_ref",
+    info=lambda config: {"grm": dict(alpha=float(config.loss.alpha), reg=config.loss.reg,
+                                     beta=float(config.loss.beta))}))
+build = SPEC.build

@@ -10,4 +10,4 @@ Settings: `config.grpo`, the keys of `config.ppo`.
 from rmjax.tasks import ppo
 from rmjax.tasks.spec import TaskSpec
 
-SPEC = TaskSpec(name="grpo", run=ppo.run)
+SPEC = TaskSpec(name="grpo", run=ppo.run, compile_steps=ppo.compile_steps)

@@ -1,8 +1,9 @@
 """The assembly every pair task shares (BT, ensembles, GRM, SALMON, and new pair methods).
 
 `forward_pairs` runs chosen then rejected rows through one forward; `pair_data` turns the
-config's data specs into a resumable train batcher and ordered eval batches; `pair_task` wraps
-a loss into a loop `Task` with the backbone swapped in after init.
+config's data specs into a resumable train batcher and ordered eval batches; `pair_spec` turns
+a `PairMethod` (a loss, plus what differs) into the method's `TaskSpec`: the loop `Task`
+`rmjax train` runs and the step `rmjax compile` compiles, from the same pieces.
 
 Head-only training (`train.freeze_backbone`, a reward head on pooled features, unless
 `train.cache_features` is off): the frozen
@@ -16,14 +17,16 @@ exactly like a full model.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Callable, Optional
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rmjax import losses
 from rmjax import sharding as shd
+from rmjax.aot import check_rows, llama_flops
 from rmjax.data.batching import MappedBatches, PairBatcher, tokenize_pairs
 from rmjax.data.packing import DEFAULT_PACK_FACTOR, PackedBatches
 from rmjax.data.specs import train_eval_pairs
@@ -31,10 +34,13 @@ from rmjax.data.tokenize import ChatEncoder
 from rmjax.errors import ConfigError
 from rmjax.eval.metrics import pair_report
 from rmjax.inference import embed
-from rmjax.models import attention
+from rmjax.models import attention, lora
+from rmjax.models.init import init_params
+from rmjax.models.llama import Llama
 from rmjax.models.reward_model import RewardModel
 from rmjax.tasks import common
-from rmjax.train.loop import Task
+from rmjax.tasks.spec import TaskSpec
+from rmjax.train.loop import Task, plan
 
 FEATURE_KEYS = ("chosen_feat", "rejected_feat")
 
@@ -80,6 +86,17 @@ def pair_pack_check(config) -> None:
     raise ConfigError("config key data.share_prompt: prompt-shared packed rows need a prefix "
                       "mask that splash attention cannot express; set data.share_prompt=False "
                       "or model.attention=blocked|xla|dot_product")
+
+
+def bt_pair_loss(c, r, batch, loss_cfg):
+  """The Bradley-Terry loss of a batch's chosen / rejected rewards [B] under `config.loss`
+  (margins, label smoothing, reward centering), rows weighted by `weight`."""
+  w = batch["weight"]
+  loss = losses.bradley_terry(c, r, margin=batch["margin"] if loss_cfg.use_margin else None,
+                              label_smoothing=loss_cfg.label_smoothing, weight=w)
+  if loss_cfg.centering_coef:
+    loss = loss + loss_cfg.centering_coef * losses.reward_centering(c, r, weight=w)
+  return loss
 
 
 def pair_eval_fn(model):
@@ -189,20 +206,87 @@ def head_only(config, model) -> bool:
           and isinstance(model, RewardModel) and not model.keep_lm_logits)
 
 
-# ------------------------------------------------------------------------------- the task
+# ------------------------------------------------------------------------------- the method
 
-def pair_task(config, model, loss_fn, *, eval_fn=None, summarize=None,
-              data: Optional[tuple] = None, backbone=None, info: Optional[dict] = None,
-              load_pretrained: Optional[Callable] = None, init_params: Optional[Callable] = None,
-              frozen: tuple = ()) -> Task:
-  """A loop Task for a pair method: `loss_fn(params, batch, rng)` over `pair_data` batches (or
-  `data` = (batcher, eval batches, eval examples, stats)), the backbone swapped in after init,
-  `frozen` top-level param groups (plus 'backbone' under train.freeze_backbone) not trained.
-  `init_params` / `load_pretrained` replace the defaults (Linen init; backbone swap)."""
-  cfg, backbone_params = backbone or common.backbone(config)
-  if data is None:
-    data = pair_data(config, common.tokenizer(config))
-  batcher, eval_batches, evals, stats = data
+REFERENCE = "reference"  # the frozen base LM a method's loss reads (GRM's dpo_ref), when copied
+
+
+def reward_model(config, cfg, *, keep_lm_logits: bool = False) -> RewardModel:
+  """Backbone + scalar, MLP or K-member head per `config.model` (LoRA-wrapped under
+  `model.lora`): the pair methods' default model, for training and for `rmjax score/eval`."""
+  m = config.model
+  return lora.from_config(config, RewardModel(
+      cfg, head=m.head, head_hidden=m.head_hidden, head_dropout=m.head_dropout,
+      members=config.get("ensemble", {}).get("members", 1), keep_lm_logits=keep_lm_logits,
+      stop_backbone_grad=config.train.freeze_backbone))
+
+
+@dataclasses.dataclass(frozen=True)
+class PairMethod:
+  """A pair reward-model method: a loss, plus where it differs from the shared assembly that
+  `pair_spec` does once (data, backbone, head-only features, LoRA, packing, compile steps).
+  Every hook but `loss` is optional; `cfg` is the backbone's LlamaConfig."""
+  loss: Callable  # (config, model, cfg) -> loss_fn(params, batch, rng) -> (loss, metrics)
+  model: Callable = reward_model  # (config, cfg) -> the scoring model (`rmjax score/eval`)
+  train_model: Optional[Callable] = None  # (config, cfg) -> the model the loss runs, if another
+  check: Optional[Callable] = None  # config -> None; refuses bad keys before data is read
+  data: Callable = pair_data  # (config, tokenizer) -> (batcher, eval batches, examples, stats)
+  example_arrays: Optional[Callable] = None  # (config, n) -> {key: [n, ...]}: rows by `index`
+  init: Optional[Callable] = None  # (config, model) -> init_params(rng) -> boxed params
+  load: Optional[Callable] = None  # (config, backbone params) -> load_pretrained(params, sh)
+  reference: Optional[Callable] = None  # config -> the loss reads a frozen base LM (REFERENCE)
+  eval: Optional[Callable] = None  # scoring model -> eval_fn(params, batch) (`pair_eval_fn`)
+  summary: Optional[Callable] = None  # eval examples -> summarize(out) (`summarize_pairs`)
+  info: Optional[Callable] = None  # config -> dict for the run info
+  passes: Optional[Callable] = None  # config -> backbone passes a step makes (FLOPs; 1)
+
+
+def pair_spec(name: str, method: PairMethod, **fields) -> TaskSpec:
+  """The TaskSpec of a pair method: `build` (train) and `compile_steps` (`rmjax compile`) from
+  the same pieces; `fields` are further TaskSpec fields (score_ids, collect, run) or replace
+  these."""
+  return TaskSpec(name=name, **{
+      "make_model": lambda config, cfg, extras=None: method.model(config, cfg),
+      "build": lambda config: build_pairs(config, method),
+      "compile_steps": lambda config, mesh: compile_pairs(config, method, mesh, name), **fields})
+
+
+def _reads_reference(config, method) -> bool:
+  return bool(method.reference and method.reference(config))
+
+
+def _core(config, method: PairMethod, cfg) -> tuple:
+  """What train and compile share: (Task without data or weights, trained model, scoring
+  model, frozen groups). A loss that reads a reference gets a frozen copy of the base LM as
+  `params[REFERENCE]` (under LoRA none: the base itself, `lora.adapters_off`)."""
+  model = (method.train_model or method.model)(config, cfg)
+  score = method.model(config, cfg) if method.train_model else model
+  lora_cfg = config.model.get("lora")
+  init = method.init(config, model) if method.init else lambda rng: init_params(model, rng)
+  frozen = ()
+  if _reads_reference(config, method) and lora.settings(lora_cfg) is None:
+    frozen, own = (REFERENCE,), init  # a copy: the backbone's logical names, its shardings
+    init = lambda rng: dict(own(rng), **{REFERENCE: init_params(Llama(cfg), rng)})  # noqa: E731
+  freeze = set(frozen) | ({"backbone"} if config.train.freeze_backbone else set())
+  task = Task(init_params=init, loss_fn=method.loss(config, lora.train_model(model, lora_cfg), cfg),
+              train_batches=None, trainable=(lambda k: k not in freeze) if freeze else None)
+  return task, model, score, frozen
+
+
+def without_reference(params):
+  return {k: v for k, v in params.items() if k != REFERENCE}
+
+
+def build_pairs(config, method: PairMethod) -> Task:
+  """`rmjax train`'s loop Task of a pair method: every record read before a model loads, the
+  backbone swapped in after init (and copied into the frozen reference), head-only training
+  on cached features, per-example arrays by index, LoRA when configured."""
+  if method.check:
+    method.check(config)
+  batcher, eval_batches, evals, stats = method.data(config, common.tokenizer(config))
+  cfg, backbone_params = common.backbone(config)
+  arrays = method.example_arrays(config, len(batcher.data)) if method.example_arrays else {}
+  task, model, score, frozen = _core(config, method, cfg)
   if head_only(config, model):
     feats = pair_features(config, cfg, backbone_params, batcher.data, "train")
     batcher = feature_batches(batcher, feats)
@@ -211,22 +295,50 @@ def pair_task(config, model, loss_fn, *, eval_fn=None, summarize=None,
       eval_feats = pair_features(config, cfg, backbone_params, source.__self__.data, "eval")
       eval_batches = lambda: (with_features(b, eval_feats) for b in source())  # noqa: E731
     stats = dict(stats, head_only="cached backbone features")
+  if arrays:
+    batcher = MappedBatches(batcher, lambda b: dict(b, **{k: v[b["index"]]
+                                                          for k, v in arrays.items()}))
+  load = (method.load(config, backbone_params) if method.load else
+          lambda p, s: common.params_with_backbone(p, backbone_params, s))
+  eval_fn = (method.eval or pair_eval_fn)(score)
+  if frozen:
+    own_load, own_eval = load, eval_fn
 
-  def default_init(rng):
-    ids = jnp.zeros((2, 8), jnp.int32)
-    return model.init(rng, ids, jnp.ones_like(ids))["params"]
+    def load(params, shardings):  # the reference is the pretrained backbone, frozen
+      ref = common.placed(backbone_params, params[REFERENCE], shardings[REFERENCE])
+      return dict(own_load(params, shardings), **{REFERENCE: ref})
+    eval_fn = lambda params, batch: own_eval(without_reference(params), batch)  # noqa: E731
+  task = dataclasses.replace(
+      task, train_batches=batcher, eval_fn=eval_fn if eval_batches else None,
+      eval_batches=eval_batches, summarize_eval=(method.summary or summarize_pairs)(evals),
+      load_pretrained=common.with_pretrained_head(config, load),
+      info=dict(stats, **(method.info(config) if method.info else {})), model_config=cfg)
+  return lora.apply_to_task(task, config, frozen=frozen)
 
-  freeze = set(frozen) | ({"backbone"} if config.train.freeze_backbone else set())
-  return Task(
-      init_params=init_params or default_init,
-      loss_fn=loss_fn,
-      train_batches=batcher,
-      eval_fn=(eval_fn or pair_eval_fn(model)) if eval_batches else None,
-      eval_batches=eval_batches,
-      summarize_eval=summarize or summarize_pairs(evals),
-      load_pretrained=common.with_pretrained_head(config, load_pretrained or (
-          lambda p, s: common.params_with_backbone(p, backbone_params, s))),
-      trainable=(lambda k: k not in freeze) if freeze else None,
-      info=dict(stats, **(info or {})),
-      model_config=cfg)
 
+def compile_pairs(config, method: PairMethod, mesh, name: str) -> list:
+  """`rmjax compile`'s step of a pair method: the Task `build_pairs` makes, without data or
+  weights, through the same `loop.plan` as `rmjax train`, on a global batch of
+  `train.batch_size` chosen + rejected rows of `data.max_length` (cached features [B, D] for
+  head-only training) plus the method's per-example arrays."""
+  if method.check:
+    method.check(config)
+  cfg = common.backbone_config(config)
+  b, t = config.train.batch_size, config.data.max_length
+  check_rows(b, mesh, "train.batch_size")
+  task, model, _, frozen = _core(config, method, cfg)
+  if head_only(config, model):
+    spec = {k: ((b, cfg.hidden_size), "float32") for k in FEATURE_KEYS}
+    flops = None  # a head on features: the compiler's own count
+  else:
+    spec = {f"{s}_{k}": ((b, t), "int32") for s in ("chosen", "rejected") for k in ("ids", "mask")}
+    passes = method.passes(config) if method.passes else 1.0
+    flops = passes * llama_flops(cfg, 2 * b, t, train=not config.train.freeze_backbone) + float(
+        _reads_reference(config, method)) * llama_flops(cfg, 2 * b, t, train=False)
+  spec.update(prompt_len=((b,), "int32"), margin=((b,), "float32"), weight=((b,), "float32"),
+              index=((b,), "int32"))
+  arrays = method.example_arrays(config, b) if method.example_arrays else {}
+  spec.update({k: ((b, *v.shape[1:]), v.dtype) for k, v in arrays.items()})
+  task = lora.apply_to_task(task, config, frozen=frozen)
+  return [plan(config, task, mesh, check_sharding=False).compile_step(
+      f"{name}.train_step", spec, flops)]

@@ -40,13 +40,16 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from rmjax import sharding as shd
+from rmjax.aot import Step, batch_structs, check_rows, llama_flops
 from rmjax.inference.generate import SamplingConfig, left_pad
 from rmjax.models import lora
+from rmjax.models.init import init_params
 from rmjax.models.llama import Llama
 from rmjax.rl import ppo, rollout
 from rmjax.rl import value as value_lib
 from rmjax.rl.registry import ADVANTAGES
 from rmjax.tasks import ppo_setup
+from rmjax.tasks.ppo_setup import PromptIterator
 from rmjax.tasks.spec import TaskSpec
 from rmjax.train.run import Run, prompt_info
 from rmjax.train.state import make_optimizer
@@ -133,40 +136,6 @@ def make_update(cfg, value_cfg, prompt_len: int, pc, tx_policy, tx_value, policy
   return update
 
 
-# ---------------------------------------------------------------- prompts
-class PromptIterator:
-  """Endless batches of prompt records, reshuffled every epoch from (seed, epoch); its
-  `state()` (epoch, index) goes into the checkpoint for exact resume."""
-
-  def __init__(self, records, batch_size: int, seed: int = 0):
-    if len(records) < batch_size:
-      raise ValueError(f"{len(records)} prompts cannot fill a rollout batch of {batch_size}")
-    self.records, self.batch_size, self.seed = list(records), batch_size, seed
-    self.epoch, self.index = 0, 0
-    self._order = self._perm()
-
-  def _perm(self):
-    return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.records))
-
-  def __iter__(self):
-    return self
-
-  def __next__(self):
-    if self.index + self.batch_size > len(self.records):
-      self.epoch, self.index = self.epoch + 1, 0
-      self._order = self._perm()
-    idx = self._order[self.index:self.index + self.batch_size]
-    self.index += self.batch_size
-    return [self.records[i] for i in idx]
-
-  def state(self) -> dict:
-    return {"epoch": self.epoch, "index": self.index}
-
-  def restore(self, s: dict):
-    self.epoch, self.index = int(s["epoch"]), int(s["index"])
-    self._order = self._perm()
-
-
 # ---------------------------------------------------------------- the trainer
 class Trainer:
   """Holds the compiled functions and frozen params of one RL run (built by `ppo_setup`)."""
@@ -208,8 +177,7 @@ class Trainer:
 
   def _state_shardings(self):
     def boxed():
-      ids = jnp.zeros((1, 2), jnp.int32)
-      pol = lora.wrap(Llama(self.cfg), self.lora).init(jax.random.PRNGKey(0), ids)["params"]
+      pol = init_params(lora.wrap(Llama(self.cfg), self.lora))
       val = (value_lib.boxed_init(self.value_cfg, jax.random.PRNGKey(1), self.value_lora)
              if self.use_value else {})
       return PPOState(step=jnp.zeros((), jnp.int32), policy=pol, value=val,
@@ -383,4 +351,41 @@ def run(config, workdir: str, return_state: bool = False, mesh=None):
   return (final, state) if return_state else final
 
 
-SPEC = TaskSpec(name="ppo", run=run)
+def compile_steps(config, mesh) -> list:
+  """`rmjax compile`: the learner's jitted functions on its `Trainer`'s own shardings, the
+  Trainer built from `ppo_setup.abstract` (model configs, no weights): the update
+  (`Trainer.update_fn`, the batch `experience` hands it), the scoring pass (policy, frozen
+  reference, critic when the estimator has one) and the sampler's prefill and decode loop. The
+  scoring pass and the sampler run plain Llama / ValueModel trees (LoRA: the merged weights,
+  shaped and sharded like the base; the reference is the base itself). The reward is a host
+  function: the run holds no reward-model params on the mesh."""
+  ppo_setup.check(config)
+  pc, t = ppo_setup.section(config), config.task
+  b, pl, n = pc.rollout_batch, pc.prompt_len, pc.max_new_tokens
+  check_rows(b, mesh, f"{t}.rollout_batch")
+  check_rows(b // pc.minibatches, mesh, f"{t}.rollout_batch / {t}.minibatches")
+  tr = Trainer(config, ppo_setup.abstract(config), mesh)
+  cfg, state, sh, rep = tr.cfg, tr.abstract_state(), tr.shardings, tr.replicated
+  bsh, length = NamedSharding(mesh, P(shd.BATCH)), pl + n
+  seqs = {"ids": ((b, length), "int32"), "mask": ((b, length), "int32"),
+          "resp_mask": ((b, n), "int32")}
+  floats = ["old_logp", "advantages"] + ["values", "returns"] * tr.use_value + (
+      ["ref_logp"] if pc.kl_in == "loss" else [])
+  batch = batch_structs(dict(seqs, **{k: ((b, n), "float32") for k in floats}, **(
+      {"kl_coef": ((b,), "float32")} if pc.kl_in == "loss" else {})), bsh)
+  steps = [Step(f"{t}.update", tr.update_fn, (state, batch), (sh, bsh), (sh, rep), (0,),
+                (1 + tr.use_value) * pc.epochs * llama_flops(cfg, b, length))]
+  policy, policy_sh = lora.split(state.policy)[0], lora.split(sh.policy)[0]  # plain trees
+  value, value_sh = ((lora.split(state.value)[0], lora.split(sh.value)[0]) if tr.use_value
+                     else (None, None))
+  seqs = batch_structs(seqs, bsh)
+  scored = {k: bsh for k in ("old_logp", "ref_logp", "seq_kl") + ("values",) * tr.use_value}
+  steps.append(Step(f"{t}.score", lambda p, r, v, i, m, rm: rollout.score_sequences(
+      p, r, v, i, m, rm, cfg=cfg, value_cfg=cfg, prompt_len=pl),
+      (policy, policy, value, seqs["ids"], seqs["mask"], seqs["resp_mask"]),
+      (policy_sh, policy_sh, value_sh, bsh, bsh, bsh), dict(scored, entropy=rep), (),
+      (2 + tr.use_value) * llama_flops(cfg, b, length, train=False)))
+  return steps + ppo_setup.sampler_steps(policy, policy_sh, cfg, tr.sampling, b, pl, mesh, t)
+
+
+SPEC = TaskSpec(name="ppo", run=run, compile_steps=compile_steps)

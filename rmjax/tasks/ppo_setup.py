@@ -23,13 +23,16 @@ import dataclasses
 from typing import Any, Callable, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from rmjax import sharding as shd
 from rmjax.data import synthetic
 from rmjax.errors import ConfigError, DataError
 from rmjax.models import lora
-from rmjax.models.llama import Llama, LlamaConfig
+from rmjax.models.init import init_params
+from rmjax.models.llama import Llama, LlamaConfig, init_cache
 from rmjax.rl import ppo, rollout  # noqa: F401 -- ppo registers the estimators, losses, KLs
 from rmjax.rl import value as value_lib
 from rmjax.rl.registry import ADVANTAGES, KL_ESTIMATORS, POLICY_LOSSES, REWARDS
@@ -37,6 +40,8 @@ from rmjax.tasks import common, overopt
 from rmjax.data.pairs import write_pairs
 from rmjax.sharding import strip_boxes
 from rmjax import checkpoints
+from rmjax.aot import Step, batch_structs, llama_flops
+from rmjax.inference import generate
 from rmjax.inference.generate import _render
 
 KL_IN = ("reward", "loss")
@@ -140,6 +145,39 @@ def label_responses(proxy_config, prompts, seed: int, path: str) -> list:
   return resp
 
 
+class PromptIterator:
+  """Endless batches of prompt records, reshuffled every epoch from (seed, epoch); its
+  `state()` (epoch, index) goes into the checkpoint for exact resume."""
+
+  def __init__(self, records, batch_size: int, seed: int = 0):
+    if len(records) < batch_size:
+      raise ValueError(f"{len(records)} prompts cannot fill a rollout batch of {batch_size}")
+    self.records, self.batch_size, self.seed = list(records), batch_size, seed
+    self.epoch, self.index = 0, 0
+    self._order = self._perm()
+
+  def _perm(self):
+    return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.records))
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    if self.index + self.batch_size > len(self.records):
+      self.epoch, self.index = self.epoch + 1, 0
+      self._order = self._perm()
+    idx = self._order[self.index:self.index + self.batch_size]
+    self.index += self.batch_size
+    return [self.records[i] for i in idx]
+
+  def state(self) -> dict:
+    return {"epoch": self.epoch, "index": self.index}
+
+  def restore(self, s: dict):
+    self.epoch, self.index = int(s["epoch"]), int(s["index"])
+    self._order = self._perm()
+
+
 @REWARDS.register("gold")
 def _gold_reward(config, workdir):
   """The synthetic task's known gold reward on decoded text."""
@@ -205,14 +243,59 @@ class PPOSetup:
   gold_fn: Optional[Callable] = None    # (prompts, responses) -> gold rewards, for logging
 
 
+def policy_config(config) -> LlamaConfig:
+  """The policy's (and value model's) LlamaConfig from the config alone (no weights read)."""
+  if config.model.spec == "words":
+    return word_policy_config(config.model.get("hidden", 64), config.model.get("layers", 2))
+  return common.backbone_config(config)
+
+
+def abstract(config) -> PPOSetup:
+  """The setup `rmjax compile` builds the learner's `Trainer` from: model configs only (no
+  weights, prompts or reward function); eos from the model config, pad 0."""
+  cfg = policy_config(config)
+  return PPOSetup(cfg=cfg, value_cfg=cfg, eos_ids=(cfg.eos_token_id or 0,), pad_id=0)
+
+
+def sampler_steps(policy, policy_sh, cfg, sampling, b: int, prompt_len: int, mesh,
+                  prefix: str) -> list:
+  """`rmjax compile`'s steps of the sampler the learner runs on the policy params
+  (`rmjax.inference.generate`: the prefill into a KV cache and the whole decode loop, the
+  cache donated), for `b` prompts of `prompt_len` tokens."""
+  n, length = sampling.max_new_tokens, prompt_len + sampling.max_new_tokens
+  rep, bsh = NamedSharding(mesh, P()), NamedSharding(mesh, P(shd.BATCH))
+  cache = jax.eval_shape(lambda: init_cache(cfg, b, length))
+  kv = shd.logical_to_sharding(P(None, "act_batch", None, "act_kv_heads", None),
+                               cache["k"].shape, mesh)
+  cache_sh = {"k": kv, "v": kv, "index": rep}
+  cache = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=cache_sh[k]) for k, v in cache.items()}
+  prompt = batch_structs({"ids": ((b, prompt_len), "int32"), "mask": ((b, prompt_len), "int32")},
+                         bsh)
+  logits = jax.ShapeDtypeStruct((b, cfg.vocab_size), jnp.dtype(cfg.dtype), sharding=bsh)
+  knobs = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep),
+                                 sampling.values())
+  rng = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=rep)
+  structure = sampling.structure()
+  out_sh = {k: bsh for k in ("tokens", "logprobs", "logprobs_processed", "mask", "lengths")}
+  return [Step(f"{prefix}.prefill",
+               lambda p, i, m: generate._prefill(p, i, m, cfg=cfg, cache_len=length),
+               (policy, prompt["ids"], prompt["mask"]), (policy_sh, bsh, bsh), (bsh, cache_sh),
+               (), llama_flops(cfg, b, prompt_len, train=False)),
+          Step(f"{prefix}.decode",
+               lambda p, lg, c, m, r, kn: generate._decode(p, lg, c, m, r, kn, cfg=cfg,
+                                                           structure=structure),
+               (policy, logits, cache, prompt["mask"], rng, knobs),
+               (policy_sh, bsh, cache_sh, bsh, rep, jax.tree_util.tree_map(lambda _: rep, knobs)),
+               (out_sh, cache_sh), (2,), llama_flops(cfg, b, n, train=False))]
+
+
 def lora_policy(config, cfg, params) -> Any:
   """The pretrained policy params plus fresh adapters (B = 0: the policy starts as the base)."""
   s = lora.settings(config.model.get("lora"))
   if s.quant:
     raise ConfigError("model.lora.quant (QLoRA) is not supported for the PPO policy yet")
-  ids = np.zeros((1, 2), np.int32)
   fresh = strip_boxes(jax.device_get(
-      lora.wrap(Llama(cfg), s).init(jax.random.PRNGKey(config.seed + 3), ids)["params"]))
+      init_params(lora.wrap(Llama(cfg), s), jax.random.PRNGKey(config.seed + 3))))
   return lora.join(params, lora.split(fresh)[1])
 
 
@@ -223,10 +306,8 @@ def build(config, workdir: str, mesh) -> PPOSetup:
   s = PPOSetup()
   if config.model.spec == "words":
     tok = rollout.WordTokenizer()
-    cfg = word_policy_config(config.model.get("hidden", 64), config.model.get("layers", 2))
-    ids = np.zeros((1, 2), np.int32)
-    params = jax.device_get(Llama(cfg).init(jax.random.PRNGKey(config.seed), ids)["params"])
-    params = strip_boxes(params)
+    cfg = policy_config(config)
+    params = strip_boxes(jax.device_get(init_params(Llama(cfg), jax.random.PRNGKey(config.seed))))
     s.encode_prompt = tok.encode_prompt
     s.decode = lambda rows: [tok.decode(r) for r in rows]
     s.eos_ids, s.pad_id = (tok.eos_token_id,), tok.pad_token_id

@@ -4,8 +4,8 @@
 collect(config, workdir): prompts -> two sampled responses each (rmjax.inference.generate) -> the model
 judges every pair under every principle, both orders (rmjax.inference.judge, run by rmjax.tasks.salmon_collect) -> JSONL of raw
 scores per (pair, principle). build(config): those records (or the synthetic known-rule table) ->
-`salmon_aggregate.aggregate` -> principle-conditioned pairs -> the BT loss of rmjax.tasks.bt through
-the generic loop. The RM input puts the response first, then the instruction, then the principles
+`salmon_aggregate.aggregate` -> principle-conditioned pairs (`salmon_data`) -> the BT loss of
+rmjax.tasks.bt, through the pair assembly (`pair_spec`) and the generic loop. The RM input puts the response first, then the instruction, then the principles
 (rmjax.data.principles.encode_rm_input); the reward is read at the last token.
 """
 
@@ -26,11 +26,8 @@ from rmjax.data.specs import require_examples
 from rmjax.data.tokenize import normalize_prompt
 from rmjax.errors import ConfigError
 from rmjax.inference.embed import batched_forward
-from rmjax.models import lora
-from rmjax.tasks import bt, common, salmon_collect
-from rmjax.tasks.pairs import pair_task, summarize_pairs
-from rmjax.tasks.spec import TaskSpec
-from rmjax.train.loop import Task
+from rmjax.tasks import bt, salmon_collect
+from rmjax.tasks.pairs import PairMethod, pair_spec
 from rmjax.train.run import data_info
 
 make_model = bt.make_model  # backbone + scalar head; reward = head(hidden at the last real token)
@@ -157,18 +154,6 @@ def salmon_data(config, tok):
   return batcher, evalb, eval_views, stats
 
 
-def build(config) -> Task:
-  # every record read before a model loads
-  batcher, eval_batches, views, stats = salmon_data(config, common.tokenizer(config))
-  backbone = common.backbone(config)
-  model = make_model(config, backbone[0])
-  loss_fn = bt.bt_loss_fn(lora.train_model(model, config.model.get("lora")), config.loss)
-  return lora.apply_to_task(
-      pair_task(config, model, loss_fn, backbone=backbone,
-                data=(batcher, eval_batches, views, stats), summarize=summarize_pairs(views)),
-      config)
-
-
 def reward_fn(model, params, tok, config, batch_size: int = 16):
   """(messages, response, principle texts) lists -> rewards [N] (numpy), for tests/notebooks.
   Params are copied to the host first (a small model; mesh-placed params need the mesh)."""
@@ -182,5 +167,6 @@ def reward_fn(model, params, tok, config, batch_size: int = 16):
   return score
 
 
-SPEC = TaskSpec(name="salmon", make_model=make_model, build=build, score_ids=score_ids,
-                collect=salmon_collect.collect)
+SPEC = pair_spec("salmon", PairMethod(loss=bt.bt_loss, data=salmon_data), score_ids=score_ids,
+                 collect=salmon_collect.collect)
+build = SPEC.build

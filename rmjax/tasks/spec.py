@@ -8,9 +8,13 @@ A method is a loss plus a declaration. The CLI resolves `config.task` in the reg
   make_model  (config, LlamaConfig, model_extras: dict) -> the Flax module that scores; its
               `apply(params, ids, mask)` returns a dict with 'reward' (and optionally
               'members', 'objectives', 'gate'). None for methods that train no reward model.
-  build       config -> `rmjax.train.loop.Task`: a method trained by the supervised loop.
+  build       config -> `rmjax.train.loop.Task`: a method trained by the supervised loop
+              (pair methods: `rmjax.tasks.pairs.pair_spec` builds it from a `PairMethod`).
   run         (config, workdir) -> final metrics: a multi-stage or RL driver (on
-              `rmjax.train.run.Run`); exactly one of `build` / `run` is set.
+              `rmjax.train.run.Run`); `rmjax train` runs it when set, else the loop over
+              `build`; at least one of them is set.
+  compile_steps  (config, mesh) -> [`rmjax.aot.Step`]: the functions `rmjax train` jits, on
+              abstract arguments, for `rmjax compile` (the loop's from `rmjax.train.loop.plan`).
   score_ids   (encoder, config, messages, response, principles) -> token ids: how the model
               reads one (prompt, response) when scoring; None = the chat-rendered conversation.
   collect     (config, workdir) -> summary: a data-collection step (`rmjax collect`).
@@ -33,10 +37,11 @@ class TaskSpec:
   run: Optional[Callable[[Any, str], dict]] = None
   score_ids: Optional[Callable[..., list]] = None
   collect: Optional[Callable[[Any, str], dict]] = None
+  compile_steps: Optional[Callable[[Any, Any], list]] = None
 
   def __post_init__(self):
-    if (self.build is None) == (self.run is None):
-      raise ValueError(f"task {self.name!r}: declare exactly one of build= or run=")
+    if self.build is None and self.run is None:
+      raise ValueError(f"task {self.name!r}: declare build= or run=")
 
   @property
   def takes_principles(self) -> bool:
@@ -53,6 +58,8 @@ class TaskSpec:
     fn = getattr(self, what)
     if fn is None:
       verb = {"make_model": "scores nothing (it trains no reward model)",
-              "collect": "has no collect step"}.get(what, f"declares no {what}")
+              "collect": "has no collect step",
+              "compile_steps": "has no abstract train step (declare TaskSpec.compile_steps)"
+              }.get(what, f"declares no {what}")
       raise ConfigError(f"task {self.name!r} {verb}")
     return fn

@@ -17,6 +17,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from rmjax import sharding as shd
+from rmjax.aot.steps import Step, batch_structs
 from rmjax.train.run import Run
 from rmjax.train.state import TrainState, abstract_state, make_optimizer, make_train_step
 
@@ -77,6 +78,55 @@ def run_eval(params, task: Task, mesh, eval_jit) -> dict:
   return task.summarize_eval(cat)
 
 
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """The supervised train step as `train` jits it and `rmjax compile` compiles it (one plan for
+  both, as MaxText's train_compile shares its train step): the pure step function, the
+  optimizer, the abstract TrainState (ShapeDtypeStructs carrying their shardings) and the
+  shardings of state, batch and metrics."""
+  step_fn: Callable
+  tx: Any
+  state: Any
+  shardings: Any
+  batch_sharding: NamedSharding
+  replicated: NamedSharding
+  init_rng: jax.Array
+  train_rng: jax.Array
+
+  @property
+  def in_shardings(self) -> tuple:
+    return (self.shardings, self.batch_sharding)
+
+  @property
+  def out_shardings(self) -> tuple:
+    return (self.shardings, self.replicated)
+
+  def jit(self):
+    """The step as `train` runs it: explicit shardings, the state donated."""
+    return jax.jit(self.step_fn, in_shardings=self.in_shardings,
+                   out_shardings=self.out_shardings, donate_argnums=(0,))
+
+  def compile_step(self, name: str, batch: dict, model_flops=None) -> Step:
+    """This plan as an `rmjax compile` step over the global batch {key: (shape, dtype)}."""
+    return Step(name, self.step_fn, (self.state, batch_structs(batch, self.batch_sharding)),
+                self.in_shardings, self.out_shardings, (0,), model_flops)
+
+
+def plan(config, task: Task, mesh, *, check_sharding: bool = True) -> Plan:
+  """The plan of `task` under `config` on `mesh`: optimizer (frozen groups masked), abstract
+  state from `task.init_params`, shardings from the logical rules. `check_sharding=False`
+  skips the insufficient-sharding check (`rmjax compile` reports what does not fit instead)."""
+  tx, schedule = make_optimizer(config.optim, config.train.steps, task.trainable)
+  init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+  boxed = abstract_state(task.init_params, tx, init_rng)
+  shardings = shd.tree_shardings(boxed, mesh, shd.DEFAULT_RULES,
+                                 check_min_bytes=None if check_sharding else 1 << 62)
+  step = make_train_step(task.loss_fn, tx, schedule, accum_steps=config.optim.accum_steps)
+  return Plan(step_fn=step, tx=tx, state=shd.with_shardings(shd.strip_boxes(boxed), shardings),
+              shardings=shardings, batch_sharding=NamedSharding(mesh, P(shd.BATCH)),
+              replicated=NamedSharding(mesh, P()), init_rng=init_rng, train_rng=train_rng)
+
+
 def train(config, workdir: str, task: Task, mesh=None, return_state: bool = False):
   """Train `task` under `config` in `workdir`, resuming from its latest checkpoint if any.
 
@@ -84,40 +134,32 @@ def train(config, workdir: str, task: Task, mesh=None, return_state: bool = Fals
   and the final TrainState too when `return_state`.
   Raises TrainingDiverged on a non-finite loss; checkpoints already written stay intact.
   """
-  tc = config.train
   mesh = mesh or shd.make_mesh(tuple(config.mesh.shape))
   rules = shd.DEFAULT_RULES
-  tx, schedule = make_optimizer(config.optim, tc.steps, task.trainable)
-  init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-  boxed = abstract_state(task.init_params, tx, init_rng)
-  state_shardings = shd.tree_shardings(boxed, mesh, rules)
-  abstract = shd.with_shardings(shd.strip_boxes(boxed), state_shardings)
-  replicated = NamedSharding(mesh, P())
-  batch_spec = NamedSharding(mesh, P(shd.BATCH))
-  step_fn = make_train_step(task.loss_fn, tx, schedule, accum_steps=config.optim.accum_steps)
+  p = plan(config, task, mesh)
+  state_shardings, tx = p.shardings, p.tx
   run = Run(config, workdir, model_config=task.model_config, info=task.info,
             model_extras=task.model_extras)
 
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    state, start = run.restore(abstract, task.train_batches)
+    state, start = run.restore(p.state, task.train_batches)
     if state is None:
       def init(rng):
         params = nn.unbox(task.init_params(rng))
         return TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params,
-                          opt_state=tx.init(params), rng=train_rng)
-      state = jax.jit(init, out_shardings=state_shardings)(init_rng)
+                          opt_state=tx.init(params), rng=p.train_rng)
+      state = jax.jit(init, out_shardings=state_shardings)(p.init_rng)
       if task.load_pretrained is not None:
         params = task.load_pretrained(state.params, state_shardings.params)
         opt_state = jax.jit(tx.init, out_shardings=state_shardings.opt_state)(params)
         state = state.replace(params=params, opt_state=opt_state)
     run.write_files()  # only once the restore or the fresh init succeeded
 
-    train_step = jax.jit(step_fn, in_shardings=(state_shardings, batch_spec),
-                         out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+    train_step = p.jit()
     eval_fn = None
     if task.eval_fn is not None:
-      eval_jit = jax.jit(task.eval_fn, in_shardings=(state_shardings.params, batch_spec),
-                         out_shardings=replicated)
+      eval_jit = jax.jit(task.eval_fn, in_shardings=(state_shardings.params, p.batch_sharding),
+                         out_shardings=p.replicated)
       eval_fn = lambda st: run_eval(st.params, task, mesh, eval_jit)  # noqa: E731
 
     tokens = [0, 0]  # real tokens, computed tokens (padding included)
