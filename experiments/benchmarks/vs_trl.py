@@ -472,20 +472,19 @@ def eval_sets(args) -> dict:
   return out
 
 
-def score_sets(export: str, sets: dict, max_length: int) -> dict:
-  """{name: (margins [N], truncated pairs, rows)} of an HF reward model, by rmjax's rule."""
+def score_sets(export: str, sets: dict, max_length: int):
+  """Yields (name, (margins [N], truncated pairs, rows)) of an HF reward model, by rmjax's rule,
+  set by set (the caller stores each as it comes)."""
   import numpy as np  # noqa: PLC0415
   from rmjax.data.batching import tokenize_pairs  # noqa: PLC0415
   from rmjax.inference.scorer import Scorer  # noqa: PLC0415
   scorer = Scorer.from_hf(export, max_length=max_length)
-  out = {}
   for name, ex in sets.items():
     tok, st = tokenize_pairs(ex, scorer.encoder, on_overlong="truncate", token_cache="off")
     rows = [list(map(int, c)) for c in tok.chosen] + [list(map(int, r)) for r in tok.rejected]
     rewards = scorer.score_rows(rows)["reward"]
     n = len(tok)
-    out[name] = (np.asarray(rewards[:n] - rewards[n:], np.float64), st["truncated"], rows)
-  return out
+    yield name, (np.asarray(rewards[:n] - rewards[n:], np.float64), st["truncated"], rows)
 
 
 def compare_scores(sets: dict, scored: dict) -> dict:
@@ -539,6 +538,64 @@ def init_parity(init_dir: str, trl: dict, dump: list, max_length: int) -> dict:
           "max_abs_reward": float(f"{max(abs(x) for x in mine):.3g}")}
 
 
+# ------------------------------------------------------------------------------------- resume
+
+# the arguments an arm's training depends on (eval options and --arms / --out do not)
+_TRAIN_KEYS = ("smoke", "model", "source", "pairs", "max_length", "steps", "batch", "rank", "alpha",
+               "targets", "lr", "weight_decay", "warmup", "final_lr_frac", "clip", "seed",
+               "packing", "trl_ids", "trl_grad_ckpt")
+
+
+def _key(args, *extra) -> dict:
+  return {**{k: getattr(args, k) for k in _TRAIN_KEYS}, **dict(extra)}
+
+
+def _reuse(path: str, key: dict):
+  """The value stored at `path` under the same `key`, else None (a run with other arguments, or
+  none yet)."""
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    rec = json.load(f)
+  return rec["value"] if rec.get("key") == key else None
+
+
+def _store(path: str, key: dict, value) -> None:
+  """Written whole or not at all (a killed run leaves no half file to resume from)."""
+  with open(path + ".tmp", "w") as f:
+    json.dump({"key": key, "value": value}, f)
+  os.replace(path + ".tmp", path)
+
+
+def resumed(work: str, arm: str, args, run) -> dict:
+  """An arm's result: the one a previous run with the same training arguments stored in `work`
+  (`--out`), else `run()`'s, stored for the next: a killed full-size run restarts at the arm
+  (or the scoring) it was in, not from the start."""
+  path, key = os.path.join(work, f"arm_{arm}.json"), _key(args)
+  value = _reuse(path, key)
+  if value is None or not os.path.isdir(value.get("export", "")):
+    value = run()
+    _store(path, key, value)
+  else:
+    print(f"[vs_trl] {arm}: reusing the trained arm stored in {path}", file=sys.stderr)
+  return value
+
+
+def scores_resumed(work: str, arm: str, args, sets: dict, export: str) -> dict:
+  """score_sets(export, sets), per set stored in `work` (same arguments and eval sample)."""
+  import numpy as np  # noqa: PLC0415
+  paths = {name: os.path.join(work, f"scores_{arm}_{name}.json") for name in sets}
+  keys = {name: _key(args, ("set", name), ("n", len(ex)), ("eval_pairs", args.eval_pairs))
+          for name, ex in sets.items()}
+  stored = {name: _reuse(paths[name], keys[name]) for name in sets}
+  todo = {name: ex for name, ex in sets.items() if stored[name] is None}
+  for name, (m, trunc, rows) in (score_sets(export, todo, args.max_length) if todo else ()):
+    stored[name] = {"margins": m.tolist(), "truncated": trunc, "rows": rows}
+    _store(paths[name], keys[name], stored[name])
+  return {name: (np.asarray(v["margins"], np.float64), v["truncated"], v["rows"])
+          for name, v in stored.items()}
+
+
 # --------------------------------------------------------------------------------------- main
 
 def main(argv=None):
@@ -566,13 +623,15 @@ def main(argv=None):
     prep_s = time.perf_counter() - t0
     results = {}
     if "rmjax" in arms:
-      results["rmjax"] = run_rmjax(args, overrides, work, dump)
+      results["rmjax"] = resumed(work, "rmjax", args, lambda: run_rmjax(args, overrides, work, dump))
     if "trl" in arms:
-      results["trl"] = run_trl(args, init_dir, dump_path, work, dump)
+      results["trl"] = resumed(work, "trl", args,
+                               lambda: run_trl(args, init_dir, dump_path, work, dump))
     parity = init_parity(init_dir, results["trl"], dump, args.max_length) if "trl" in results else {}
     sets = eval_sets(args)
     t1 = time.perf_counter()
-    scored = {a: score_sets(results[a]["export"], sets, args.max_length) for a in results} if sets else {}
+    scored = {a: scores_resumed(work, a, args, sets, results[a]["export"])
+              for a in results} if sets else {}
     evals = compare_scores(sets, scored) if sets else {}
     score_s = time.perf_counter() - t1
   finally:
