@@ -125,3 +125,21 @@ def base_config(arg: mlc.ConfigDict, task: str) -> mlc.ConfigDict:
     c.train.checkpoint_every = 10
     c.data.max_eval_examples = 64
   return c
+
+
+def finetune_recipe(c: mlc.ConfigDict, rank: int = 32, lr: float = 1e-4,
+                    max_length: int = 256) -> mlc.ConfigDict:
+  """The LoRA fine-tuning recipe of issue 28's best reward model (E-d's BT arm, experiments/
+  RESULTS.md "E-d"): an MLP head d -> 1024 -> 1 (dropout 0.1) on LoRA adapters of rank `rank`
+  (alpha 2 x rank) on q/k/v/o, packed rows, AdamW `lr` with 3% warmup and cosine decay, global
+  clip 5 (GRM's, the paper's), `max_length` tokens cut by the one truncation rule. One epoch of
+  E-d's 1,500 pairs is 188 steps of 8. `configs/bt.py:smollm2,lora` applies it; the experiment
+  (experiments/grm_ood.py) applies the same function to its BT, GRM and frozen arms."""
+  c.model.head, c.model.head_hidden, c.model.head_dropout = "mlp", 1024, 0.1
+  c.model.lora.rank, c.model.lora.alpha = rank, float(2 * rank)
+  c.data.packing = True
+  c.data.max_length, c.data.on_overlong = max_length, "truncate"
+  c.optim.lr, c.optim.schedule, c.optim.clip_norm = lr, "cosine", 5.0
+  c.train.steps, c.train.batch_size = 188, 8
+  c.optim.warmup_steps = max(1, int(0.03 * c.train.steps))
+  return c

@@ -94,27 +94,21 @@ def build_sets(args) -> dict:
 # ----------------------------------------------------------------------------------- configs
 
 def make_config(args, run: str, train_path: str):
-  from configs import bt as bt_config, grm as grm_config
+  from configs import bt as bt_config, common, grm as grm_config
   variant = args.variant
   steps = math.ceil(args.train_pairs / args.batch_size) if not args.steps else args.steps
   if run == "grm":
     c = grm_config.get_config(f"{variant},reg=sft,alpha={args.alpha}")
   else:
     c = bt_config.get_config(variant)
-  c.model.head, c.model.head_hidden, c.model.head_dropout = "mlp", 1024, 0.1
-  c.optim.clip_norm = 5.0  # configs/grm.py's (the paper's)
-  if run == "frozen":
+  common.finetune_recipe(c, rank=args.rank, lr=args.lr, max_length=args.max_length)
+  if run == "frozen":  # the recipe's head on the frozen backbone: no adapters, no packing
+    c.model.lora.rank, c.model.lora.alpha = 0, 16.0
+    c.data.packing = False
     c.train.freeze_backbone = True
     c.optim.lr = args.frozen_lr
     steps *= args.frozen_epochs
-  else:
-    c.model.lora.rank, c.model.lora.alpha = args.rank, float(2 * args.rank)
-    c.data.packing = True
-    c.optim.lr = args.lr
   c.data.source, c.data.eval_source, c.data.eval_fraction = train_path, "", 0.0
-  c.data.max_length = args.max_length
-  c.data.on_overlong = "truncate"
-  c.optim.schedule = "cosine"
   c.optim.warmup_steps = max(1, int(0.03 * steps))
   c.train.steps, c.train.batch_size = steps, args.batch_size
   c.train.eval_every = 0
@@ -299,7 +293,7 @@ def plot(report: dict, curves: dict, runs, path: str) -> None:
   fig.savefig(path, dpi=110)
 
 
-def main(argv=None):
+def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
   p.add_argument("--workdir", required=True)
   p.add_argument("--variant", default="smollm2", choices=("tiny", "smollm2"))
@@ -317,7 +311,11 @@ def main(argv=None):
   p.add_argument("--frozen_epochs", type=int, default=5)
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--results", default="", help="also write results.json/md/png here")
-  args = p.parse_args(argv)
+  return p.parse_args(argv)
+
+
+def main(argv=None):
+  args = parse_args(argv)
   runs = [r for r in args.runs.split(",") if r]
   if set(runs) - set(RUNS):
     raise SystemExit(f"--runs: unknown {sorted(set(runs) - set(RUNS))} (known: {', '.join(RUNS)})")
