@@ -26,7 +26,6 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from experiments import real_sets  # noqa: E402
-from rmjax.data import load_source  # noqa: E402
 
 N_LABEL, N_BON, POOL = 800, 40, 64
 
@@ -51,12 +50,12 @@ def select_prompts(n_label: int = N_LABEL, n_bon: int = N_BON) -> dict:
       used |= {_first_turn(e) for e in sets[part][name]}
   hh = set()
   for name in ("hh_harmless", "hh_helpful"):
-    ex, _ = load_source(real_sets.SPECS[name])
+    ex, _ = real_sets.load(name)  # the parse load_sets() already made (cached per process)
     hh |= {t for t in map(_first_turn, ex) if t and t not in used}
   train_instr = {e.prompt[0][1].strip() for e in sets["train"]["alpaca_eval"]}
   alpaca = {e.prompt[0][1].strip() for e in sets["eval"]["alpaca_eval"]} - train_instr
   # every AlpacaEval instruction of the held-out side, not only those drawn into the eval pairs
-  ex, _ = load_source(real_sets.SPECS["alpaca_eval"])
+  ex, _ = real_sets.load("alpaca_eval")
   alpaca |= {e.prompt[0][1].strip() for e in ex
              if real_sets.prompt_hash_fraction(e, real_sets.SEED) < 0.2} - train_instr
   hh, alpaca = sorted(hh, key=_h), sorted(alpaca, key=_h)
@@ -124,7 +123,9 @@ def main(argv=None):
   ap.add_argument("--max_length", type=int, default=256)
   a = ap.parse_args(argv)
   if smoke():
-    a.label_prompts, a.bon_prompts, a.pool, a.max_new_tokens, a.batch_size = 8, 4, 8, 8, 8
+    # batch 48 = every sample of the smoke in one generate call: one compiled prefill + decode
+    # (batches of 8 prompts of different lengths compiled six of each: most of the smoke's time)
+    a.label_prompts, a.bon_prompts, a.pool, a.max_new_tokens, a.batch_size = 8, 4, 8, 8, 48
     a.spec, a.max_length = "tiny", 128
   os.makedirs(a.workdir, exist_ok=True)
   ppath = os.path.join(a.workdir, "prompts.json")

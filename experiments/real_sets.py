@@ -18,6 +18,8 @@ E-c also reads the XSTest completions (2,250 rated rows) and USR Topical-Chat (3
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import sys
 
@@ -74,22 +76,49 @@ def split_by_instruction(examples, eval_fraction=0.2, n_train=N_TRAIN, n_eval=N_
   return spread(tr, n_train), spread(ev, n_eval)
 
 
-def load_sets() -> dict:
-  """{'train': {set: [PairExample]}, 'eval': {set: [...]}, 'ood': {set: [...]}, 'stats': ...}."""
+@functools.lru_cache(maxsize=None)
+def _load(spec: str) -> tuple:
+  """(examples as a tuple, stats) of `load_source(spec)`, read once per process: the experiments
+  read the same sets several times (E-b's prompt selection and its gold, a notebook's cells).
+  PairExample is frozen and the tuple cannot grow, so callers cannot change what others see."""
+  ex, stats = load_source(spec)
+  return tuple(ex), stats
+
+
+def load(name: str) -> tuple:
+  """([PairExample], stats) of the set `name` of SPECS, as `load_source` returns them (a fresh
+  list and stats dict per call; the parse itself is cached per process)."""
+  ex, stats = _load(SPECS[name])
+  return list(ex), copy.deepcopy(stats)
+
+
+@functools.lru_cache(maxsize=None)
+def _sets() -> dict:
   out = {"train": {}, "eval": {}, "ood": {}, "stats": {}}
   for name in ID_SETS:
-    ex, stats = load_source(SPECS[name])
+    ex, stats = load(name)
     tr, ev = (split_by_instruction(ex) if name == "alpaca_eval" else split_pairs(ex))
-    out["train"][name], out["eval"][name] = tr, ev
+    out["train"][name], out["eval"][name] = tuple(tr), tuple(ev)
     out["stats"][name] = {"loaded": len(ex), "train": len(tr), "eval": len(ev),
                           "dropped": stats.get("dropped", {})}
   for name in OOD_SETS:
-    ex, stats = load_source(SPECS[name])
+    ex, stats = load(name)
     if name == "rm_bench":
       ex = [e for e in ex if e.subset.split("/")[0] in RM_BENCH_DOMAINS
             and e.source.endswith("#c0r0")]
-    out["ood"][name] = ex
+    out["ood"][name] = tuple(ex)
     out["stats"][name] = {"loaded": len(ex), "dropped": stats.get("dropped", {})}
+  return out
+
+
+def load_sets() -> dict:
+  """{'train': {set: [PairExample]}, 'eval': {set: [...]}, 'ood': {set: [...]}, 'stats': ...}.
+  Built once per process (the loads and hash splits are deterministic); each call returns new
+  dicts and lists, so a caller may change its copy."""
+  sets = _sets()
+  out = {part: {name: list(ex) for name, ex in sets[part].items()}
+         for part in ("train", "eval", "ood")}
+  out["stats"] = copy.deepcopy(sets["stats"])
   return out
 
 
