@@ -44,10 +44,12 @@ def execute(name: str, smoke: bool = True, timeout: int = 600):
   return nb
 
 
-def execute_many(names, smoke: bool = True, timeout: int = 600, parallel: int = 2) -> dict:
+def execute_many(names, smoke: bool = True, timeout: int = 600, parallel: int = 2,
+                 env: dict | None = None) -> dict:
   """{name: executed notebook, or the exception its run raised}, `parallel` kernels at a time
-  (a kernel mostly compiles on one core: two side by side use a second one)."""
-  env = _kernel_env(smoke)
+  (a kernel mostly compiles on one core: two side by side use a second one). `env`: extra
+  variables for the kernels (the tests give them a shared JAX compilation cache)."""
+  env = dict(_kernel_env(smoke), **(env or {}))
 
   async def run_all():
     gate = asyncio.Semaphore(parallel)

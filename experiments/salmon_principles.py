@@ -415,9 +415,12 @@ def main(argv=None):
   ap.add_argument("--stem", default="salmon_principles", help="report file names")
   a = ap.parse_args(argv)
   sizes = dict(query_len=QUERY_LEN, response_len=RESPONSE_LEN, template="v0")
-  max_length, limit = MAX_LENGTH, 0
+  max_length, limit, batch_size = MAX_LENGTH, 0, 16
   if os.environ.get("RMJAX_SMOKE", "0") == "1":  # the plumbing on the random tiny backbone
     a.spec, a.n_alpaca, a.n_boot, limit, max_length = "tiny", 24, 200, 24, 512
+    # feature batches of 64: the ~630 byte-token rows (174-567 tokens) make 28 batches in 8
+    # padded shapes instead of 49 in 9 (each shape is a compile of the backbone forward)
+    batch_size = 64
     sizes = dict(query_len=24, response_len=48, template="compact")
   from rmjax.data.salmon_aggregate import get_principles
   from rmjax.data.principles import by_dimension
@@ -427,7 +430,7 @@ def main(argv=None):
   items = load_items(a.n_alpaca)
   if limit:
     items["xstest"], items["rm_bench"] = items["xstest"][:limit], items["rm_bench"][:limit // 2]
-  inputs = Inputs(FeatureCache(a.cache, a.spec, max_length), **sizes)
+  inputs = Inputs(FeatureCache(a.cache, a.spec, max_length, batch_size=batch_size), **sizes)
   data = build(items, inputs, table)
   margins, plans = train_and_score(data, a.steps_rule)
   res = analyse(data, margins, items, a.n_boot)
