@@ -3,6 +3,7 @@ adapters and heads train and hold optimizer state, a LoRA BT run learns like a f
 and the CLI trains, checkpoints and scores a LoRA workdir."""
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -380,15 +381,25 @@ def test_qlora_nf4_saves_resumes_and_scores_identically(tmp_path, tiny):
     np.testing.assert_array_equal(np.asarray(got), want)
 
 
-def test_cli_lora_train_checkpoint_and_score(tmp_path):
+def test_cli_lora_train_checkpoint_and_score(tmp_path, jax_compile_cache):
+  """`rmjax train` / `rmjax score` processes on a LoRA workdir. The train config is the
+  in-process `_config(steps=3)` of test_only_adapters_... (fast_config flags, rank 4, alpha 8),
+  so with the module's compilation cache the processes load its programs instead of compiling
+  them again."""
   wd = tmp_path / "bt_lora"
+  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=jax_compile_cache,
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.1",
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
   run = lambda *a: subprocess.run([sys.executable, "-m", "rmjax", *map(str, a)], cwd=REPO,  # noqa: E731
-                                  capture_output=True, text=True, timeout=600)
+                                  capture_output=True, text=True, timeout=600, env=env)
   proc = run("train", f"--config={REPO}/configs/bt.py:tiny", f"--workdir={wd}",
-             "--config.model.lora.rank=4", "--config.train.steps=3",
-             "--config.train.checkpoint_every=3", "--config.train.eval_every=0",
-             "--config.data.source=synthetic:120", "--config.data.eval_source=synthetic:16",
-             "--config.train.batch_size=8", "--config.train.progress=False")
+             "--config.model.lora.rank=4", "--config.model.lora.alpha=8.0",
+             "--config.train.steps=3", "--config.train.checkpoint_every=3",
+             "--config.train.eval_every=0", "--config.train.log_every=1",
+             "--config.data.source=synthetic:200", "--config.data.eval_source=synthetic:16",
+             "--config.train.batch_size=8", "--config.optim.warmup_steps=1",
+             "--config.train.progress=False", "--config.train.tensorboard=False",
+             "--config.train.async_checkpoint=False")
   assert proc.returncode == 0, proc.stdout + proc.stderr
   saved = json.loads((wd / "config.json").read_text())
   assert saved["model"]["lora"]["rank"] == 4
