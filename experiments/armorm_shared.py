@@ -183,27 +183,28 @@ def cat(*parts):
 # ------------------------------------------------------------------------------- pipeline
 
 def stage1(config, data, h):
-  """W [D, O]: ridge on USR / XSTest ratings and verbosity, BT probes for the pair objectives."""
+  """W [D, O]: `rmjax.tasks.armorm.stage1` (ridge per rated objective, a BT probe for an
+  objective known only from pairs) on USR / XSTest ratings and verbosity, and the HH probe
+  pairs for helpfulness and harmlessness."""
   from rmjax.data.ratings import length_rating
-  from rmjax.train import head_fit
+  from rmjax.tasks import armorm
   o = len(NAMES)
   xs = data["xs_split"]["ratings"]
-  probe = [data["pairs"][f"probe_{k}"] for k in ("harmless", "helpful")]
+  kinds = ("harmless", "helpful")
+  probe = [data["pairs"][f"probe_{k}"] for k in kinds]
   x = np.concatenate([h["usr"][0], h["xstest"][0][xs]] +
-                     [h[f"probe_{k}_{s}"][0] for k in ("harmless", "helpful") for s in "cr"])
+                     [h[f"probe_{k}_{s}"][0] for k in kinds for s in "cr"])
   texts = ([e.response for e in data["usr"]] + [data["xs_rows"][i].response for i in xs] +
            [getattr(p, side) for ps in probe for side in ("chosen", "rejected") for p in ps])
   r = np.full((len(x), o), np.nan, np.float32)
   r[:len(data["usr"])] = np.stack([e.ratings for e in data["usr"]])
   r[len(data["usr"]):len(data["usr"]) + len(xs)] = np.stack([data["xs_rows"][i].ratings for i in xs])
   r[:, NAMES.index("verbosity")] = length_rating(texts)
-  w, info = head_fit.fit_ridge(x, r, tuple(config.armorm.ridge_alphas))
-  for name, kind in (("helpfulness", "helpful"), ("harmlessness", "harmless")):
-    j = NAMES.index(name)
-    w[:, j], info[j] = head_fit.fit_bt_probe(h[f"probe_{kind}_c"][0], h[f"probe_{kind}_r"][0],
-                                             l2=config.armorm.bt_probe_l2,
-                                             steps=config.armorm.bt_probe_steps)
-  return w, dict(zip(NAMES, info))
+  assert np.isnan(r[:, [NAMES.index("helpfulness"), NAMES.index("harmlessness")]]).all()
+  side = lambda s: np.concatenate([h[f"probe_{k}_{s}"][0] for k in kinds])  # noqa: E731
+  objective = np.concatenate([np.full(len(ps), NAMES.index(f"{k}ness"))
+                              for k, ps in zip(kinds, probe)])
+  return armorm.stage1(config, x, r, side("c"), side("r"), objective)
 
 
 def rescale_probes(w, r_ref):
@@ -219,17 +220,12 @@ def rescale_probes(w, r_ref):
 
 
 def stage2(config, workdir, w, t, train_arrays, eval_arrays, apply_t: bool):
-  """Gate + beta through the generic loop on cached embeddings; a fresh workdir each run."""
+  """Gate + beta (`rmjax.tasks.armorm.stage2`) on cached embeddings; a fresh workdir each run."""
   from rmjax.tasks import armorm
-  from rmjax.train.loop import train
-  import jax
   with config.unlocked():
     config.armorm.apply_transform_in_training = apply_t
   shutil.rmtree(workdir, ignore_errors=True)
-  heads = armorm.make_heads(config)
-  task = armorm.stage2_task(config, heads, w, t, train_arrays, eval_arrays)
-  final, state = train(armorm.stage2_config(config), workdir, task, return_state=True)
-  params = jax.device_get(state.params)
+  heads, params, final = armorm.stage2(config, workdir, w, t, train_arrays, eval_arrays)
   if not apply_t:  # the released script scores without T at inference too
     params = dict(params, transform=np.eye(len(config.objectives.names), dtype=np.float32))
   return heads, params, final

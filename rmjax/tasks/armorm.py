@@ -1,13 +1,13 @@
 """ArmoRM task: embeddings -> stage 1 (per-objective regression) -> verbosity de-correlation ->
 stage 2 (gating MLP), as in ALGORITHMS.md section 1. `rmjax train --config configs/armorm.py:tiny`.
 
-The backbone is frozen; its embeddings are computed once (`rmjax.inference.embed`, cached).
-Stage 1 is closed-form ridge per objective (no intercept, alpha from a grid by validation MSE)
-for objectives with ratings, and an L2 logistic (BT) probe for objectives known only from
-tagged pairs; `armorm.stage1 = 'e2e'` instead trains backbone + heads with masked MSE and
-per-objective BT through the generic loop first. Stage 2 trains only the gate and beta through
-the generic loop, on cached embeddings, batches drawn with replacement. The final model (backbone
-+ heads) is saved to workdir/checkpoints in the layout `make_model` builds, for score/eval.
+Each stage is a function experiments call (`read_data`, `embed`, `stage1`, `decorrelate`,
+`stage2`); `run` chains them, the loop stages as `Run.stage`s of one run. The backbone is frozen;
+its embeddings are computed once (`embed`, cached). Stage 1 is closed-form ridge per objective
+for objectives with ratings and an L2 logistic (BT) probe for objectives known only from tagged
+pairs; `armorm.stage1 = 'e2e'` instead trains backbone + heads (masked MSE, per-objective BT)
+through the loop first. Stage 2 trains only the gate and beta through the loop on the cached
+embeddings. The model (backbone + heads) is saved in `make_model`'s layout, for score/eval.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from rmjax.tasks import common
 from rmjax.tasks.spec import TaskSpec
 from rmjax.train import head_fit
 from rmjax.train.loop import Task, plan, train
-from rmjax.train.run import Run, announce_data, data_info
+from rmjax.train.run import Run, data_info
 
 def make_model(config, cfg, extras=None) -> ArmoRM:
   """The scoring model; the prompt-end token pattern comes from model_config.json's extras
@@ -175,7 +175,6 @@ def e2e_task(config, cfg, backbone_params, ratings_rows, ratings, pair_rows, pai
   bs = config.train.batch_size
 
   pad = lambda rows: emb.pad_rows(rows, len(rows), t, pad_id)  # noqa: E731
-  arrays = {}
   ids, mask = pad(ratings_rows)
   arrays_r = {"ids": ids, "mask": mask, "ratings": np.nan_to_num(ratings),
               "rating_mask": (~np.isnan(ratings)).astype(np.float32)}
@@ -196,7 +195,6 @@ def e2e_task(config, cfg, backbone_params, ratings_rows, ratings, pair_rows, pai
         j = rng.integers(0, len(arrays_p["objective"]), bs)
         out.update({k: v[j] for k, v in arrays_p.items()})
       return out
-  arrays.update(arrays_r)
 
   def loss_fn(params, batch, rng):
     pred = model.apply({"params": params}, batch["ids"], batch["mask"])
@@ -212,7 +210,8 @@ def e2e_task(config, cfg, backbone_params, ratings_rows, ratings, pair_rows, pai
       metrics["bt"] = bt
     return loss, metrics
 
-  return Task(init_params=lambda rng: init_params(model, rng), loss_fn=loss_fn, train_batches=Mixed(arrays, bs, config.seed),
+  return Task(init_params=lambda rng: init_params(model, rng), loss_fn=loss_fn,
+              train_batches=Mixed(arrays_r, bs, config.seed),
               load_pretrained=lambda p, s: common.params_with_backbone(p, backbone_params, s),
               model_config=cfg, global_batches=True)
 
@@ -240,20 +239,15 @@ def _log(msg):
     print(f"[armorm] {msg}", flush=True)
 
 
-def run(config, workdir: str) -> dict:
-  """The whole pipeline; returns the final metrics (also in workdir/armorm.json)."""
+def read_data(config, encoder) -> dict:
+  """Every train source read and tokenized: {'rows': {set: token rows}, 'ratings' [N, O],
+  'tagged' pairs, 'eval_pairs', 'info' (the data report's stats)}. Row sets: ratings,
+  tagged_c/_r, train_c/_r, eval_c/_r, reference_c/_r."""
   d, a = config.data, config.armorm
   names = list(config.objectives.names)
-  objectives = objs.resolve(names)
-  cfg, backbone_params = common.backbone(config)
-  tok = common.tokenizer(config)
-  encoder = ChatEncoder(tok, d.max_length)
-  pattern = tuple(emb.prompt_end_pattern(tok))  # recorded in model_config.json for scoring
-  _log(f"objectives {names}; prompt pattern {list(pattern)}")
-
   read: dict = {}  # per train source: {n_in, kept, dropped by reason}, for the data report
-  rated = specs.load_ratings_spec(d.ratings, objectives, config.seed, unrated=tuple(d.unrated),
-                                  stats=read)
+  rated = specs.load_ratings_spec(d.ratings, objs.resolve(names), config.seed,
+                                  unrated=tuple(d.unrated), stats=read)
   tagged = specs.load_objective_pairs(d.objective_pairs, names, config.seed,
                                       stats=read) if d.objective_pairs else []
   train_pairs = specs.load_pairs_spec(d.source, config.seed, stats=read)
@@ -274,27 +268,16 @@ def run(config, workdir: str) -> dict:
     rows[f"{key}_c"], rows[f"{key}_r"] = emb.encode_pair_rows(encoder, pairs,
                                                               cut.setdefault(f"{key}_c", []))
     cut[f"{key}_r"] = cut[f"{key}_c"]
-  read_info = data_stats(d, read, cut, n_eval=len(eval_pairs))
-  announce_data(config, read_info)  # the data report; --strict fails here, nothing written yet
+  return {"rows": rows, "ratings": ratings, "tagged": tagged, "eval_pairs": eval_pairs,
+          "info": data_stats(d, read, cut, n_eval=len(eval_pairs))}
 
-  stage1 = {}
-  w = None
-  if a.stage1 == "e2e":
-    task = e2e_task(config, cfg, backbone_params, rows["ratings"], ratings,
-                    list(zip(rows["tagged_c"], rows["tagged_r"])), [t.objective for t in tagged],
-                    encoder.pad_id)
-    e2e_conf = copy.deepcopy(config)
-    with e2e_conf.unlocked():
-      e2e_conf.train.steps = a.e2e_steps
-    stage1["e2e"], state = train(e2e_conf, os.path.join(workdir, "stage1_e2e"), task, return_state=True)
-    p = jax.device_get(state.params)
-    backbone_params, w = p["backbone"], np.asarray(p["regression"]["kernel"])
-  elif a.stage1 != "ridge":
-    raise ConfigError(f"armorm.stage1 must be 'ridge' or 'e2e', got {a.stage1!r}")
 
-  settings = {"spec": config.model.spec, "max_length": d.max_length, "pattern": list(pattern),
-              "backbone": emb.params_fingerprint(backbone_params), "kind": "armo"}
-  cache_dir = os.path.join(workdir, "embeddings")
+def embed(config, cfg, backbone_params, rows: dict, pattern, pad_id: int, cache_dir: str) -> dict:
+  """{set: (h_response, h_prompt)}: frozen-backbone features of every row set (cached in
+  `cache_dir`, fingerprinted by the rows and weights; a set equal to another is computed once)."""
+  settings = {"spec": config.model.spec, "max_length": config.data.max_length,
+              "pattern": list(pattern), "backbone": emb.params_fingerprint(backbone_params),
+              "kind": "armo"}
   h = {}
   for key, rs in rows.items():
     if not rs:
@@ -305,48 +288,91 @@ def run(config, workdir: str) -> dict:
       h[key] = h[same]
       continue
     got = emb.cached(cache_dir, key, rs, settings, lambda rs=rs, key=key: emb.armo_features(
-        cfg, backbone_params, rs, pattern, batch_size=a.embed_batch_size, pad_id=encoder.pad_id,
-        progress=config.train.progress, desc=f"embed {key}"))
+        cfg, backbone_params, rs, pattern, batch_size=config.armorm.embed_batch_size,
+        pad_id=pad_id, progress=config.train.progress, desc=f"embed {key}"))
     h[key] = (got["h_response"], got["h_prompt"])
+  return h
 
-  if w is None:  # ridge on ratings; BT probe for objectives known only from tagged pairs
-    w, info = head_fit.fit_ridge(h["ratings"][0], ratings, tuple(a.ridge_alphas)) if len(ratings) else (
-        np.zeros((cfg.hidden_size, len(names)), np.float32), [None] * len(names))
-    obj_of = np.array([t.objective for t in tagged], int)
-    for j, n in enumerate(names):
-      if info[j] is None and (obj_of == j).any():
-        sel = obj_of == j
-        w[:, j], info[j] = head_fit.fit_bt_probe(h["tagged_c"][0][sel], h["tagged_r"][0][sel],
-                                        l2=a.bt_probe_l2, steps=a.bt_probe_steps)
-    stage1["objectives"] = dict(zip(names, info))
-  _log(f"stage 1: {json.dumps(stage1.get('objectives', {}), default=str)[:400]}")
+
+def stage1(config, x, ratings, pair_c=None, pair_r=None, pair_objective=()) -> tuple:
+  """(W [D, O], info per objective name): ridge per rated objective (no intercept, alpha from
+  `armorm.ridge_alphas` by validation MSE) on features x [N, D] and ratings [N, O] (NaN =
+  unrated); an L2 logistic (BT) probe on tagged pairs' features for an objective no rating
+  covers (`pair_objective`: each pair's objective index)."""
+  a, o = config.armorm, ratings.shape[1]
+  w, info = (head_fit.fit_ridge(x, ratings, tuple(a.ridge_alphas)) if len(ratings) else
+             (np.zeros((x.shape[1], o), np.float32), [None] * o))
+  of = np.asarray(pair_objective, int)
+  for j in range(o):
+    if info[j] is None and (of == j).any():
+      w[:, j], info[j] = head_fit.fit_bt_probe(pair_c[of == j], pair_r[of == j],
+                                               l2=a.bt_probe_l2, steps=a.bt_probe_steps)
+  return w, dict(zip(config.objectives.names, info))
+
+
+def stage2(config, where, w, t, train_arrays, eval_arrays) -> tuple:
+  """(heads, trained head params, final metrics): the gate and beta through the loop
+  (`stage2_task` under `stage2_config`) in `where`, a workdir or a `Run.stage`."""
+  heads = make_heads(config)
+  task = stage2_task(config, heads, w, t, train_arrays, eval_arrays)
+  final, state = train(stage2_config(config), where, task, return_state=True)
+  return heads, jax.device_get(state.params), final
+
+
+def run(config, workdir: str) -> dict:
+  """The whole pipeline as stages of one run: data, embeddings, stage 1 (closed form, or 'e2e'
+  through the loop in `stage1_e2e/`), the verbosity transform, stage 2 (`stage2/`), the model
+  saved in `workdir/checkpoints`; returns the final metrics (also in workdir/armorm.json)."""
+  a, names = config.armorm, list(config.objectives.names)
+  if a.stage1 not in ("ridge", "e2e"):
+    raise ConfigError(f"armorm.stage1 must be 'ridge' or 'e2e', got {a.stage1!r}")
+  cfg, backbone_params = common.backbone(config)
+  tok = common.tokenizer(config)
+  encoder = ChatEncoder(tok, config.data.max_length)
+  pattern = tuple(emb.prompt_end_pattern(tok))  # recorded in model_config.json for scoring
+  _log(f"objectives {names}; prompt pattern {list(pattern)}")
+  data = read_data(config, encoder)
+  rows, ratings, tagged = data["rows"], data["ratings"], data["tagged"]
+  extras = {"prompt_pattern": list(pattern)}
+  main = Run(config, workdir, model_config=cfg, model_extras=extras, desc="armorm",
+             info=data["info"])  # the data report; --strict fails here, nothing written yet
+
+  stage1_info, w = {}, None
+  if a.stage1 == "e2e":
+    task = e2e_task(config, cfg, backbone_params, rows["ratings"], ratings,
+                    list(zip(rows["tagged_c"], rows["tagged_r"])), [t.objective for t in tagged],
+                    encoder.pad_id)
+    e2e_conf = copy.deepcopy(config)
+    with e2e_conf.unlocked():
+      e2e_conf.train.steps = a.e2e_steps
+    stage1_info["e2e"], state = train(e2e_conf, main.stage("stage1_e2e", e2e_conf, model_config=cfg),
+                                      task, return_state=True)
+    p = jax.device_get(state.params)
+    backbone_params, w = p["backbone"], np.asarray(p["regression"]["kernel"])
+  h = embed(config, cfg, backbone_params, rows, pattern, encoder.pad_id,
+            os.path.join(workdir, "embeddings"))
+  if w is None:
+    w, stage1_info["objectives"] = stage1(config, h["ratings"][0], ratings, h["tagged_c"][0],
+                                          h["tagged_r"][0], [t.objective for t in tagged])
+  _log(f"stage 1: {json.dumps(stage1_info.get('objectives', {}), default=str)[:400]}")
 
   ref = "reference" if a.reference else "train"
-  r_ref = np.concatenate([h[f"{ref}_c"][0], h[f"{ref}_r"][0]]) @ w           # [2N, O]
-  t, decor = decorrelate(r_ref, config)
+  t, decor = decorrelate(np.concatenate([h[f"{ref}_c"][0], h[f"{ref}_r"][0]]) @ w, config)
   _log(f"verbosity penalties {decor['penalties']}")
-
-  heads = make_heads(config)
   arrays = lambda k: {"hc": h[f"{k}_c"][0], "hr": h[f"{k}_r"][0], "hx": h[f"{k}_c"][1]}
-  task = stage2_task(config, heads, w, t, arrays("train"), arrays("eval") if eval_pairs else None)
-  s2_final, s2_state = train(stage2_config(config), os.path.join(workdir, "stage2"), task,
-                             return_state=True)
-  head_params = jax.device_get(s2_state.params)
+  eval_pairs = data["eval_pairs"]
+  heads, head_params, s2_final = stage2(config, main.stage("stage2", stage2_config(config)), w, t,
+                                        arrays("train"), arrays("eval") if eval_pairs else None)
 
   # the full model: backbone + heads, in make_model's layout
-  extras = {"prompt_pattern": list(pattern)}
-  model = make_model(config, cfg, extras)
-  shapes = nn.unbox(abstract_params(model))
+  shapes = nn.unbox(abstract_params(make_model(config, cfg, extras)))
   params = {"backbone": jax.tree_util.tree_map(lambda x, s: np.asarray(x, s.dtype), backbone_params,
                                                shapes["backbone"]),
             "heads": jax.tree_util.tree_map(np.asarray, head_params)}
-  final_run = Run(config, workdir, model_config=cfg, model_extras=extras, desc="armorm",
-                  info=read_info, announce=False)
-  done = int(s2_final.get("step", 0) or stage2_config(config).train.steps)
-  final_run.save_final(done, params)
-  final_run.close()
+  main.save_final(int(s2_final.get("step", 0) or stage2_config(config).train.steps), params)
+  main.close()
 
-  report = {"stage1": stage1, "decorrelation": decor, "stage2": s2_final}
+  report = {"stage1": stage1_info, "decorrelation": decor, "stage2": s2_final}
   if eval_pairs:
     report["eval"] = armorm_report.pair_eval(heads, head_params, arrays("eval"), eval_pairs, names)
     armorm_report.plots(os.path.join(workdir, "eval"), report["eval"], decor)

@@ -127,8 +127,10 @@ def plan(config, task: Task, mesh, *, check_sharding: bool = True) -> Plan:
               replicated=NamedSharding(mesh, P()), init_rng=init_rng, train_rng=train_rng)
 
 
-def train(config, workdir: str, task: Task, mesh=None, return_state: bool = False):
-  """Train `task` under `config` in `workdir`, resuming from its latest checkpoint if any.
+def train(config, workdir, task: Task, mesh=None, return_state: bool = False, hooks: tuple = ()):
+  """Train `task` under `config` in `workdir` (a path, or the `Run` of a stage of a multi-stage
+  method, `Run.stage`), resuming from its latest checkpoint if any; `hooks`: extra
+  `rmjax.train.run.Hook`s beside throughput, eval, log and checkpoint.
 
   Returns the final metrics (last train metrics and, if the task has an eval, eval metrics),
   and the final TrainState too when `return_state`.
@@ -138,8 +140,9 @@ def train(config, workdir: str, task: Task, mesh=None, return_state: bool = Fals
   rules = shd.DEFAULT_RULES
   p = plan(config, task, mesh)
   state_shardings, tx = p.shardings, p.tx
-  run = Run(config, workdir, model_config=task.model_config, info=task.info,
-            model_extras=task.model_extras)
+  run = workdir if isinstance(workdir, Run) else Run(
+      config, workdir, model_config=task.model_config, info=task.info,
+      model_extras=task.model_extras)
 
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     state, start = run.restore(p.state, task.train_batches)
@@ -180,6 +183,6 @@ def train(config, workdir: str, task: Task, mesh=None, return_state: bool = Fals
     final, state = run.loop(state, start, one_step, data_iter=task.train_batches,
                             eval_fn=eval_fn, tokens_fn=lambda: tuple(tokens),
                             batch_note=lambda: batch_sources(task.train_batches,
-                                                             last.get("batch")))
+                                                             last.get("batch")), hooks=hooks)
   run.close()
   return (final, state) if return_state else final

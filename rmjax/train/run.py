@@ -15,13 +15,15 @@ Every method goes through `Run`: the supervised loop (`rmjax.train.loop.train`),
 `Run.loop(state, start, step_fn)` drives any `step_fn(state, step) -> (state, metrics)`: it
 stops with `TrainingDiverged` on a non-finite loss (only finite state is ever saved, and a
 checkpoint whose parameters gave the non-finite loss is set aside as `diverged-<step>`, so the
-newest checkpoint in the step sequence is a good one),
-logs every `train.log_every` steps, evaluates every `train.eval_every`, and checkpoints every
-`train.checkpoint_every` steps and at the end.
+newest checkpoint in the step sequence is a good one); the rest are hooks (`Hook`, Levanter's
+shape): throughput and log every `train.log_every` steps, eval every `train.eval_every`,
+checkpoint every `train.checkpoint_every`, each at the end too, plus any a caller adds.
+`Run.stage(name)` gives a multi-stage method (ArmoRM) one run per stage under its workdir.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -138,22 +140,47 @@ def check_strict(source: str, report: Optional[dict]) -> None:
                     "(--strict: fix the data, or drop --strict to train on the rest)")
 
 
+@dataclasses.dataclass
+class StepInfo:
+  """What a hook sees after a step (Levanter's StepInfo): steps done, the state, the step's
+  host metrics, whether it is the last; `row` collects what the step logs, `eval` the eval
+  metrics when an eval ran."""
+  step: int
+  state: Any
+  metrics: dict
+  last: bool
+  row: dict = dataclasses.field(default_factory=dict)
+  eval: Optional[dict] = None
+
+
+@dataclasses.dataclass
+class Hook:
+  """`fn(info)` after every `every`-th step and after the last one (`every` 0: never), as
+  Levanter's `trainer.add_hook(fn, every=n)`; `Run.loop` runs throughput, eval, log and
+  checkpoint hooks and any given."""
+  fn: Callable[[StepInfo], None]
+  every: int = 1
+
+  def due(self, info: StepInfo) -> bool:
+    return bool(self.every) and (info.step % self.every == 0 or info.last)
+
+
 class Run:
   """One run in one workdir (see the module docstring for the layout)."""
 
   def __init__(self, config, workdir: str, *, model_config=None, info: Optional[dict] = None,
                model_extras: Optional[dict] = None, desc: str = "train",
-               checkpoints: str = "checkpoints", announce: bool = True):
-    """`announce=False`: the caller already printed (and --strict-checked) `info`'s data
-    report with `announce_data` (ArmoRM, whose data is read long before its final Run)."""
+               checkpoints: str = "checkpoints", parent: Optional[Run] = None):
+    """`parent`: this run is a stage of it (`Run.stage`): the config, the workdir and the
+    data were checked (and the data report printed) there."""
     tc = config.train
-    validate_config(config)
-    check_workdir_writable(workdir)
-    check_workdir(config, workdir)
+    if parent is None:
+      validate_config(config)
+      check_workdir_writable(workdir)
+      check_workdir(config, workdir)
+      announce_data(config, info)  # --strict fails here, before the workdir is touched
     self.config, self.workdir, self.desc = config, workdir, desc
     self.model_config, self.info, self.model_extras = model_config, info, model_extras or {}
-    if announce:
-      announce_data(config, info)  # --strict fails here, before the workdir is touched
     os.makedirs(workdir, exist_ok=True)
     self.ckpt = Checkpointer(os.path.join(workdir, checkpoints), keep=tc.keep_checkpoints,
                              best_metric=tc.get("best_metric") or None,
@@ -258,50 +285,84 @@ class Run:
            data_iter=None, eval_fn: Optional[Callable[[Any], dict]] = None,
            postfix: Callable[[dict], dict] = lambda m: {"loss": f"{float(m['loss']):.4f}"},
            tokens_fn: Optional[Callable[[], tuple]] = None,
-           batch_note: Optional[Callable[[], str]] = None) -> tuple[dict, Any]:
-    """Drive `step_fn(state, step) -> (state, host metrics)` from `start` to train.steps;
-    `batch_note()` names the records of the last batch when the NaN guard stops the run.
+           batch_note: Optional[Callable[[], str]] = None, hooks: tuple = ()) -> tuple[dict, Any]:
+    """Drive `step_fn(state, step) -> (state, host metrics)` from `start` to train.steps; after
+    each step the NaN guard (`batch_note()` names the last batch's records when it stops the
+    run), then the hooks due: throughput, eval, `hooks` (extra `Hook`s), log, checkpoint.
     Returns (final logged metrics, final state)."""
     tc = self.config.train
     delay = float(os.environ.get("RMJAX_DEBUG_STEP_DELAY", "0"))  # test hook: slow steps down
-    final: dict = {}
-    count = tokens_fn if tokens_fn is not None else (lambda: (0, 0))
-    window = (time.perf_counter(), start, count())
     pbar = tqdm(range(start, tc.steps), initial=start, total=tc.steps, desc=self.desc,
                 disable=not is_main() or not tc.progress, dynamic_ncols=True)
+    final: dict = {}
+    due = [self.throughput_hook(start, tokens_fn, lambda m: pbar.set_postfix(**postfix(m))),
+           *([self.eval_hook(eval_fn)] if eval_fn is not None else []), *hooks,
+           self.log_hook(final), self.checkpoint_hook(data_iter)]
     for step in pbar:
       state, metrics = step_fn(state, step)
       done = step + 1
       self.ckpt.check()  # a background save that failed is reported now, not at the next save
       self.check_finite(done, metrics, batch_note)
-      is_last = done == tc.steps
-      row = {}
-      if done % tc.log_every == 0 or is_last:
-        # throughput over the window since the previous logged step (the first window holds
-        # the compile): what a benchmark of the same step shape measures
-        # (real, computed) tokens: tokens_per_s counts real ones, computed_tokens_per_s padding too
-        now, tokens = time.perf_counter(), count()
-        elapsed = now - window[0]
-        row.update(metrics, steps_per_s=(done - window[1]) / elapsed)
-        if tokens_fn is not None:
-          row["tokens_per_s"] = (tokens[0] - window[2][0]) / elapsed
-          row["computed_tokens_per_s"] = (tokens[1] - window[2][1]) / elapsed
-        window = (now, done, tokens)
-        pbar.set_postfix(**postfix(metrics))
-      eval_metrics = None
-      if eval_fn is not None and tc.eval_every and (done % tc.eval_every == 0 or is_last):
-        eval_metrics = eval_fn(state)
-        row.update({f"eval_{k}": v for k, v in eval_metrics.items()})
-      if row:  # one JSON object per logged step: train and eval metrics together
-        final.update(self.log(done, row))
-      if done % tc.checkpoint_every == 0 or is_last:
-        best = ({f"eval_{k}": float(v) for k, v in eval_metrics.items()
-                 if isinstance(v, (int, float, np.number))} if eval_metrics else None)
-        self.save(done, state, data_iter, metrics=best)
+      info = StepInfo(done, state, metrics, done == tc.steps)
+      for hook in due:
+        if hook.due(info):
+          hook.fn(info)
       if delay:
         time.sleep(delay)
     pbar.close()
     return final, state
+
+  def throughput_hook(self, start: int, tokens_fn=None, show=None) -> Hook:
+    """Every `train.log_every` steps: the step's metrics plus throughput over the window since
+    the previous logged step (the first window holds the compile), what a benchmark of the same
+    step shape measures; `tokens_fn() -> (real, computed)` token counts so far: tokens_per_s
+    counts real ones, computed_tokens_per_s padding too."""
+    count = tokens_fn if tokens_fn is not None else (lambda: (0, 0))
+    window = [time.perf_counter(), start, count()]
+
+    def fn(info: StepInfo):
+      now, tokens = time.perf_counter(), count()
+      elapsed = now - window[0]
+      info.row.update(info.metrics, steps_per_s=(info.step - window[1]) / elapsed)
+      if tokens_fn is not None:
+        info.row["tokens_per_s"] = (tokens[0] - window[2][0]) / elapsed
+        info.row["computed_tokens_per_s"] = (tokens[1] - window[2][1]) / elapsed
+      window[:] = [now, info.step, tokens]
+      if show is not None:
+        show(info.metrics)
+    return Hook(fn, self.config.train.log_every)
+
+  def eval_hook(self, eval_fn: Callable[[Any], dict]) -> Hook:
+    """Every `train.eval_every` steps: `eval_fn(state)` into `info.eval` (the checkpoint ranks
+    by it) and into the row as eval_*."""
+    def fn(info: StepInfo):
+      info.eval = eval_fn(info.state)
+      info.row.update({f"eval_{k}": v for k, v in info.eval.items()})
+    return Hook(fn, self.config.train.eval_every)
+
+  def log_hook(self, final: dict) -> Hook:
+    """After any step with a row: one JSON object per logged step, train and eval metrics
+    together; `final` collects what was written (the loop's final metrics)."""
+    def fn(info: StepInfo):
+      if info.row:
+        final.update(self.log(info.step, info.row))
+    return Hook(fn)
+
+  def checkpoint_hook(self, data_iter=None) -> Hook:
+    """Every `train.checkpoint_every` steps: the state with the data position; eval metrics
+    rank the best checkpoints."""
+    def fn(info: StepInfo):
+      best = ({f"eval_{k}": float(v) for k, v in info.eval.items()
+               if isinstance(v, (int, float, np.number))} if info.eval else None)
+      self.save(info.step, info.state, data_iter, metrics=best)
+    return Hook(fn, self.config.train.checkpoint_every)
+
+  def stage(self, name: str, config=None, **kw) -> Run:
+    """A stage of a multi-stage method as its own run in `<workdir>/<name>` (checkpoints,
+    metrics, resume), under `config` (default this run's; a stage's config is derived from it,
+    so it is not validated or its data announced again)."""
+    return Run(config if config is not None else self.config, os.path.join(self.workdir, name),
+               desc=name, parent=self, **kw)
 
   def close(self) -> None:
     self.ckpt.close()

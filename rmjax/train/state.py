@@ -151,7 +151,3 @@ def abstract_state(init_params, tx, rng):
     params = init_params(rng)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=rng)
   return jax.eval_shape(init)
-
-
-def unbox(tree):
-  return nn.unbox(tree)
