@@ -19,7 +19,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from configs import bt as bt_config  # noqa: E402
 from rmjax.data import sources  # noqa: E402
 from rmjax.eval.metrics import pair_report  # noqa: E402
-from rmjax.tasks import bt, load_scorer  # noqa: E402
+from rmjax.tasks import bt  # noqa: E402
+from rmjax.tasks.runs import load_scorer  # noqa: E402
 from rmjax.data.specs import train_eval_pairs  # noqa: E402
 from rmjax.train.loop import train  # noqa: E402
 

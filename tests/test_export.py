@@ -23,6 +23,7 @@ from rmjax import tasks
 from rmjax.checkpoints import hf, hf_export, hf_rm, load_pretrained, tokenizer_export
 from rmjax.data.tokenize import ByteTokenizer
 from rmjax.errors import CheckpointError
+from rmjax.tasks.runs import load_scorer
 
 PROMPTS = ["hi", "tell me a long story about cats, please", "x", [
     {"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "5"},
@@ -100,7 +101,7 @@ def bt_readme(runs):
 
 @pytest.fixture(scope="module")
 def bt_scores(bt_readme):
-  return tasks.load_scorer(str(bt_readme["workdir"])).score(PROMPTS, RESPONSES, progress=False)
+  return load_scorer(str(bt_readme["workdir"])).score(PROMPTS, RESPONSES, progress=False)
 
 
 # ---------------------------------------------------------------------------- export
@@ -108,7 +109,7 @@ def bt_scores(bt_readme):
 def test_readme_commands_and_snippet(bt_readme, bt_scores):
   ns = {}
   exec(bt_readme["code"], ns)  # the README's python block, on the exported directory
-  sc = tasks.load_scorer(str(bt_readme["workdir"]))
+  sc = load_scorer(str(bt_readme["workdir"]))
   want = sc.score([c[0]["content"] for c in ns["chats"]], [c[1]["content"] for c in ns["chats"]],
                   progress=False)["reward"]
   np.testing.assert_allclose(ns["rewards"].numpy(), want, atol=1e-4)
@@ -209,7 +210,7 @@ def test_ensemble_export_mean_head_by_default_and_k_outputs_with_members(runs):
   wd, out, mean_out = runs / "ens", runs / "ens-hf", runs / "ens-mean-hf"
   tasks.get("ensemble").train(c, str(wd))
   from rmjax.commands.convert import export_workdir
-  want = tasks.load_scorer(str(wd)).score(PROMPTS, RESPONSES, progress=False)
+  want = load_scorer(str(wd)).score(PROMPTS, RESPONSES, progress=False)
   # default: one num_labels=1 head (the members' mean weights) + the mean bias in config.json
   conf = export_workdir(str(wd), f"hf:{mean_out}")
   rm = conf["rmjax"]
@@ -218,7 +219,7 @@ def test_ensemble_export_mean_head_by_default_and_k_outputs_with_members(runs):
   logits, info = torch_logits(mean_out)
   no_key_trouble(info)
   np.testing.assert_allclose(logits[:, 0] + rm["reward_bias"], want["reward"], atol=1e-4)
-  back = tasks.load_scorer(f"hf:{mean_out}").score(PROMPTS, RESPONSES, progress=False)
+  back = load_scorer(f"hf:{mean_out}").score(PROMPTS, RESPONSES, progress=False)
   np.testing.assert_allclose(back["reward"], want["reward"], atol=1e-4)
   # --members: K labels, their biases in config.json
   conf = export_workdir(str(wd), f"hf:{out}", members=True)
@@ -232,7 +233,7 @@ def test_ensemble_export_mean_head_by_default_and_k_outputs_with_members(runs):
     assert members.shape == (len(PROMPTS), 3)
     np.testing.assert_allclose(members, want["members"], atol=1e-4)
     np.testing.assert_allclose(members.mean(-1), want["reward"], atol=1e-4)
-  back = tasks.load_scorer(f"hf:{out}").score(PROMPTS, RESPONSES, progress=False)
+  back = load_scorer(f"hf:{out}").score(PROMPTS, RESPONSES, progress=False)
   np.testing.assert_allclose(back["members"], want["members"], atol=1e-4)
 
 
@@ -279,7 +280,7 @@ def test_armorm_export_is_rlhflow_layout(runs):
   conf = export_workdir(str(wd), f"hf:{out}")
   assert conf["architectures"] == ["LlamaForRewardModelWithGating"]
   prompts, responses = [PROMPTS[i] for i in SHORT], [RESPONSES[i] for i in SHORT]
-  sc = tasks.load_scorer(str(wd))
+  sc = load_scorer(str(wd))
   want = sc.score(prompts, responses, progress=False)
   rows = [sc.token_ids(p, r) for p, r in zip(prompts, responses)]
   tok = transformers.AutoTokenizer.from_pretrained(out)
@@ -303,7 +304,7 @@ def test_armorm_export_is_rlhflow_layout(runs):
     np.testing.assert_allclose(got.logits[:, 0].numpy(), want["reward"], atol=1e-4)
     np.testing.assert_allclose(got.rewards.numpy(), want["objectives"], atol=1e-4)
     np.testing.assert_allclose(got.gating_output.numpy(), beta * want["gate"], atol=1e-4)
-  back = tasks.load_scorer(f"hf:{out}")
+  back = load_scorer(f"hf:{out}")
   assert list(back.config.objectives.names) == list(c.objectives.names)
   np.testing.assert_allclose(back.score(prompts, responses, progress=False)["reward"],
                              want["reward"], atol=1e-4)
@@ -386,7 +387,7 @@ def hf_seqcls(runs):
 def test_score_off_the_shelf_hf_rm(hf_seqcls):
   path, want = hf_seqcls
   assert not any(k.startswith("lm_head") for k in load_file(str(path / "model.safetensors")))
-  got = tasks.load_scorer(f"hf:{path}", batch_size=2).score(PROMPTS, RESPONSES, progress=False)
+  got = load_scorer(f"hf:{path}", batch_size=2).score(PROMPTS, RESPONSES, progress=False)
   np.testing.assert_allclose(got["reward"], want, atol=1e-4)
   assert np.abs(want).max() > 0.05  # a head that does not score ~0 everywhere
 
@@ -394,7 +395,7 @@ def test_score_off_the_shelf_hf_rm(hf_seqcls):
 def test_score_a_k_label_classifier_as_an_ensemble(tmp_path):
   k_label_classifier(tmp_path, k=3)
   want = torch_logits(tmp_path, side="left")[0]
-  got = tasks.load_scorer(f"hf:{tmp_path}").score(PROMPTS, RESPONSES, progress=False)
+  got = load_scorer(f"hf:{tmp_path}").score(PROMPTS, RESPONSES, progress=False)
   np.testing.assert_allclose(got["members"], want, atol=1e-4)
   np.testing.assert_allclose(got["reward"], want.mean(-1), atol=1e-4)
 
@@ -410,7 +411,7 @@ def test_fine_tuning_starts_from_the_classifier_head(hf_seqcls, tmp_path):
   params = nn.unbox(task.init_params(jax.random.PRNGKey(0)))
   dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   params = task.load_pretrained(params, jax.tree_util.tree_map(lambda _: dev, params))
-  sc = tasks.load_scorer(f"hf:{path}")
+  sc = load_scorer(f"hf:{path}")
   rows = [sc.token_ids(p, r) for p, r in zip(PROMPTS, RESPONSES)]
   t = max(map(len, rows))
   ids = np.array([r + [0] * (t - len(r)) for r in rows], np.int32)
@@ -421,7 +422,7 @@ def test_fine_tuning_starts_from_the_classifier_head(hf_seqcls, tmp_path):
   out = import_to_workdir(f"hf:{path}", str(tmp_path / "wd"))  # convert --from keeps the head
   np.testing.assert_array_equal(load_file(os.path.join(out, "model.safetensors"))["score.weight"],
                                 load_file(str(path / "model.safetensors"))["score.weight"])
-  np.testing.assert_allclose(tasks.load_scorer(f"hf:{out}").score(
+  np.testing.assert_allclose(load_scorer(f"hf:{out}").score(
       PROMPTS, RESPONSES, progress=False)["reward"], want, atol=1e-4)
 
 
@@ -441,7 +442,7 @@ def test_armorm_directory_loads_as_spec_and_through_convert_from(runs):
   del conf["rmjax"]
   pathlib.Path(again, "config.json").write_text(json.dumps(conf))
   prompts, responses = [PROMPTS[i] for i in SHORT], [RESPONSES[i] for i in SHORT]
-  plain, ours = tasks.load_scorer(f"hf:{again}"), tasks.load_scorer(f"hf:{out}")
+  plain, ours = load_scorer(f"hf:{again}"), load_scorer(f"hf:{out}")
   assert plain.model.prompt_pattern == ours.model.prompt_pattern
   np.testing.assert_allclose(plain.score(prompts, responses, progress=False)["reward"],
                              ours.score(prompts, responses, progress=False)["reward"], atol=1e-5)

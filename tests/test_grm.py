@@ -13,7 +13,7 @@ import pytest
 from configs import grm as grm_config
 from rmjax.errors import ConfigError
 from experiments.grm_eval import WorkdirModel
-from rmjax.tasks import load_scorer
+from rmjax.tasks.runs import load_scorer
 from rmjax.tasks import bt, grm
 from rmjax.train.loop import train
 from rmjax.train.state import make_optimizer, make_train_step, TrainState

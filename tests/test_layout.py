@@ -111,7 +111,7 @@ def test_commands_import_no_train_module():
 
 def test_task_registry_imports_no_scorer():
   """`rmjax.tasks` (the registry) imports no scorer when it is imported: `load_scorer` lives in
-  `rmjax.tasks.runs` (module top only: the lazy `tasks.load_scorer` alias runs on demand)."""
+  `rmjax.tasks.runs`."""
   tree = ast.parse((PKG / "tasks" / "__init__.py").read_text())
   names = [n.module for n in tree.body if isinstance(n, ast.ImportFrom) and n.module]
   names += [a.name for n in tree.body if isinstance(n, ast.Import) for a in n.names]

@@ -14,7 +14,8 @@ from rmjax.data import salmon_aggregate as agg
 from rmjax.data.tokenize import ByteTokenizer
 from rmjax.errors import ConfigError
 from rmjax.inference import judge
-from rmjax.tasks import common as builders, load_scorer, salmon, salmon_collect
+from rmjax.tasks import common as builders, salmon, salmon_collect
+from rmjax.tasks.runs import load_scorer
 from rmjax.train import loop
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

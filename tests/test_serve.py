@@ -193,9 +193,9 @@ def test_sigterm_under_load_drains_and_exits_0(workdir):
 def test_ensemble_served_from_an_hf_dir_gives_members_mean_and_std(tmp_path):
   """--model hf:DIR of a 3-label classifier: /v1/score's records are `rmjax score`'s."""
   pytest.importorskip("torch")
-  from rmjax import tasks  # noqa: PLC0415
+  from rmjax.tasks.runs import load_scorer  # noqa: PLC0415
   k_label_classifier(tmp_path, k=3)
-  scorer = tasks.load_scorer(f"hf:{tmp_path}")
+  scorer = load_scorer(f"hf:{tmp_path}")
   res = scorer.score(PROMPTS, RESPONSES, progress=False)
   want = [scorer.record(res, i) for i in range(len(PROMPTS))]
   proc = subprocess.Popen([sys.executable, "-m", "rmjax", "serve", "--model", f"hf:{tmp_path}",

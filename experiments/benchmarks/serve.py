@@ -35,9 +35,9 @@ import time
 
 import numpy as np
 
-from rmjax import tasks
 from rmjax.data.specs import load_pairs
 from rmjax.inference.embed import bucket_length
+from rmjax.tasks.runs import load_scorer
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -153,7 +153,7 @@ def main(argv=None):
   source = args.model or args.workdir or tiny_workdir(tmp)
   items = items_of(args.data, args.items)
 
-  scorer = tasks.load_scorer(source, batch_size=args.batch_size, max_length=args.max_length)
+  scorer = load_scorer(source, batch_size=args.batch_size, max_length=args.max_length)
   prompts, responses = [i["prompt"] for i in items], [i["response"] for i in items]
   scorer.score(prompts, responses, progress=False)  # compile every bucket these items reach
   t = time.perf_counter()

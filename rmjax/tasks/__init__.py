@@ -52,11 +52,3 @@ def _importable(name: str) -> bool:
   except (ImportError, ValueError):
     return False
 
-
-def __getattr__(name: str):
-  """`tasks.load_scorer`, kept for callers written before it moved to `rmjax.tasks.runs` (the
-  registry itself imports no scorer: this runs only when the name is asked for)."""
-  if name == "load_scorer":
-    from rmjax.tasks.runs import load_scorer  # noqa: PLC0415 -- lazy: the registry imports no scorer
-    return load_scorer
-  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
