@@ -36,8 +36,9 @@ setup(
                  "aiohttp>=3.9,<4",
                  # tests/test_serve.py: trl.RewardTrainer on an export, trl.GRPOTrainer with
                  # rmjax.client against a live rmjax serve (installs without moving torch or
-                 # transformers; the bench extra's version)
-                 "trl==1.16.0"],
+                 # transformers; the bench extra's version); tests/test_vs_trl.py: TRL's trainer
+                 # builds its batches from vs_trl's dump (peft: its LoRA; deps all already here)
+                 "trl==1.16.0", "peft==0.21.2"],
         # `rmjax serve` (rmjax.inference.server); the client, rmjax.client, needs nothing
         "serve": ["fastapi>=0.110,<1", "uvicorn>=0.30,<1"],
         # experiments/benchmarks/vs_trl.py: TRL's RewardTrainer + peft LoRA beside rmjax (the
