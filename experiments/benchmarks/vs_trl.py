@@ -596,6 +596,50 @@ def scores_resumed(work: str, arm: str, args, sets: dict, export: str) -> dict:
           for name, v in stored.items()}
 
 
+# --------------------------------------------------------------------------------------- plot
+
+def plot(result: dict, path: str) -> None:
+  """Training loss per step of both arms (same batches) and held-out accuracy per set with 95%
+  CIs beside the length baseline."""
+  import matplotlib  # noqa: PLC0415
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # noqa: PLC0415
+  import numpy as np  # noqa: PLC0415
+  arms, evals = list(result["arms"]), result.get("eval", {})
+  fig, axes = plt.subplots(1, 2 if evals else 1, figsize=(12 if evals else 6, 4), squeeze=False)
+  ax = axes[0][0]
+  for a in arms:
+    losses = np.asarray(result["arms"][a]["losses"], float)
+    k = min(10, len(losses))
+    ax.plot(np.arange(1, len(losses) + 1), losses, alpha=0.3)
+    ax.plot(np.arange(k, len(losses) + 1), np.convolve(losses, np.ones(k) / k, "valid"),
+            label=f"{a} (mean of {k})", color=ax.lines[-1].get_color())
+  ax.set_xlabel("step")
+  ax.set_ylabel("BT loss")
+  ax.set_title("training loss, same batches")
+  ax.legend(fontsize=8)
+  if evals:
+    bx, names, w = axes[0][1], list(evals), 0.8 / len(arms)
+    for i, a in enumerate(arms):
+      v = np.array([evals[n][a]["value"] for n in names])
+      err = np.array([[evals[n][a]["value"] - evals[n][a]["lo"] for n in names],
+                      [evals[n][a]["hi"] - evals[n][a]["value"] for n in names]])
+      bx.bar(np.arange(len(names)) + i * w, v, w, yerr=err, capsize=2, label=a)
+    base = [(j, evals[n]["length_baseline"]) for j, n in enumerate(names)
+            if "length_baseline" in evals[n]]
+    if base:
+      bx.scatter([j + 0.4 - w / 2 for j, _ in base], [b for _, b in base], marker="_", s=400,
+                 color="k", label="longer wins", zorder=3)
+    bx.axhline(0.5, color="grey", lw=0.5)
+    bx.set_ylim(0.3, 0.8)
+    bx.set_xticks(np.arange(len(names)) + 0.4 - w / 2, names)
+    bx.set_ylabel("accuracy (95% CI)")
+    bx.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
 # --------------------------------------------------------------------------------------- main
 
 def main(argv=None):
@@ -669,6 +713,8 @@ def main(argv=None):
           r["useful_tokens_per_s_after_first"] / t["useful_tokens_per_s_after_first"], 3)
     if r.get("peak_rss_mib") and t.get("peak_rss_mib"):
       result["rmjax_over_trl_peak_rss"] = round(r["peak_rss_mib"] / t["peak_rss_mib"], 3)
+  if args.out:
+    plot(result, os.path.join(work, "vs_trl.png"))
   _common.emit(result)
   return result
 
