@@ -581,11 +581,14 @@ def resumed(work: str, arm: str, args, run) -> dict:
   return value
 
 
-def scores_resumed(work: str, arm: str, args, sets: dict, export: str) -> dict:
-  """score_sets(export, sets), per set stored in `work` (same arguments and eval sample)."""
+def scores_resumed(work: str, arm: str, args, sets: dict, trained: dict) -> dict:
+  """score_sets of the arm's export, per set stored in `work` under the same arguments, eval
+  sample and trained model (its loss curve: an arm trained again does not reuse stale scores)."""
   import numpy as np  # noqa: PLC0415
+  export = trained["export"]
   paths = {name: os.path.join(work, f"scores_{arm}_{name}.json") for name in sets}
-  keys = {name: _key(args, ("set", name), ("n", len(ex)), ("eval_pairs", args.eval_pairs))
+  keys = {name: _key(args, ("set", name), ("n", len(ex)), ("eval_pairs", args.eval_pairs),
+                     ("losses", trained["losses"]))
           for name, ex in sets.items()}
   stored = {name: _reuse(paths[name], keys[name]) for name in sets}
   todo = {name: ex for name, ex in sets.items() if stored[name] is None}
@@ -674,8 +677,7 @@ def main(argv=None):
     parity = init_parity(init_dir, results["trl"], dump, args.max_length) if "trl" in results else {}
     sets = eval_sets(args)
     t1 = time.perf_counter()
-    scored = {a: scores_resumed(work, a, args, sets, results[a]["export"])
-              for a in results} if sets else {}
+    scored = {a: scores_resumed(work, a, args, sets, results[a]) for a in results} if sets else {}
     evals = compare_scores(sets, scored) if sets else {}
     score_s = time.perf_counter() - t1
   finally:
