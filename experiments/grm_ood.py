@@ -103,7 +103,7 @@ def make_config(args, run: str, train_path: str):
     c = bt_config.get_config(variant)
   common.finetune_recipe(c, rank=args.rank, lr=args.lr, max_length=args.max_length)
   if run == "frozen":  # the recipe's head on the frozen backbone: no adapters, no packing
-    c.model.lora.rank, c.model.lora.alpha = 0, 16.0
+    c.model.lora.rank = 0
     c.data.packing = False
     c.train.freeze_backbone = True
     c.optim.lr = args.frozen_lr
