@@ -30,7 +30,9 @@ def get_config(arg=None):
       embed_batch_size=16,
       prompt_pattern=(0,),          # filled from the tokenizer's chat template at run time
   ))
-  c.stage2 = mlc.ConfigDict(dict(steps=2000, batch_size=1024, lr=1e-3))
+  # checkpoint_every: 0 = four saves a run (steps // 4); a caller that keeps only the final
+  # params (experiments/armorm_gate.py's many short gate fits) sets it to steps
+  c.stage2 = mlc.ConfigDict(dict(steps=2000, batch_size=1024, lr=1e-3, checkpoint_every=0))
   c.data.ratings = ""
   c.data.unrated = ()
   c.data.length_objective = ""    # an objective rated by response length (ratings.length_rating)

@@ -197,7 +197,7 @@ def gate_config(seed: int, steps: int):
   c = armorm_conf.get_config("smollm2")
   c.objectives.names, c.objectives.verbosity = list(NAMES), "verbosity"
   c.armorm.update(gate_hidden=256, gate_layers=3)
-  c.stage2.update(steps=steps, batch_size=512, lr=1e-3)
+  c.stage2.update(steps=steps, batch_size=512, lr=1e-3, checkpoint_every=steps)  # final only
   c.train.progress = False
   c.seed = seed
   return c

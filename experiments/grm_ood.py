@@ -24,8 +24,8 @@ it stopped; scoring is cached per run in <workdir>/<run>/scores.json.
   python -m experiments.grm_ood --workdir runs/grm_ood                          # E-d, reduced CPU run
   python -m experiments.grm_ood --workdir /tmp/ed --variant tiny --train_pairs 32 --id_pairs 16 \
       --ood llmbar:16 --steps 4                                                  # smoke
-Writes <workdir>/results.json, experiments/results/grm_ood/ (with --results) and prints one JSON
-object last.
+Writes <workdir>/results.json and margins.json (every run's per-pair margins, so an arm run later
+can be paired with these), also under --results, and prints one JSON object last.
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def make_config(args, run: str, train_path: str):
   c.optim.warmup_steps = max(1, int(0.03 * steps))
   c.train.steps, c.train.batch_size = steps, args.batch_size
   c.train.eval_every = 0
-  c.train.checkpoint_every = max(1, min(steps, 25))
+  c.train.checkpoint_every = max(1, steps // 4)  # resumable, four saves a run whatever its length
   c.train.log_every = max(1, steps // 40)
   c.train.progress = False
   c.train.tensorboard = False
@@ -357,6 +357,9 @@ def main(argv=None):
       json.dump(out, f, indent=1, default=float)
     with open(os.path.join(d, "results.md"), "w") as f:
       f.write(out["table"] + "\n")
+    with open(os.path.join(d, "margins.json"), "w") as f:  # per pair: a later arm can be paired
+      json.dump({r: {k: [round(float(x), 5) for x in v] for k, v in m.items()}
+                 for r, m in margins.items()}, f)
     plot(report, curves, runs, os.path.join(d, "grm_ood.png"))
   print(out["table"])
   print(json.dumps({k: v for k, v in out.items() if k != "chosen_logps"}, default=float))

@@ -224,41 +224,17 @@ def build(items: dict, inputs: Inputs, table, seed: int = 0) -> dict:
   return out
 
 
-def choose_steps_cv(tr: dict, head: dict, folds: int = 5, seed: int = 0) -> dict:
-  """Steps for the full training set from the mean validation BT loss over `folds` folds (3
-  seeds each, up to inconsistency.MAX_EPOCHS): one 10% split of ~500 examples is too noisy (it
-  chose 4 steps, 0.01 nats below the untrained loss, on one of E-e's splits)."""
-  from experiments.inconsistency import BATCH, MAX_EPOCHS
-  from rmjax.train.head_fit import train_member_heads
-  n = len(tr["c"])
-  perm = np.random.default_rng(seed).permutation(n)
-  parts = np.array_split(perm, folds)
-  fit_n = n - max(len(p) for p in parts)
-  steps = MAX_EPOCHS * max(1, fit_n // BATCH)
-  curves = []
-  for f, va in enumerate(parts):
-    fit = np.concatenate([p for g, p in enumerate(parts) if g != f])[:fit_n]
-    _, hist = train_member_heads(tr["c"][fit], tr["r"][fit], [900, 901, 902], steps=steps,
-                                 batch_size=BATCH, val=(tr["c"][va], tr["r"][va]), **head)
-    curves.append(hist["val"].mean(1))
-  curve = np.mean(curves, axis=0)
-  best = int(np.argmin(curve)) + 1
-  epochs = best / max(1, fit_n // BATCH)
-  return {"rule": f"{folds}-fold", "epochs": round(epochs, 2),
-          "steps": max(1, round(epochs * n / BATCH)), "val_loss": round(float(curve[best - 1]), 4),
-          "val_loss_first": round(float(curve[0]), 4)}
-
-
 def train_and_score(data: dict, steps_rule: str = "cv") -> dict:
   """{split: {seed: {set: {cond: margins a - b [N]}}}} for MLP heads trained on the split's side;
-  the step count from `choose_steps_cv` ('cv') or E-a's single 10% split ('split')."""
+  the step count by 5-fold cross-validation ('cv') or E-a's single 10% split ('split'), both
+  `inconsistency.choose_steps`."""
   from experiments.inconsistency import BATCH, HEADS, choose_steps
   from rmjax.train.head_fit import member_scores, train_member_heads
   out, plans = {}, {}
   for s in SPLITS:
     keep = ~np.array([eval_side(r, s) for r in data["train"]["rec"]])
     tr = {"c": data["train"]["c"][keep], "r": data["train"]["r"][keep]}
-    plan = (choose_steps_cv(tr, HEADS["mlp"]) if steps_rule == "cv"
+    plan = (choose_steps(tr, HEADS["mlp"], folds=5) if steps_rule == "cv"
             else dict(choose_steps(tr, HEADS["mlp"]), rule="one 10% split"))
     heads, _ = train_member_heads(tr["c"], tr["r"], [10 * s + k for k in HEAD_SEEDS],
                                   steps=plan["steps"], batch_size=BATCH, **HEADS["mlp"])

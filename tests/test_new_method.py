@@ -73,11 +73,22 @@ def _plugin(tmp_path):
   return start, finish
 
 
-def test_hinge_method_train_score_eval(tmp_path):
+def test_hinge_method_trains_scores_evaluates_and_trains_lora_adapters(tmp_path):
+  """The plug-in through the CLI: `rmjax train`, then `rmjax score` and `rmjax eval` on its
+  workdir; and, side by side with the plain run (two processes, one core each, mostly
+  compiling), `--config.model.lora.rank=8`: the plug-in, which makes no LoRA call of its own,
+  trains rank-8 adapters on every attention projection beside its head, and the base weights in
+  the final checkpoint are the pretrained ones, bit for bit."""
+  from configs import bt  # noqa: PLC0415 -- the other tests here stay out of jax
+  from rmjax import checkpoints  # noqa: PLC0415
+  from rmjax.checkpoints.orbax import Checkpointer  # noqa: PLC0415
+
   start, finish = _plugin(tmp_path)
-  wd = tmp_path / "wd"
-  finish(start("train", f"--config={tmp_path / 'hinge_config.py'}:tiny", f"--workdir={wd}",
-               *SMALL))
+  wd, lwd = tmp_path / "wd", tmp_path / "lora"
+  config = f"--config={tmp_path / 'hinge_config.py'}:tiny"
+  plain = start("train", config, f"--workdir={wd}", *SMALL)
+  with_lora = start("train", config, f"--workdir={lwd}", "--config.model.lora.rank=8", *SMALL)
+  finish(plain)
   rows = [json.loads(line) for line in (wd / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in rows] == [3, 6] and "eval_accuracy" in rows[-1]
   assert json.loads((wd / "config.json").read_text())["task"] == "hinge_rm"
@@ -86,30 +97,11 @@ def test_hinge_method_train_score_eval(tmp_path):
   data.write_text("".join(json.dumps({"prompt": f"q{i}", "response": "word " * i}) + "\n"
                           for i in range(1, 6)))
   score = start("score", f"--workdir={wd}", f"--data={data}", f"--out={tmp_path / 'out.jsonl'}")
-  evaluate = start("eval", f"--workdir={wd}", "--data=synthetic:16")  # side by side
-  finish(score)
-  scores = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
-  assert len(scores) == 5 and all(isinstance(s["reward"], float) for s in scores)
+  finish(with_lora)
+  evaluate = start("eval", f"--workdir={wd}", "--data=synthetic:16")
 
-  out = finish(evaluate)
-  report = json.loads(out.strip().splitlines()[-1])
-  assert report["n"] == 16 and 0.0 <= report["accuracy"] <= 1.0
-
-
-def test_hinge_method_trains_lora_adapters_on_a_frozen_base(tmp_path):
-  """`--config.model.lora.rank=8`: the plug-in, which makes no LoRA call of its own, trains
-  rank-8 adapters on every attention projection beside its head; the base weights in the final
-  checkpoint are the pretrained ones, bit for bit."""
-  from configs import bt  # noqa: PLC0415 -- the other tests here stay out of jax
-  from rmjax import checkpoints  # noqa: PLC0415
-  from rmjax.checkpoints.orbax import Checkpointer  # noqa: PLC0415
-
-  start, finish = _plugin(tmp_path)
-  wd = tmp_path / "wd"
-  finish(start("train", f"--config={tmp_path / 'hinge_config.py'}:tiny", f"--workdir={wd}",
-               "--config.model.lora.rank=8", *SMALL))
-  assert json.loads((wd / "config.json").read_text())["model"]["lora"]["rank"] == 8
-  flat = flatten(Checkpointer(str(wd / "checkpoints")).restore_raw(6)["params"], sep="/")
+  assert json.loads((lwd / "config.json").read_text())["model"]["lora"]["rank"] == 8
+  flat = flatten(Checkpointer(str(lwd / "checkpoints")).restore_raw(6)["params"], sep="/")
   adapters = {k: v for k, v in flat.items() if k.endswith(("_lora_a", "_lora_b"))}
   assert {k.split("/")[-2] for k in adapters} == {"q_proj", "k_proj", "v_proj", "o_proj"}
   for k, v in adapters.items():
@@ -124,6 +116,13 @@ def test_hinge_method_trains_lora_adapters_on_a_frozen_base(tmp_path):
   assert sorted(base) == sorted(pre)
   for k, v in base.items():  # the frozen base: the pretrained weights, bit for bit
     assert v.dtype == pre[k].dtype and (v == pre[k]).all(), k
+
+  finish(score)
+  scores = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+  assert len(scores) == 5 and all(isinstance(s["reward"], float) for s in scores)
+  out = finish(evaluate)
+  report = json.loads(out.strip().splitlines()[-1])
+  assert report["n"] == 16 and 0.0 <= report["accuracy"] <= 1.0
 
 
 def test_hinge_method_compiles_for_a_tpu_slice(tmp_path):

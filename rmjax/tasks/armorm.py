@@ -151,14 +151,16 @@ def stage2_task(config, heads: ArmoHeads, w, t, train_arrays, eval_arrays) -> Ta
 
 
 def stage2_config(config):
-  """The loop config of stage 2: AdamW lr 1e-3, wd 0, cosine to 0 without warmup."""
+  """The loop config of stage 2: AdamW lr 1e-3, wd 0, cosine to 0 without warmup; checkpoints
+  every `stage2.checkpoint_every` steps (0: four a run)."""
   c = copy.deepcopy(config)
   s = config.stage2
   with c.unlocked():
     c.optim.update(lr=s.lr, warmup_steps=0, schedule="cosine", final_lr_frac=0.0,
                    weight_decay=0.0, clip_norm=0.0, accum_steps=1)
     c.train.update(steps=s.steps, batch_size=s.batch_size, log_every=max(1, s.steps // 10),
-                   eval_every=s.steps, checkpoint_every=max(1, s.steps // 4), async_checkpoint=False,
+                   eval_every=s.steps, async_checkpoint=False,
+                   checkpoint_every=s.get("checkpoint_every", 0) or max(1, s.steps // 4),
                    tensorboard=False, best_metric="")
   return c
 
