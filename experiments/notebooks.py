@@ -71,7 +71,7 @@ def errors(nb) -> list:
 def main(names):
   smoke = os.environ.get("RMJAX_SMOKE", "1") != "0"
   for name in names or NOTEBOOKS:
-    nb = execute(name, smoke=smoke)
+    nb = execute(name, smoke=smoke, timeout=600 if smoke else 7200)  # a full-size cell runs long
     if errors(nb):
       raise SystemExit(f"{name}: a cell failed: {errors(nb)[0].get('ename')}")
     nbformat.write(nb, REPO / "notebooks" / f"{name}.ipynb")

@@ -10,7 +10,7 @@ EXPECTED = {
     "grm": "ID accuracy",
     "inconsistency": "pairwise disagreement",
     "overoptimisation": "gold credibility",
-    "ppo_uncertainty": "weighted_kl",
+    "ppo_uncertainty": "risk - vanilla",
     "salmon": "H4 follow(Concise)",
     "uncertainty": "members:",
 }
