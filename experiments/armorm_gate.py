@@ -64,6 +64,11 @@ def smoke() -> bool:
   return os.environ.get("RMJAX_SMOKE", "0") == "1"
 
 
+def design() -> tuple:
+  """(splits, gate seeds): 3 x 3 (E-c); the smoke run's plumbing needs 2 splits x 1 seed."""
+  return ((0, 1), (0,)) if smoke() else (SPLITS, GATE_SEEDS)
+
+
 # ------------------------------------------------------------------------------------ data
 
 def _feats(cache, pairs):
@@ -264,12 +269,14 @@ def run_all(data, out_dir, steps):
   from rmjax.train.head_fit import member_scores
   evals = {**{f"mixed/{k}": v for k, v in data["eval"].items()},
            **{f"ood/{k}": v for k, v in data["ood"].items()}}
-  res = {"correct": {}, "gate_mean": {}, "runs": []}
+  splits, seeds = design()
+  res = {"correct": {}, "gate_mean": {}, "runs": [], "splits": list(splits),
+         "gate_seeds": list(seeds)}
 
   def put(model, setname, rc, rr):
     res["correct"].setdefault(model, {}).setdefault(setname, []).append(stats.pair_correct(rc - rr))
 
-  for s in SPLITS:
+  for s in splits:
     sp = split(data, s)
     w, s1 = stage1(data, sp)
     g = sp["gate_train"]
@@ -299,7 +306,7 @@ def run_all(data, out_dir, steps):
       for name, (heads, cat, _) in bt.items():
         put(name, setname, member_scores(heads, cat(a["hc"], a["hx"]))[0],
             member_scores(heads, cat(a["hr"], a["hx"]))[0])
-    for gs in GATE_SEEDS:
+    for gs in seeds:
       for apply_t in (True, False):
         cfg = gate_config(gs, steps)
         wd = os.path.join(out_dir, "stage2", f"split{s}_seed{gs}_{'T' if apply_t else 'noT'}")

@@ -16,8 +16,8 @@ EXPECTED = {
 }
 # kernel CPU seconds per notebook at smoke size, measured on one core (only orders the runs:
 # the longest first)
-COST = {"armorm": 138, "grm": 31, "inconsistency": 26, "overoptimisation": 30,
-        "ppo_uncertainty": 35, "salmon": 49, "uncertainty": 12}
+COST = {"armorm": 41, "grm": 31, "inconsistency": 26, "overoptimisation": 30,
+        "ppo_uncertainty": 53, "salmon": 49, "uncertainty": 12}
 
 
 @pytest.fixture(scope="module")
