@@ -212,6 +212,9 @@ def main(argv=None):
   ap.add_argument("--spec")
   ap.add_argument("--smoke", action="store_true", help="the config's seconds-long size (tests)")
   a = ap.parse_args(argv)
+  unknown = [v for v in a.variants.split(",") if v not in VARIANTS]
+  if unknown:
+    ap.error(f"--variants: unknown {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
   from configs import ppo as ppo_config
   from rmjax.tasks import ppo, ppo_setup
   proxy_dir = os.path.join(a.workdir, "proxy")

@@ -68,6 +68,10 @@ def main(argv=None):
   p.add_argument("--workdir", required=True, help="an experiments/ppo_overopt.py workdir")
   p.add_argument("--folds", type=int, default=5)
   a = p.parse_args(argv)
+  pairs = os.path.join(a.workdir, "proxy", "proxy_data", "train.jsonl")
+  if not os.path.exists(pairs):
+    p.error(f"{pairs}: no proxy label pairs (run experiments/ppo_overopt.py --policy smollm2 "
+            f"--workdir {a.workdir} first)")
   c, r = label_features(a.workdir)
   rows = cv_grid(c, r, a.folds)
   for row in rows:
