@@ -86,9 +86,9 @@ def _recording(build, log: list):
   return wrapped
 
 
-def base_means(proxy_dir: str) -> dict:
-  """prompt -> mean gold of the base policy's samples (the proxy's label samples) and the pooled
-  base samples' gold (the reference the runs start from)."""
+def base_means(proxy_dir: str) -> tuple:
+  """({prompt: mean gold of the base policy's samples there}, every base sample's gold): the base
+  policy's samples are the proxy's label samples, the reference the runs start from."""
   from rmjax.data.synthetic import gold_reward
   cached = json.load(open(os.path.join(proxy_dir, "proxy_data", "responses.json")))
   golds = {}
@@ -112,8 +112,10 @@ def _boot_diff(a, b, n_boot=2000, seed=0) -> dict:
   return {"value": float(a.mean() - b.mean()), "lo": float(lo), "hi": float(hi)}
 
 
-def run_variant(name, a, wd, proxy_dir, ppo_config, ppo, ppo_setup) -> dict:
+def run_variant(name, a, wd, proxy_dir) -> dict:
   """Train one variant (or read its finished result back): curves + every rollout sample."""
+  from configs import ppo as ppo_config
+  from rmjax.tasks import ppo, ppo_setup
   done = os.path.join(wd, "variant.json")
   if os.path.exists(done):
     return json.load(open(done))
@@ -151,6 +153,8 @@ def summarise(runs: dict, means: dict, window: int) -> dict:
     first = lambda k: float(np.mean(cv[k][:3]))
     last = lambda k: float(np.mean(cv[k][-3:]))
     samples = [s for step in r["rollouts"][-window:] for s in step]
+    start = [s for step in r["rollouts"][:3] for s in step]
+    words = lambda xs: float(np.mean([len(x["response"].split()) for x in xs]))  # noqa: E731
     gold = np.array([s["gold"] for s in samples])
     risk = np.array([s["gold"] < means[s["prompt"]] for s in samples], np.float64)
     finals[name] = gold, risk
@@ -161,8 +165,12 @@ def summarise(runs: dict, means: dict, window: int) -> dict:
         "kl_final": last("kl"), "length_start": first("response_length"),
         "length_final": last("response_length"),
         "ensemble_std_growth": last("ensemble_std") / max(first("ensemble_std"), 1e-9),
+        "words_start": words(start),
         "final_window": {"steps": window, "n": int(len(gold)), "gold": _boot(gold),
-                         "risk": _boot(risk)}}
+                         "risk": _boot(risk), "words": words(samples),
+                         # answers with no space at all (emoji strings, one unbroken token run):
+                         # the word-count gold's cheapest optimum
+                         "no_space": int(sum(" " not in x["response"].strip() for x in samples))}}
   ref = next(iter(finals))
   for name, (gold, risk) in finals.items():
     if name != ref:
@@ -215,11 +223,8 @@ def main(argv=None):
   unknown = [v for v in a.variants.split(",") if v not in VARIANTS]
   if unknown:
     ap.error(f"--variants: unknown {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
-  from configs import ppo as ppo_config
-  from rmjax.tasks import ppo, ppo_setup
   proxy_dir = os.path.join(a.workdir, "proxy")
-  runs = {name: run_variant(name, a, os.path.join(a.workdir, name), proxy_dir, ppo_config, ppo,
-                            ppo_setup)
+  runs = {name: run_variant(name, a, os.path.join(a.workdir, name), proxy_dir)
           for name in a.variants.split(",")}
   means, base_gold = base_means(proxy_dir)
   base = {"n": int(len(base_gold)), "gold": _boot(base_gold), "prompts": len(means)}
